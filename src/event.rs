@@ -1,0 +1,400 @@
+//! Customer events: the input schema, parsing and validation.
+//!
+//! One event is one JSON object (see `docs/events.md` and
+//! `docs/schemas/event.schema.json`). Parsing borrows from the input bytes
+//! where it can, so the hot path allocates nothing for ordinary events.
+//! Every rejection is an [`EventError`] with a short, stable
+//! [`reason`](EventError::reason) label used in metrics, dead-letter headers
+//! and the `score` command's report.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Longest accepted `customer_id`, in bytes.
+pub const MAX_CUSTOMER_ID_BYTES: usize = 256;
+/// Longest accepted `event_type`, in bytes.
+pub const MAX_EVENT_TYPE_BYTES: usize = 128;
+
+/// A validated customer event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CustomerEvent<'a> {
+    /// The customer this event belongs to (1–256 bytes, no control characters).
+    pub customer_id: Cow<'a, str>,
+    /// What happened, e.g. `purchase` or `support_ticket`. Unknown types are valid.
+    pub event_type: Cow<'a, str>,
+    /// Event time, milliseconds since the Unix epoch (UTC).
+    pub timestamp_ms: i64,
+    /// Money involved, if any: finite and non-negative.
+    pub amount: Option<f64>,
+}
+
+impl CustomerEvent<'_> {
+    /// Converts borrowed fields into owned ones so the event outlives its input.
+    pub fn into_owned(self) -> CustomerEvent<'static> {
+        CustomerEvent {
+            customer_id: Cow::Owned(self.customer_id.into_owned()),
+            event_type: Cow::Owned(self.event_type.into_owned()),
+            timestamp_ms: self.timestamp_ms,
+            amount: self.amount,
+        }
+    }
+}
+
+/// Why an event was rejected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EventError {
+    /// The bytes are not valid JSON (or not UTF-8).
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    /// Valid JSON, but not an object.
+    #[error("event must be a JSON object")]
+    NotAnObject,
+    /// The same field appears twice.
+    #[error("duplicate field `{0}`")]
+    DuplicateField(String),
+    /// A required field is absent or null.
+    #[error("missing field `{0}`")]
+    MissingField(&'static str),
+    /// `customer_id` is not a string of 1–256 bytes without control characters.
+    #[error("bad customer_id: {0}")]
+    BadCustomerId(&'static str),
+    /// `event_type` is not a string of 1–128 bytes without control characters.
+    #[error("bad event_type: {0}")]
+    BadEventType(&'static str),
+    /// `timestamp` is not an RFC 3339 date-time with an offset.
+    #[error("bad timestamp: {0}")]
+    BadTimestamp(String),
+    /// `amount` is not a finite, non-negative number.
+    #[error("bad amount: {0}")]
+    BadAmount(&'static str),
+    /// `properties` is present but not an object.
+    #[error("bad properties: must be a JSON object")]
+    BadProperties,
+}
+
+impl EventError {
+    /// Every reason label, for documentation and tests.
+    pub const REASONS: &'static [&'static str] = &[
+        "malformed_json",
+        "not_an_object",
+        "duplicate_field",
+        "missing_field",
+        "bad_customer_id",
+        "bad_event_type",
+        "bad_timestamp",
+        "bad_amount",
+        "bad_properties",
+    ];
+
+    /// Short, stable label for metrics and dead-letter headers.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            EventError::MalformedJson(_) => "malformed_json",
+            EventError::NotAnObject => "not_an_object",
+            EventError::DuplicateField(_) => "duplicate_field",
+            EventError::MissingField(_) => "missing_field",
+            EventError::BadCustomerId(_) => "bad_customer_id",
+            EventError::BadEventType(_) => "bad_event_type",
+            EventError::BadTimestamp(_) => "bad_timestamp",
+            EventError::BadAmount(_) => "bad_amount",
+            EventError::BadProperties => "bad_properties",
+        }
+    }
+}
+
+/// The wire shape: each known field kept raw so that each can be validated
+/// with its own error, whatever JSON type it holds. Unknown fields are ignored.
+#[derive(Deserialize)]
+struct WireEvent<'a> {
+    #[serde(borrow, default)]
+    customer_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    event_type: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    timestamp: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    amount: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    properties: Option<&'a RawValue>,
+}
+
+/// Parses and validates one event from JSON bytes.
+pub fn parse_event(bytes: &[u8]) -> Result<CustomerEvent<'_>, EventError> {
+    // serde would read a JSON array as a struct's fields in order: only objects are events.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Ok(_) => EventError::NotAnObject,
+                Err(e) => EventError::MalformedJson(e.to_string()),
+            },
+        );
+    }
+    let wire: WireEvent<'_> = serde_json::from_slice(bytes).map_err(classify)?;
+
+    let customer_id = required_string(wire.customer_id, "customer_id")
+        .map_err(|e| e.unwrap_or(EventError::BadCustomerId("must be a string")))?;
+    validate_text(&customer_id, MAX_CUSTOMER_ID_BYTES).map_err(EventError::BadCustomerId)?;
+
+    let event_type = required_string(wire.event_type, "event_type")
+        .map_err(|e| e.unwrap_or(EventError::BadEventType("must be a string")))?;
+    validate_text(&event_type, MAX_EVENT_TYPE_BYTES).map_err(EventError::BadEventType)?;
+
+    let timestamp = required_string(wire.timestamp, "timestamp").map_err(|e| {
+        e.unwrap_or_else(|| EventError::BadTimestamp("must be an RFC 3339 string".into()))
+    })?;
+    let timestamp_ms = parse_timestamp_ms(&timestamp)?;
+
+    let amount = match non_null(wire.amount) {
+        None => None,
+        Some(raw) => Some(parse_amount(raw)?),
+    };
+
+    if let Some(raw) = non_null(wire.properties)
+        && !raw.get().starts_with('{')
+    {
+        return Err(EventError::BadProperties);
+    }
+
+    Ok(CustomerEvent {
+        customer_id,
+        event_type,
+        timestamp_ms,
+        amount,
+    })
+}
+
+/// Parses an RFC 3339 timestamp (offset required) into Unix milliseconds.
+pub fn parse_timestamp_ms(text: &str) -> Result<i64, EventError> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| EventError::BadTimestamp(format!("{e}: {:?}", truncate(text, 64))))
+}
+
+/// Formats Unix milliseconds as an RFC 3339 UTC timestamp (millisecond precision).
+pub fn format_timestamp_ms(ms: i64) -> String {
+    match chrono::DateTime::from_timestamp_millis(ms) {
+        Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        None => ms.to_string(),
+    }
+}
+
+fn classify(err: serde_json::Error) -> EventError {
+    use serde_json::error::Category;
+    match err.classify() {
+        Category::Syntax | Category::Eof | Category::Io => {
+            EventError::MalformedJson(err.to_string())
+        }
+        Category::Data => {
+            let msg = err.to_string();
+            match msg
+                .strip_prefix("duplicate field `")
+                .and_then(|rest| rest.split('`').next())
+            {
+                Some(field) => EventError::DuplicateField(field.to_string()),
+                None => EventError::MalformedJson(msg),
+            }
+        }
+    }
+}
+
+fn non_null(raw: Option<&RawValue>) -> Option<&RawValue> {
+    raw.filter(|r| r.get() != "null")
+}
+
+/// A required string field. `Err(Some(_))` is a definite error, `Err(None)`
+/// means "present but not a string", for the caller to name.
+fn required_string<'a>(
+    raw: Option<&'a RawValue>,
+    field: &'static str,
+) -> Result<Cow<'a, str>, Option<EventError>> {
+    let raw = non_null(raw).ok_or(Some(EventError::MissingField(field)))?;
+    let text = raw.get();
+    if !text.starts_with('"') {
+        return Err(None);
+    }
+    // Strings without escapes are borrowed straight from the input.
+    if let Ok(s) = serde_json::from_str::<&'a str>(text) {
+        return Ok(Cow::Borrowed(s));
+    }
+    serde_json::from_str::<String>(text)
+        .map(Cow::Owned)
+        .map_err(|_| None)
+}
+
+fn validate_text(text: &str, max_bytes: usize) -> Result<(), &'static str> {
+    if text.is_empty() {
+        return Err("must not be empty");
+    }
+    if text.len() > max_bytes {
+        return Err("too long");
+    }
+    if text.chars().any(char::is_control) {
+        return Err("must not contain control characters");
+    }
+    Ok(())
+}
+
+fn parse_amount(raw: &RawValue) -> Result<f64, EventError> {
+    let text = raw.get();
+    let first = text.as_bytes().first().copied().unwrap_or(b'"');
+    if !(first == b'-' || first.is_ascii_digit()) {
+        return Err(EventError::BadAmount("must be a number"));
+    }
+    let value: f64 = serde_json::from_str(text).map_err(|_| EventError::BadAmount("out of range"))?;
+    if !value.is_finite() {
+        return Err(EventError::BadAmount("out of range"));
+    }
+    if value < 0.0 {
+        return Err(EventError::BadAmount(
+            "must not be negative (refunds are their own event type)",
+        ));
+    }
+    Ok(value)
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    text.chars().take(max_chars).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason(line: &str) -> &'static str {
+        match parse_event(line.as_bytes()) {
+            Ok(_) => "ok",
+            Err(e) => e.reason(),
+        }
+    }
+
+    #[test]
+    fn parses_a_full_event_and_borrows_plain_strings() {
+        let line = br#"{"customer_id":"c-1","event_type":"purchase","timestamp":"2024-03-01T10:00:00+01:00","amount":12.5,"properties":{"sku":"x"},"extra":1}"#;
+        let e = parse_event(line).expect("valid event");
+        assert_eq!(e.customer_id, "c-1");
+        assert!(matches!(e.customer_id, Cow::Borrowed(_)));
+        assert_eq!(e.event_type, "purchase");
+        assert_eq!(e.timestamp_ms, 1_709_283_600_000);
+        assert_eq!(e.amount, Some(12.5));
+    }
+
+    #[test]
+    fn escaped_strings_are_decoded() {
+        let line = br#"{"customer_id":"c\u00e9","event_type":"login","timestamp":"2024-03-01T10:00:00Z"}"#;
+        let e = parse_event(line).expect("valid event");
+        assert_eq!(e.customer_id, "cé");
+    }
+
+    #[test]
+    fn each_rejection_has_its_reason() {
+        let long_id = "x".repeat(500);
+        let cases = [
+            ("{not json", "malformed_json"),
+            ("", "malformed_json"),
+            ("[1,2]", "not_an_object"),
+            ("\"bare\"", "not_an_object"),
+            ("42", "not_an_object"),
+            (
+                r#"{"customer_id":"a","customer_id":"b","event_type":"x","timestamp":"2024-01-01T00:00:00Z"}"#,
+                "duplicate_field",
+            ),
+            (
+                r#"{"event_type":"x","timestamp":"2024-01-01T00:00:00Z"}"#,
+                "missing_field",
+            ),
+            (
+                r#"{"customer_id":null,"event_type":"x","timestamp":"2024-01-01T00:00:00Z"}"#,
+                "missing_field",
+            ),
+            (
+                r#"{"customer_id":7,"event_type":"x","timestamp":"2024-01-01T00:00:00Z"}"#,
+                "bad_customer_id",
+            ),
+            (
+                r#"{"customer_id":"","event_type":"x","timestamp":"2024-01-01T00:00:00Z"}"#,
+                "bad_customer_id",
+            ),
+            (
+                r#"{"customer_id":"a\u0000b","event_type":"x","timestamp":"2024-01-01T00:00:00Z"}"#,
+                "bad_customer_id",
+            ),
+            (
+                r#"{"customer_id":"a","event_type":["x"],"timestamp":"2024-01-01T00:00:00Z"}"#,
+                "bad_event_type",
+            ),
+            (
+                r#"{"customer_id":"a","event_type":"x","timestamp":"2024-01-01"}"#,
+                "bad_timestamp",
+            ),
+            (
+                r#"{"customer_id":"a","event_type":"x","timestamp":"2024-01-01T00:00:00"}"#,
+                "bad_timestamp",
+            ),
+            (
+                r#"{"customer_id":"a","event_type":"x","timestamp":1704067200}"#,
+                "bad_timestamp",
+            ),
+            (
+                r#"{"customer_id":"a","event_type":"x","timestamp":"2024-01-01T00:00:00Z","amount":-1}"#,
+                "bad_amount",
+            ),
+            (
+                r#"{"customer_id":"a","event_type":"x","timestamp":"2024-01-01T00:00:00Z","amount":1e999}"#,
+                "bad_amount",
+            ),
+            (
+                r#"{"customer_id":"a","event_type":"x","timestamp":"2024-01-01T00:00:00Z","amount":"3"}"#,
+                "bad_amount",
+            ),
+            (
+                r#"{"customer_id":"a","event_type":"x","timestamp":"2024-01-01T00:00:00Z","properties":[1]}"#,
+                "bad_properties",
+            ),
+        ];
+        for (line, want) in cases {
+            assert_eq!(reason(line), want, "line: {line}");
+        }
+        let line = format!(
+            r#"{{"customer_id":"{long_id}","event_type":"x","timestamp":"2024-01-01T00:00:00Z"}}"#
+        );
+        assert_eq!(reason(&line), "bad_customer_id");
+        assert_eq!(
+            parse_event(b"{\"customer_id\":\"a\0\"}").map_err(|e| e.reason()),
+            Err("malformed_json")
+        );
+    }
+
+    #[test]
+    fn every_reason_is_listed() {
+        let errors = [
+            EventError::MalformedJson(String::new()),
+            EventError::NotAnObject,
+            EventError::DuplicateField(String::new()),
+            EventError::MissingField("x"),
+            EventError::BadCustomerId(""),
+            EventError::BadEventType(""),
+            EventError::BadTimestamp(String::new()),
+            EventError::BadAmount(""),
+            EventError::BadProperties,
+        ];
+        let reasons: Vec<_> = errors.iter().map(EventError::reason).collect();
+        assert_eq!(reasons, EventError::REASONS);
+    }
+
+    #[test]
+    fn null_optional_fields_are_absent() {
+        let e = parse_event(
+            br#"{"customer_id":"a","event_type":"x","timestamp":"2024-01-01T00:00:00Z","amount":null,"properties":null}"#,
+        )
+        .expect("valid");
+        assert_eq!(e.amount, None);
+    }
+
+    #[test]
+    fn timestamps_round_trip() {
+        let ms = parse_timestamp_ms("2024-05-06T07:08:09.123Z").expect("valid");
+        assert_eq!(format_timestamp_ms(ms), "2024-05-06T07:08:09.123Z");
+    }
+}

@@ -1,0 +1,614 @@
+//! The risk model: a lead-scoring model file, loaded and validated.
+//!
+//! The file format is documented line by line in `config/model.toml` and in
+//! `docs/model.md`. [`RiskModel`] is the compiled, validated form the engine
+//! reads on every event: event types are resolved to small indices, half-lives
+//! to decay rates grouped so each distinct half-life is computed once.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+/// Most event types one model may name (one bit each in the customer state).
+pub const MAX_EVENT_TYPES: usize = 64;
+
+const MS_PER_DAY: f64 = 86_400_000.0;
+
+/// Why a model file was rejected. Every variant names the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The file could not be read.
+    #[error("cannot read model file {path}: {source}")]
+    Read {
+        /// The path given.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, or a key has the wrong type or is unknown.
+    #[error("invalid model file at `{key}`: {message}")]
+    Syntax {
+        /// Dotted path of the key (empty when the file itself is malformed).
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is out of its allowed range.
+    #[error("invalid model value `{key}`: {message}")]
+    Invalid {
+        /// Dotted path of the key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The model file as written (see `config/model.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Version string copied into every alert and score.
+    pub model_version: String,
+    /// Mapping from points to the 0–100 risk score.
+    pub score: ScoreSpec,
+    /// When alerts open and close.
+    pub alert: AlertPolicy,
+    /// Half-lives of the recent and long-run activity counters.
+    pub activity: ActivitySpec,
+    /// Points per (decayed) activity event in the long-run window.
+    pub frequency: FrequencySpec,
+    /// Points for activity falling below the customer's own long-run level.
+    pub trend: TrendSpec,
+    /// Points for silence since the last event.
+    pub inactivity: InactivitySpec,
+    /// Points for (decayed) spend.
+    pub spend: SpendSpec,
+    /// Points for the length of the customer's active life.
+    pub tenure: TenureSpec,
+    /// Points per event type, keyed by `event_type`.
+    #[serde(default)]
+    pub events: BTreeMap<String, EventRule>,
+}
+
+/// `[score]`: risk = 100 / (1 + exp(-(points - midpoint) / scale)).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreSpec {
+    /// Points every customer starts with.
+    pub base_points: f64,
+    /// Points at which the risk score is 50.
+    pub midpoint: f64,
+    /// Points per e-fold of the odds; larger means a gentler curve.
+    pub scale: f64,
+}
+
+/// `[alert]`: thresholds with hysteresis and a cooldown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertPolicy {
+    /// An at-risk alert opens when the risk score reaches this (0–100).
+    pub at_risk_threshold: f64,
+    /// An open alert closes (a `recovered` alert) when the score falls to this.
+    pub recovery_threshold: f64,
+    /// No new at-risk alert for a customer within this many hours of their last alert.
+    pub cooldown_hours: f64,
+}
+
+/// `[activity]`: the two activity counters behind frequency and trend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivitySpec {
+    /// Half-life of the recent-activity counter, in days.
+    pub short_half_life_days: f64,
+    /// Half-life of the long-run activity counter, in days.
+    pub long_half_life_days: f64,
+}
+
+/// `[frequency]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrequencySpec {
+    /// Points per decayed activity event in the long-run counter (negative lowers risk).
+    pub points_per_event: f64,
+    /// At most this many decayed events count.
+    pub cap: f64,
+}
+
+/// `[trend]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrendSpec {
+    /// Points when recent activity has stopped entirely; scaled down linearly
+    /// to 0 as the recent rate reaches the long-run rate. Must be ≥ 0.
+    pub points: f64,
+    /// The trend counts only once the long-run counter holds this many events.
+    pub min_events: f64,
+}
+
+/// `[inactivity]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InactivitySpec {
+    /// Points by days of silence, interpolated linearly between steps (from 0
+    /// points at 0 days) and constant after the last. Each step is also a
+    /// moment at which the live worker re-scores a quiet customer.
+    pub steps: Vec<InactivityStep>,
+}
+
+/// One `[[inactivity.steps]]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InactivityStep {
+    /// Days of silence since the last event.
+    pub after_days: f64,
+    /// Points at that silence.
+    pub points: f64,
+}
+
+/// `[spend]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpendSpec {
+    /// Half-life of the decayed spend, in days.
+    pub half_life_days: f64,
+    /// Points per unit of ln(1 + decayed spend).
+    pub points_per_log_amount: f64,
+}
+
+/// `[tenure]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenureSpec {
+    /// Points per year between the first and the last event.
+    pub points_per_year: f64,
+    /// Years beyond this count no more.
+    pub max_years: f64,
+}
+
+/// One `[events.<type>]` entry: lead-scoring points for an event type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventRule {
+    /// Points per event when fresh; positive adds risk, negative lowers it.
+    pub points: f64,
+    /// Days after which an event's points are halved.
+    pub half_life_days: f64,
+    /// At most this many decayed events count (default 20).
+    #[serde(default = "default_cap")]
+    pub cap: f64,
+    /// Whether this type counts as activity for frequency and trend
+    /// (default: true for types with points ≤ 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activity: Option<bool>,
+}
+
+fn default_cap() -> f64 {
+    20.0
+}
+
+/// One event type the model names, compiled.
+#[derive(Debug, Clone)]
+pub struct EventKind {
+    /// The `event_type` string.
+    pub name: String,
+    /// The factor name used in reasons: `event:<type>`.
+    pub factor: String,
+    /// Points per fresh event.
+    pub points: f64,
+    /// Cap on decayed count.
+    pub cap: f64,
+    /// Index into the model's decay groups.
+    pub group: usize,
+    /// Counts as activity.
+    pub activity: bool,
+}
+
+/// The compiled, validated model the engine scores with.
+#[derive(Debug, Clone)]
+pub struct RiskModel {
+    spec: ModelSpec,
+    kinds: Vec<EventKind>,
+    kind_index: FxHashMap<String, u8>,
+    /// Decay rates (per millisecond, natural log) of each distinct half-life.
+    rates: Vec<f64>,
+    /// Inactivity step positions in milliseconds, with their points.
+    steps_ms: Vec<(i64, f64)>,
+    unknown_is_activity: bool,
+}
+
+/// Decay groups that always exist.
+pub(crate) const GROUP_SHORT: usize = 0;
+pub(crate) const GROUP_LONG: usize = 1;
+pub(crate) const GROUP_SPEND: usize = 2;
+
+impl RiskModel {
+    /// Reads, parses and validates a model file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ModelError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// The default model shipped in `config/model.toml`.
+    pub fn default_model() -> Self {
+        Self::from_toml(DEFAULT_MODEL_TOML).expect("the shipped default model is valid")
+    }
+
+    /// Parses and validates a model from TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, ModelError> {
+        let deserializer = toml::Deserializer::parse(text).map_err(|e| ModelError::Syntax {
+            key: String::new(),
+            message: e.message().to_string(),
+        })?;
+        let spec: ModelSpec = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            ModelError::Syntax {
+                key: e.path().to_string(),
+                message: e.inner().message().to_string(),
+            }
+        })?;
+        Self::from_spec(spec)
+    }
+
+    /// Validates a model specification and compiles it.
+    pub fn from_spec(spec: ModelSpec) -> Result<Self, ModelError> {
+        validate(&spec)?;
+        let mut half_lives: Vec<f64> = vec![
+            spec.activity.short_half_life_days,
+            spec.activity.long_half_life_days,
+            spec.spend.half_life_days,
+        ];
+        let mut kinds = Vec::with_capacity(spec.events.len());
+        let mut kind_index = FxHashMap::default();
+        for (name, rule) in &spec.events {
+            let group = match half_lives.iter().position(|h| *h == rule.half_life_days) {
+                Some(g) => g,
+                None => {
+                    half_lives.push(rule.half_life_days);
+                    half_lives.len() - 1
+                }
+            };
+            let index = u8::try_from(kinds.len()).map_err(|_| ModelError::Invalid {
+                key: "events".into(),
+                message: format!("at most {MAX_EVENT_TYPES} event types"),
+            })?;
+            kind_index.insert(name.clone(), index);
+            kinds.push(EventKind {
+                name: name.clone(),
+                factor: format!("event:{name}"),
+                points: rule.points,
+                cap: rule.cap,
+                group,
+                activity: rule.activity.unwrap_or(rule.points <= 0.0),
+            });
+        }
+        let rates = half_lives
+            .iter()
+            .map(|days| std::f64::consts::LN_2 / (days * MS_PER_DAY))
+            .collect();
+        let steps_ms = spec
+            .inactivity
+            .steps
+            .iter()
+            .map(|s| ((s.after_days * MS_PER_DAY).round() as i64, s.points))
+            .collect();
+        Ok(RiskModel {
+            spec,
+            kinds,
+            kind_index,
+            rates,
+            steps_ms,
+            unknown_is_activity: true,
+        })
+    }
+
+    /// The specification this model was built from.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// The model's version string.
+    pub fn version(&self) -> &str {
+        &self.spec.model_version
+    }
+
+    /// The alert policy.
+    pub fn alert_policy(&self) -> &AlertPolicy {
+        &self.spec.alert
+    }
+
+    /// The event types the model names, in index order.
+    pub fn kinds(&self) -> &[EventKind] {
+        &self.kinds
+    }
+
+    /// Resolves an event type to its index, if the model names it.
+    #[inline]
+    pub fn kind_of(&self, event_type: &str) -> Option<u8> {
+        self.kind_index.get(event_type).copied()
+    }
+
+    /// Whether an event of this (resolved) type counts as activity.
+    #[inline]
+    pub fn is_activity(&self, kind: Option<u8>) -> bool {
+        match kind {
+            Some(k) => self.kinds[usize::from(k)].activity,
+            None => self.unknown_is_activity,
+        }
+    }
+
+    /// exp(-rate · dt): the fraction of a contribution left after `dt_ms`.
+    #[inline]
+    pub(crate) fn decay(&self, group: usize, dt_ms: i64) -> f64 {
+        if dt_ms <= 0 {
+            1.0
+        } else {
+            (-self.rates[group] * dt_ms as f64).exp()
+        }
+    }
+
+    /// Inactivity steps as (silence in ms, points).
+    pub fn inactivity_steps_ms(&self) -> &[(i64, f64)] {
+        &self.steps_ms
+    }
+
+    /// Points for `silence_ms` of silence: piecewise linear through the steps.
+    pub fn inactivity_points(&self, silence_ms: i64) -> f64 {
+        let mut prev = (0_i64, 0.0_f64);
+        for &(at, points) in &self.steps_ms {
+            if silence_ms < at {
+                let span = (at - prev.0) as f64;
+                let frac = if span > 0.0 {
+                    (silence_ms - prev.0).max(0) as f64 / span
+                } else {
+                    1.0
+                };
+                return prev.1 + (points - prev.1) * frac;
+            }
+            prev = (at, points);
+        }
+        prev.1
+    }
+
+    /// Maps total points to the 0–100 risk score.
+    #[inline]
+    pub fn risk_from_points(&self, points: f64) -> f64 {
+        let s = &self.spec.score;
+        100.0 / (1.0 + (-(points - s.midpoint) / s.scale).exp())
+    }
+}
+
+/// The default model file, compiled in so every command works out of the box.
+pub const DEFAULT_MODEL_TOML: &str = include_str!("../config/model.toml");
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ModelError {
+    ModelError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+fn check_finite(key: &str, v: f64) -> Result<(), ModelError> {
+    if v.is_finite() {
+        Ok(())
+    } else {
+        Err(invalid(key, "must be a finite number"))
+    }
+}
+
+fn check_positive(key: &str, v: f64) -> Result<(), ModelError> {
+    check_finite(key, v)?;
+    if v > 0.0 {
+        Ok(())
+    } else {
+        Err(invalid(key, "must be greater than 0"))
+    }
+}
+
+fn check_non_negative(key: &str, v: f64) -> Result<(), ModelError> {
+    check_finite(key, v)?;
+    if v >= 0.0 {
+        Ok(())
+    } else {
+        Err(invalid(key, "must not be negative"))
+    }
+}
+
+fn validate(spec: &ModelSpec) -> Result<(), ModelError> {
+    if spec.model_version.trim().is_empty() {
+        return Err(invalid("model_version", "must not be empty"));
+    }
+    check_finite("score.base_points", spec.score.base_points)?;
+    check_finite("score.midpoint", spec.score.midpoint)?;
+    check_positive("score.scale", spec.score.scale)?;
+
+    let a = &spec.alert;
+    for (key, v) in [
+        ("alert.at_risk_threshold", a.at_risk_threshold),
+        ("alert.recovery_threshold", a.recovery_threshold),
+    ] {
+        check_finite(key, v)?;
+        if !(0.0..=100.0).contains(&v) {
+            return Err(invalid(key, "must be between 0 and 100"));
+        }
+    }
+    if a.recovery_threshold >= a.at_risk_threshold {
+        return Err(invalid(
+            "alert.recovery_threshold",
+            "must be below alert.at_risk_threshold (hysteresis)",
+        ));
+    }
+    check_non_negative("alert.cooldown_hours", a.cooldown_hours)?;
+
+    check_positive(
+        "activity.short_half_life_days",
+        spec.activity.short_half_life_days,
+    )?;
+    check_positive(
+        "activity.long_half_life_days",
+        spec.activity.long_half_life_days,
+    )?;
+    if spec.activity.short_half_life_days >= spec.activity.long_half_life_days {
+        return Err(invalid(
+            "activity.short_half_life_days",
+            "must be shorter than activity.long_half_life_days",
+        ));
+    }
+    check_finite("frequency.points_per_event", spec.frequency.points_per_event)?;
+    check_non_negative("frequency.cap", spec.frequency.cap)?;
+    // Trend points fall as recent activity rises; a negative value would make
+    // silence lower the risk, which the engine promises never happens.
+    check_non_negative("trend.points", spec.trend.points)?;
+    check_non_negative("trend.min_events", spec.trend.min_events)?;
+
+    let mut prev_days = 0.0;
+    let mut prev_points = 0.0;
+    for (i, step) in spec.inactivity.steps.iter().enumerate() {
+        let key = format!("inactivity.steps[{i}]");
+        check_positive(&format!("{key}.after_days"), step.after_days)?;
+        check_non_negative(&format!("{key}.points"), step.points)?;
+        if step.after_days <= prev_days {
+            return Err(invalid(
+                format!("{key}.after_days"),
+                "steps must be in increasing order of after_days",
+            ));
+        }
+        if step.points < prev_points {
+            return Err(invalid(
+                format!("{key}.points"),
+                "points must not decrease with longer silence",
+            ));
+        }
+        prev_days = step.after_days;
+        prev_points = step.points;
+    }
+
+    check_positive("spend.half_life_days", spec.spend.half_life_days)?;
+    check_finite("spend.points_per_log_amount", spec.spend.points_per_log_amount)?;
+    check_finite("tenure.points_per_year", spec.tenure.points_per_year)?;
+    check_non_negative("tenure.max_years", spec.tenure.max_years)?;
+
+    if spec.events.len() > MAX_EVENT_TYPES {
+        return Err(invalid(
+            "events",
+            format!(
+                "{} event types named; at most {MAX_EVENT_TYPES}",
+                spec.events.len()
+            ),
+        ));
+    }
+    for (name, rule) in &spec.events {
+        let key = format!("events.{name}");
+        if name.is_empty() || name.len() > crate::event::MAX_EVENT_TYPE_BYTES {
+            return Err(invalid(key, "event type names are 1-128 bytes"));
+        }
+        check_finite(&format!("{key}.points"), rule.points)?;
+        check_positive(&format!("{key}.half_life_days"), rule.half_life_days)?;
+        check_non_negative(&format!("{key}.cap"), rule.cap)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_model_loads() {
+        let m = RiskModel::default_model();
+        assert!(!m.version().is_empty());
+        assert!(m.kind_of("purchase").is_some());
+        assert!(m.kind_of("no-such-type").is_none());
+    }
+
+    fn with_default(edit: impl Fn(&mut toml::Table)) -> Result<RiskModel, ModelError> {
+        let mut table: toml::Table = toml::from_str(DEFAULT_MODEL_TOML).expect("valid toml");
+        edit(&mut table);
+        RiskModel::from_toml(&toml::to_string(&table).expect("serializable"))
+    }
+
+    fn key_of(err: ModelError) -> String {
+        match err {
+            ModelError::Syntax { key, .. } | ModelError::Invalid { key, .. } => key,
+            ModelError::Read { path, .. } => path,
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = with_default(|t| {
+            t["score"]
+                .as_table_mut()
+                .expect("table")
+                .insert("scale".into(), toml::Value::Float(0.0));
+        })
+        .expect_err("zero scale");
+        assert_eq!(key_of(err), "score.scale");
+
+        let err = with_default(|t| {
+            t["score"]
+                .as_table_mut()
+                .expect("table")
+                .insert("scale".into(), toml::Value::String("ten".into()));
+        })
+        .expect_err("string scale");
+        assert_eq!(key_of(err), "score.scale");
+
+        let err = with_default(|t| {
+            t["alert"]
+                .as_table_mut()
+                .expect("table")
+                .insert("bogus".into(), toml::Value::Integer(1));
+        })
+        .expect_err("unknown key");
+        assert!(key_of(err).starts_with("alert"));
+
+        let err = with_default(|t| {
+            t["events"]["purchase"]
+                .as_table_mut()
+                .expect("table")
+                .insert("half_life_days".into(), toml::Value::Float(-1.0));
+        })
+        .expect_err("negative half-life");
+        assert_eq!(key_of(err), "events.purchase.half_life_days");
+
+        let err = with_default(|t| {
+            t["alert"]
+                .as_table_mut()
+                .expect("table")
+                .insert("recovery_threshold".into(), toml::Value::Float(99.0));
+        })
+        .expect_err("no hysteresis");
+        assert_eq!(key_of(err), "alert.recovery_threshold");
+
+        let err = with_default(|t| {
+            t.remove("model_version");
+        })
+        .expect_err("missing version");
+        assert!(err.to_string().contains("model_version"), "{err}");
+    }
+
+    #[test]
+    fn inactivity_is_piecewise_linear_and_flat_after_the_last_step() {
+        let m = RiskModel::default_model();
+        let steps = m.inactivity_steps_ms().to_vec();
+        assert_eq!(m.inactivity_points(0), 0.0);
+        for &(at, points) in &steps {
+            assert!((m.inactivity_points(at) - points).abs() < 1e-12);
+        }
+        let (last_at, last_points) = *steps.last().expect("steps");
+        assert_eq!(m.inactivity_points(last_at * 10), last_points);
+    }
+
+    #[test]
+    fn risk_mapping_is_logistic() {
+        let m = RiskModel::default_model();
+        let mid = m.spec().score.midpoint;
+        assert!((m.risk_from_points(mid) - 50.0).abs() < 1e-12);
+        assert!(m.risk_from_points(mid + 1.0) > 50.0);
+    }
+}

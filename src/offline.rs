@@ -1,0 +1,270 @@
+//! Offline replay of JSON-lines event files through the engine, and the
+//! `score` command built on it.
+//!
+//! One replay loop serves `score`, `backtest` and `fit`: it streams the input
+//! (memory grows with customers, not events), reports each bad line without
+//! stopping, and ignores events past a time limit so that no future leaks in.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+
+use serde::Serialize;
+
+use crate::engine::{CustomerState, CustomerStore, Reason};
+use crate::event::{EventError, format_timestamp_ms, parse_event};
+use crate::model::RiskModel;
+
+/// Which events a replay takes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeLimit {
+    /// Every event.
+    None,
+    /// Events at or before this time (`score --as-of`).
+    Through(i64),
+    /// Events strictly before this time (a backtest cutoff).
+    Before(i64),
+}
+
+impl TimeLimit {
+    fn admits(self, t_ms: i64) -> bool {
+        match self {
+            TimeLimit::None => true,
+            TimeLimit::Through(limit) => t_ms <= limit,
+            TimeLimit::Before(limit) => t_ms < limit,
+        }
+    }
+}
+
+/// A line the replay could not use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadLine {
+    /// 1-based line number.
+    pub line: u64,
+    /// The parser's error.
+    pub error: EventError,
+}
+
+/// Errors that stop a replay.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// Reading the input failed.
+    #[error("reading events: {0}")]
+    Io(#[from] std::io::Error),
+    /// `--strict` and a line was bad.
+    #[error("line {}: {} ({})", .0.line, .0.error, .0.error.reason())]
+    Strict(BadLine),
+}
+
+/// What a replay read, accepted, rejected and ignored.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ReplayStats {
+    /// Lines read (blank lines included).
+    pub lines_read: u64,
+    /// Events applied to the engine.
+    pub accepted: u64,
+    /// Lines rejected, by reason.
+    pub rejected: BTreeMap<&'static str, u64>,
+    /// Valid events past the time limit, not applied.
+    pub ignored_after_limit: u64,
+    /// Latest event time applied.
+    pub max_event_ms: Option<i64>,
+}
+
+impl ReplayStats {
+    /// Total rejected lines.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.values().sum()
+    }
+}
+
+/// Replays JSON-lines events from `input` into `store`.
+///
+/// Bad lines are passed to `on_bad_line` and counted; with `strict` the first
+/// one stops the replay instead.
+pub fn replay(
+    input: impl BufRead,
+    model: &RiskModel,
+    store: &mut CustomerStore,
+    limit: TimeLimit,
+    strict: bool,
+    mut on_bad_line: impl FnMut(&BadLine),
+) -> Result<ReplayStats, ReplayError> {
+    let mut stats = ReplayStats::default();
+    let mut input = input;
+    let mut buf = Vec::with_capacity(512);
+    loop {
+        buf.clear();
+        if input.read_until(b'\n', &mut buf)? == 0 {
+            break;
+        }
+        stats.lines_read += 1;
+        let line = trim_line_end(&buf);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match parse_event(line) {
+            Ok(event) => {
+                if !limit.admits(event.timestamp_ms) {
+                    stats.ignored_after_limit += 1;
+                    continue;
+                }
+                store.apply(model, &event, None, false);
+                stats.accepted += 1;
+                stats.max_event_ms = Some(
+                    stats
+                        .max_event_ms
+                        .map_or(event.timestamp_ms, |m| m.max(event.timestamp_ms)),
+                );
+            }
+            Err(error) => {
+                let bad = BadLine {
+                    line: stats.lines_read,
+                    error,
+                };
+                if strict {
+                    return Err(ReplayError::Strict(bad));
+                }
+                *stats.rejected.entry(bad.error.reason()).or_default() += 1;
+                on_bad_line(&bad);
+            }
+        }
+    }
+    Ok(stats)
+}
+
+fn trim_line_end(buf: &[u8]) -> &[u8] {
+    let mut end = buf.len();
+    while end > 0 && (buf[end - 1] == b'\n' || buf[end - 1] == b'\r') {
+        end -= 1;
+    }
+    &buf[..end]
+}
+
+/// Risk band of a score under the model's alert policy.
+pub fn band(model: &RiskModel, risk_score: f64) -> &'static str {
+    let p = model.alert_policy();
+    if risk_score >= p.at_risk_threshold {
+        "high"
+    } else if risk_score > p.recovery_threshold {
+        "medium"
+    } else {
+        "low"
+    }
+}
+
+/// One line of `score` output.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CustomerScore {
+    /// The customer.
+    pub customer_id: String,
+    /// 0–100, higher means more likely to churn.
+    pub risk_score: f64,
+    /// `low`, `medium` or `high` under the model's alert thresholds.
+    pub band: &'static str,
+    /// Total points behind the score.
+    pub points: f64,
+    /// Every non-zero factor, largest points first.
+    pub reasons: Vec<Reason>,
+    /// Time of the customer's latest event (RFC 3339, UTC).
+    pub last_event_at: String,
+    /// Events applied.
+    pub events: u32,
+}
+
+/// Scores one customer at `as_of_ms`.
+pub fn score_customer(
+    model: &RiskModel,
+    customer_id: &str,
+    state: &CustomerState,
+    as_of_ms: i64,
+) -> CustomerScore {
+    let e = state.explain(model, as_of_ms);
+    CustomerScore {
+        customer_id: customer_id.to_string(),
+        risk_score: e.risk_score,
+        band: band(model, e.risk_score),
+        points: e.points,
+        reasons: e.reasons,
+        last_event_at: format_timestamp_ms(state.last_event_ms()),
+        events: state.events(),
+    }
+}
+
+/// Options of the `score` command.
+#[derive(Debug, Clone)]
+pub struct ScoreOptions {
+    /// Score at this time; default: the latest event time in the input.
+    pub as_of_ms: Option<i64>,
+    /// Stop at the first bad line.
+    pub strict: bool,
+}
+
+/// Runs `score`: replays `input`, writes one JSON line per customer (sorted
+/// by id) to `out`, reports bad lines and a summary to `report`.
+pub fn run_score(
+    model: &RiskModel,
+    input: impl BufRead,
+    out: &mut impl Write,
+    report: &mut impl Write,
+    options: &ScoreOptions,
+) -> Result<ReplayStats, ScoreError> {
+    let mut store = CustomerStore::new();
+    let limit = options.as_of_ms.map_or(TimeLimit::None, TimeLimit::Through);
+    let mut report_err = None;
+    let stats = replay(input, model, &mut store, limit, options.strict, |bad| {
+        if let Err(e) = writeln!(
+            report,
+            "line {}: {}: {}",
+            bad.line,
+            bad.error.reason(),
+            bad.error
+        ) {
+            report_err.get_or_insert(e);
+        }
+    })?;
+    if let Some(e) = report_err {
+        return Err(ScoreError::Output(e));
+    }
+    let as_of = options.as_of_ms.or(stats.max_event_ms).unwrap_or(0);
+    let mut customers: Vec<(&str, &CustomerState)> = store.iter().collect();
+    customers.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    for (id, state) in customers {
+        let line = serde_json::to_string(&score_customer(model, id, state, as_of))
+            .map_err(|e| ScoreError::Output(e.into()))?;
+        writeln!(out, "{line}").map_err(ScoreError::Output)?;
+    }
+    out.flush().map_err(ScoreError::Output)?;
+    let rejected: Vec<String> = stats
+        .rejected
+        .iter()
+        .map(|(r, n)| format!("{r}={n}"))
+        .collect();
+    writeln!(
+        report,
+        "summary: read={} accepted={} rejected={}{} ignored_after_as_of={} customers={} as_of={}",
+        stats.lines_read,
+        stats.accepted,
+        stats.rejected_total(),
+        if rejected.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", rejected.join(" "))
+        },
+        stats.ignored_after_limit,
+        store.len(),
+        format_timestamp_ms(as_of)
+    )
+    .map_err(ScoreError::Output)?;
+    Ok(stats)
+}
+
+/// Errors of the `score` command.
+#[derive(Debug, thiserror::Error)]
+pub enum ScoreError {
+    /// The replay stopped.
+    #[error(transparent)]
+    Replay(#[from] ReplayError),
+    /// Writing the output failed.
+    #[error("writing output: {0}")]
+    Output(std::io::Error),
+}

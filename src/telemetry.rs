@@ -1,0 +1,302 @@
+//! Every metric and the tracing setup, in one place.
+//!
+//! No other module creates a Prometheus metric or chooses a metric name: they
+//! call the typed handles on [`Metrics`]. The deployment files under
+//! `deploy/` (rules, dashboard) are checked against [`Metrics::metric_names`]
+//! by a test, so a renamed metric cannot leave a dead panel behind.
+
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Prefix of every metric this program exports.
+pub const METRIC_PREFIX: &str = "churn_scorer_";
+
+/// Typed handles on every metric churn-scorer exports.
+///
+/// Cloning is cheap (the handles are reference counted), so each task keeps
+/// its own copy.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Events read from the input topic (valid or not).
+    pub events_consumed: IntCounter,
+    /// Events rejected by the parser, by stable reason label.
+    pub events_invalid: IntCounterVec,
+    /// Events older than the partition watermark: applied to state, never alerting.
+    pub events_late: IntCounter,
+    /// Events skipped because the customer's state already contains their offset.
+    pub events_duplicate: IntCounter,
+    /// Alerts acknowledged by the broker, by kind.
+    pub alerts_published: IntCounterVec,
+    /// Messages written to the dead-letter topic, by reason.
+    pub dead_letters: IntCounterVec,
+    /// Producer deliveries that failed (each is retried).
+    pub producer_errors: IntCounter,
+    /// From receiving an event to the broker acknowledging what it caused.
+    pub processing_latency: Histogram,
+    /// Customers held in memory across all assigned partitions.
+    pub customers_tracked: IntGauge,
+    /// Consumer lag (high watermark minus position), by partition.
+    pub consumer_lag: IntGaugeVec,
+    /// Risk score computed for each scored event or timer.
+    pub risk_score: Histogram,
+    /// Inactivity timers that fired and re-scored a quiet customer.
+    pub inactivity_timers_fired: IntCounter,
+    /// Constant 1, labelled with the build and model versions.
+    pub build_info: IntGaugeVec,
+    /// Partitions currently assigned to this instance.
+    pub partitions_assigned: IntGauge,
+    /// Wall time to restore one partition's state from the changelog.
+    pub state_restore_seconds: Histogram,
+    /// Customers restored from the changelog.
+    pub state_restored_customers: IntCounter,
+    /// State records written to the changelog topic.
+    pub state_changelog_records: IntCounter,
+    /// Customers dropped from memory after the eviction horizon.
+    pub customers_evicted: IntCounter,
+    /// Event-time watermark of each partition, as Unix seconds.
+    pub partition_watermark_seconds: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Creates and registers every metric in a fresh registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let latency_buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ];
+        let score_buckets = (1..=10).map(|i| f64::from(i) * 10.0).collect();
+        let restore_buckets = vec![0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+
+        let m = Metrics {
+            events_consumed: IntCounter::with_opts(opts(
+                "events_consumed_total",
+                "Events read from the input topic, valid or not.",
+            ))
+            .expect("valid metric"),
+            events_invalid: IntCounterVec::new(
+                opts(
+                    "events_invalid_total",
+                    "Events rejected by the parser, by reason.",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            events_late: IntCounter::with_opts(opts(
+                "events_late_total",
+                "Events older than their partition's watermark (applied, never alerting).",
+            ))
+            .expect("valid metric"),
+            events_duplicate: IntCounter::with_opts(opts(
+                "events_duplicate_total",
+                "Events skipped because the customer's state already includes their offset.",
+            ))
+            .expect("valid metric"),
+            alerts_published: IntCounterVec::new(
+                opts(
+                    "alerts_published_total",
+                    "Alerts acknowledged by the broker, by kind.",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
+            dead_letters: IntCounterVec::new(
+                opts(
+                    "dead_letters_total",
+                    "Messages written to the dead-letter topic, by reason.",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            producer_errors: IntCounter::with_opts(opts(
+                "producer_errors_total",
+                "Producer deliveries that failed (each is retried).",
+            ))
+            .expect("valid metric"),
+            processing_latency: Histogram::with_opts(
+                HistogramOpts::from(opts(
+                    "processing_latency_seconds",
+                    "From receiving an event to the broker acknowledging its outputs.",
+                ))
+                .buckets(latency_buckets),
+            )
+            .expect("valid metric"),
+            customers_tracked: IntGauge::with_opts(opts(
+                "customers_tracked",
+                "Customers held in memory across assigned partitions.",
+            ))
+            .expect("valid metric"),
+            consumer_lag: IntGaugeVec::new(
+                opts(
+                    "consumer_lag",
+                    "High watermark minus consumer position, by partition.",
+                ),
+                &["partition"],
+            )
+            .expect("valid metric"),
+            risk_score: Histogram::with_opts(
+                HistogramOpts::from(opts(
+                    "risk_score",
+                    "Risk score (0-100) of each scored event or fired timer.",
+                ))
+                .buckets(score_buckets),
+            )
+            .expect("valid metric"),
+            inactivity_timers_fired: IntCounter::with_opts(opts(
+                "inactivity_timers_fired_total",
+                "Inactivity timers that fired and re-scored a quiet customer.",
+            ))
+            .expect("valid metric"),
+            build_info: IntGaugeVec::new(
+                opts(
+                    "build_info",
+                    "Constant 1, labelled with the program and model versions.",
+                ),
+                &["version", "model_version"],
+            )
+            .expect("valid metric"),
+            partitions_assigned: IntGauge::with_opts(opts(
+                "partitions_assigned",
+                "Input partitions currently assigned to this instance.",
+            ))
+            .expect("valid metric"),
+            state_restore_seconds: Histogram::with_opts(
+                HistogramOpts::from(opts(
+                    "state_restore_seconds",
+                    "Wall time to restore one partition's state from the changelog.",
+                ))
+                .buckets(restore_buckets),
+            )
+            .expect("valid metric"),
+            state_restored_customers: IntCounter::with_opts(opts(
+                "state_restored_customers_total",
+                "Customers restored from the state changelog.",
+            ))
+            .expect("valid metric"),
+            state_changelog_records: IntCounter::with_opts(opts(
+                "state_changelog_records_total",
+                "State records written to the changelog topic.",
+            ))
+            .expect("valid metric"),
+            customers_evicted: IntCounter::with_opts(opts(
+                "customers_evicted_total",
+                "Customers dropped from memory after the eviction horizon.",
+            ))
+            .expect("valid metric"),
+            partition_watermark_seconds: IntGaugeVec::new(
+                opts(
+                    "partition_watermark_seconds",
+                    "Event-time watermark of each partition, as Unix seconds.",
+                ),
+                &["partition"],
+            )
+            .expect("valid metric"),
+            registry,
+        };
+        for collector in m.collectors() {
+            m.registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        m
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        vec![
+            Box::new(self.events_consumed.clone()),
+            Box::new(self.events_invalid.clone()),
+            Box::new(self.events_late.clone()),
+            Box::new(self.events_duplicate.clone()),
+            Box::new(self.alerts_published.clone()),
+            Box::new(self.dead_letters.clone()),
+            Box::new(self.producer_errors.clone()),
+            Box::new(self.processing_latency.clone()),
+            Box::new(self.customers_tracked.clone()),
+            Box::new(self.consumer_lag.clone()),
+            Box::new(self.risk_score.clone()),
+            Box::new(self.inactivity_timers_fired.clone()),
+            Box::new(self.build_info.clone()),
+            Box::new(self.partitions_assigned.clone()),
+            Box::new(self.state_restore_seconds.clone()),
+            Box::new(self.state_restored_customers.clone()),
+            Box::new(self.state_changelog_records.clone()),
+            Box::new(self.customers_evicted.clone()),
+            Box::new(self.partition_watermark_seconds.clone()),
+        ]
+    }
+
+    /// The full name of every metric family, including the series a histogram
+    /// exports (`_bucket`, `_sum`, `_count`).
+    pub fn metric_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for collector in self.collectors() {
+            for desc in collector.desc() {
+                let is_histogram = [
+                    "processing_latency_seconds",
+                    "risk_score",
+                    "state_restore_seconds",
+                ]
+                .iter()
+                .any(|h| desc.fq_name == format!("{METRIC_PREFIX}{h}"));
+                if is_histogram {
+                    for suffix in ["_bucket", "_sum", "_count"] {
+                        names.push(format!("{}{suffix}", desc.fq_name));
+                    }
+                } else {
+                    names.push(desc.fq_name.clone());
+                }
+            }
+        }
+        names.sort();
+        names
+    }
+
+    /// Sets `build_info` for this build and the loaded model.
+    pub fn set_build_info(&self, model_version: &str) {
+        self.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), model_version])
+            .set(1);
+    }
+
+    /// Renders every metric in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        if encoder.encode(&self.registry.gather(), &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(format!("{METRIC_PREFIX}{name}"), help)
+}
+
+/// Installs the global tracing subscriber: human-readable by default, JSON
+/// lines with `CHURN_SCORER_LOG_FORMAT=json`; the filter comes from `RUST_LOG`
+/// (default `info`).
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("CHURN_SCORER_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second init (tests) is harmless: keep the first subscriber.
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
