@@ -122,6 +122,17 @@ pub struct Explanation {
     pub reasons: Vec<Reason>,
 }
 
+/// A factor's input value and the model's weight for it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FactorValue {
+    /// Which factor.
+    pub factor: Factor,
+    /// Its input: a decayed count, 1 − trend ratio, inactivity points, ln(1 + spend), years, or 1 for the base.
+    pub value: f64,
+    /// The model's points per unit of `value`.
+    pub weight: f64,
+}
+
 /// Features of a customer at a moment, as the model sees them (for the HTTP
 /// API and the analysts' tools).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -277,12 +288,20 @@ impl CustomerState {
     /// In silence, protective (negative) points fade with time while risk
     /// (positive) points hold at their value at the last event: so the score
     /// never falls while a customer stays silent.
-    fn contributions(&self, model: &RiskModel, as_of_ms: i64, mut sink: impl FnMut(Factor, f64)) {
+    ///
+    /// The sink receives `(factor, value, weight)`; the factor's points are
+    /// `weight * value`, the weight being the model's points for that factor.
+    fn contributions(
+        &self,
+        model: &RiskModel,
+        as_of_ms: i64,
+        mut sink: impl FnMut(Factor, f64, f64),
+    ) {
         let spec = model.spec();
         let silence = (as_of_ms - self.last_event_ms).max(0);
         let mut cache = DecayCache::new(model, silence);
 
-        sink(Factor::Base, spec.score.base_points);
+        sink(Factor::Base, 1.0, spec.score.base_points);
 
         let mut mask = self.type_mask;
         let mut slot = 0;
@@ -290,7 +309,7 @@ impl CustomerState {
             let k = mask.trailing_zeros() as usize;
             let kind = &model.kinds()[k];
             let count = held_or_faded(self.type_counts[slot], kind.points, &mut cache, kind.group);
-            sink(Factor::Event(k as u8), kind.points * count.min(kind.cap));
+            sink(Factor::Event(k as u8), count.min(kind.cap), kind.points);
             mask &= mask - 1;
             slot += 1;
         }
@@ -304,37 +323,39 @@ impl CustomerState {
         };
         sink(
             Factor::Frequency,
-            freq.points_per_event * long_for_freq.min(freq.cap),
+            long_for_freq.min(freq.cap),
+            freq.points_per_event,
         );
 
         // Support is judged at the last event so that silence cannot switch the trend off.
         let trend = &spec.trend;
-        let trend_points = if self.activity_long >= trend.min_events && self.activity_long > 0.0 {
+        let trend_value = if self.activity_long >= trend.min_events && self.activity_long > 0.0 {
             let short_now = self.activity_short * cache.get(GROUP_SHORT);
-            let ratio = trend_ratio(model, short_now, long_now);
-            trend.points * (1.0 - ratio)
+            1.0 - trend_ratio(model, short_now, long_now)
         } else {
             0.0
         };
-        sink(Factor::Trend, trend_points);
+        sink(Factor::Trend, trend_value, trend.points);
 
-        sink(Factor::Inactivity, model.inactivity_points(silence));
+        // The steps carry the points; the weight 1 lets `fit` scale them as one factor.
+        sink(Factor::Inactivity, model.inactivity_points(silence), 1.0);
 
         let sp = &spec.spend;
         let spend = held_or_faded(self.spend, sp.points_per_log_amount, &mut cache, GROUP_SPEND);
-        sink(Factor::Spend, sp.points_per_log_amount * spend.ln_1p());
+        sink(Factor::Spend, spend.ln_1p(), sp.points_per_log_amount);
 
         let tenure_years = (self.last_event_ms - self.first_event_ms) as f64 / MS_PER_YEAR;
         sink(
             Factor::Tenure,
-            spec.tenure.points_per_year * tenure_years.min(spec.tenure.max_years),
+            tenure_years.min(spec.tenure.max_years),
+            spec.tenure.points_per_year,
         );
     }
 
     /// Total points at `as_of_ms` (the fast path: no allocation).
     pub fn points(&self, model: &RiskModel, as_of_ms: i64) -> f64 {
         let mut total = 0.0;
-        self.contributions(model, as_of_ms, |_, p| total += p);
+        self.contributions(model, as_of_ms, |_, v, w| total += w * v);
         total
     }
 
@@ -348,7 +369,8 @@ impl CustomerState {
     pub fn explain(&self, model: &RiskModel, as_of_ms: i64) -> Explanation {
         let mut total = 0.0;
         let mut factors: Vec<(Factor, f64)> = Vec::with_capacity(8);
-        self.contributions(model, as_of_ms, |f, p| {
+        self.contributions(model, as_of_ms, |f, v, w| {
+            let p = w * v;
             total += p;
             factors.push((f, p));
         });
@@ -365,6 +387,23 @@ impl CustomerState {
                 })
                 .collect(),
         }
+    }
+
+    /// Every factor's input value at `as_of_ms` with the model's weight for
+    /// it: the factor's points are `weight * value`, and the risk score is the
+    /// model's mapping of their sum. `fit` uses these as its design matrix so
+    /// that a fitted model scores exactly what it was fitted on. (Which
+    /// decayed values are held in silence depends on the sign of the weight.)
+    pub fn factor_values(&self, model: &RiskModel, as_of_ms: i64) -> Vec<FactorValue> {
+        let mut values = Vec::with_capacity(8);
+        self.contributions(model, as_of_ms, |factor, value, weight| {
+            values.push(FactorValue {
+                factor,
+                value,
+                weight,
+            });
+        });
+        values
     }
 
     /// The features the model reads, at `as_of_ms`.
