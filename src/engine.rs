@@ -657,11 +657,31 @@ impl CustomerStore {
     }
 
     /// Puts a restored state in place (replacing any state of the same id).
-    pub fn insert_state(&mut self, model: &RiskModel, customer_id: &str, state: CustomerState) {
+    /// Timers are not scheduled: call [`CustomerStore::rebuild_timers`] once
+    /// the restore is complete.
+    pub fn insert_state(&mut self, customer_id: &str, state: CustomerState) {
         let i = self.find_or_insert(customer_id);
         self.states[i as usize] = state;
-        self.states[i as usize].timer_due_ms = NEVER;
-        self.schedule_after_event(model, i);
+    }
+
+    /// Rebuilds the timer index from the states: each customer's restored
+    /// next timer, or the first inactivity step after its latest event.
+    pub fn rebuild_timers(&mut self, model: &RiskModel) {
+        self.timers.clear();
+        for i in 0..self.states.len() {
+            if self.ids[i].is_empty() {
+                continue;
+            }
+            let due = self.states[i].timer_due_ms;
+            if due == NEVER {
+                self.schedule_after_event(model, i as CustomerIndex);
+            } else {
+                self.timers
+                    .entry(due.div_euclid(TIMER_BUCKET_MS))
+                    .or_default()
+                    .push(i as CustomerIndex);
+            }
+        }
     }
 
     /// Removes a customer (eviction or a tombstone in the changelog).

@@ -11,6 +11,9 @@
 //! See `ARCHITECTURE.md` for the map of modules.
 
 pub mod alert;
+pub mod broker;
+pub mod changelog;
+pub mod config;
 pub mod engine;
 pub mod event;
 pub mod model;

@@ -1,0 +1,433 @@
+//! Worker configuration: a TOML file, overridden by environment variables
+//! `CHURN_SCORER__<SECTION>__<KEY>`, overridden by command-line flags.
+//!
+//! `config/worker.toml` documents every key. Read once at startup; the rest
+//! of the program receives the typed [`WorkerConfig`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Environment variable prefix; sections and keys are separated by `__`.
+pub const ENV_PREFIX: &str = "CHURN_SCORER";
+
+/// Consumer properties the worker sets itself: its delivery guarantee depends on them.
+const RESERVED_CONSUMER_KEYS: &[&str] = &[
+    "group.id",
+    "enable.auto.offset.store",
+    "enable.auto.commit",
+    "bootstrap.servers",
+];
+
+/// Why the configuration was rejected. Each variant names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment could not be read or has the wrong shape.
+    #[error("configuration key `{key}`: {message}")]
+    Invalid {
+        /// Dotted key (empty if the whole source is unreadable).
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// Everything the worker is configured with.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// `[kafka]`: connection and client properties.
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    /// `[topics]`: topic names.
+    #[serde(default)]
+    pub topics: TopicsConfig,
+    /// `[http]`: the HTTP server.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// `[model]`: the risk model.
+    #[serde(default)]
+    pub model: ModelConfig,
+    /// `[engine]`: event-time rules.
+    #[serde(default)]
+    pub engine: EngineConfig,
+    /// `[pipeline]`: batching and backpressure.
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    /// `[shutdown]`: graceful shutdown.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+}
+
+/// `[kafka]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// librdkafka `bootstrap.servers`.
+    pub bootstrap_servers: String,
+    /// Consumer group id.
+    pub group_id: String,
+    /// librdkafka consumer properties passed through as is.
+    pub consumer: BTreeMap<String, String>,
+    /// librdkafka producer properties passed through as is.
+    pub producer: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: "localhost:9092".into(),
+            group_id: "churn-scorer".into(),
+            consumer: BTreeMap::new(),
+            producer: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[topics]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicsConfig {
+    /// Customer events.
+    pub input: String,
+    /// Alerts.
+    pub alerts: String,
+    /// Dead letters.
+    pub dead_letter: String,
+    /// State changelog (compacted).
+    pub state: String,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        TopicsConfig {
+            input: "customer-events".into(),
+            alerts: "churn-alerts".into(),
+            dead_letter: "churn-events-dlq".into(),
+            state: "churn-scorer-state".into(),
+        }
+    }
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Listen address.
+    pub addr: String,
+    /// Bearer token required on `/v1` when set.
+    pub bearer_token: Option<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            addr: "0.0.0.0:9464".into(),
+            bearer_token: None,
+        }
+    }
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Model file path.
+    pub path: PathBuf,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            path: PathBuf::from("config/model.toml"),
+        }
+    }
+}
+
+/// `[engine]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Seconds an event may lag its partition's newest event time and still alert.
+    pub allowed_lateness_secs: u64,
+    /// Seconds without messages after which a partition's clock follows the wall clock.
+    pub idle_timeout_secs: u64,
+    /// Days of silence after which a customer is evicted; 0 disables eviction.
+    pub eviction_horizon_days: f64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            allowed_lateness_secs: 3600,
+            idle_timeout_secs: 60,
+            eviction_horizon_days: 0.0,
+        }
+    }
+}
+
+/// `[pipeline]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Most messages per processing batch.
+    pub batch_size: usize,
+    /// Most unacknowledged outputs before consumption pauses.
+    pub max_in_flight: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            batch_size: 2000,
+            max_in_flight: 50_000,
+        }
+    }
+}
+
+/// `[shutdown]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// Seconds allowed to drain on shutdown.
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_timeout_secs: 30,
+        }
+    }
+}
+
+/// Command-line overrides (they win over file and environment).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--bootstrap-servers`.
+    pub bootstrap_servers: Option<String>,
+    /// `--http-addr`.
+    pub http_addr: Option<String>,
+}
+
+impl WorkerConfig {
+    /// Loads the file (if any), then the environment, then `overrides`, and validates.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, overrides, std::env::vars())
+    }
+
+    /// As [`WorkerConfig::load`], with the environment given (for tests).
+    pub fn load_with_env(
+        path: Option<&Path>,
+        overrides: &Overrides,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = path {
+            if !path.exists() {
+                return Err(invalid(
+                    "",
+                    format!("configuration file {} not found", path.display()),
+                ));
+            }
+            builder = builder.add_source(
+                config::File::from(path.to_path_buf()).format(config::FileFormat::Toml),
+            );
+        }
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let set = |b: config::ConfigBuilder<config::builder::DefaultState>,
+                   key: &str,
+                   value: &Option<String>| match value {
+            Some(v) => b.set_override(key, v.clone()),
+            None => Ok(b),
+        };
+        builder = set(
+            builder,
+            "kafka.bootstrap_servers",
+            &overrides.bootstrap_servers,
+        )
+        .map_err(|e| invalid("kafka.bootstrap_servers", e.to_string()))?;
+        builder = set(builder, "http.addr", &overrides.http_addr)
+            .map_err(|e| invalid("http.addr", e.to_string()))?;
+        let raw = builder.build().map_err(|e| invalid("", e.to_string()))?;
+        let config: WorkerConfig = serde_path_to_error::deserialize(raw).map_err(|e| {
+            let key = e.path().to_string();
+            invalid(key, e.into_inner().to_string())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values the types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            return Err(invalid("kafka.bootstrap_servers", "must not be empty"));
+        }
+        if self.kafka.group_id.trim().is_empty() {
+            return Err(invalid("kafka.group_id", "must not be empty"));
+        }
+        for key in self.kafka.consumer.keys() {
+            if RESERVED_CONSUMER_KEYS.contains(&key.as_str()) {
+                return Err(invalid(
+                    format!("kafka.consumer.{key}"),
+                    "is set by the worker itself (use kafka.group_id / kafka.bootstrap_servers)",
+                ));
+            }
+        }
+        for (key, name) in [
+            ("topics.input", &self.topics.input),
+            ("topics.alerts", &self.topics.alerts),
+            ("topics.dead_letter", &self.topics.dead_letter),
+            ("topics.state", &self.topics.state),
+        ] {
+            if name.trim().is_empty() {
+                return Err(invalid(key, "must not be empty"));
+            }
+        }
+        if [
+            &self.topics.alerts,
+            &self.topics.dead_letter,
+            &self.topics.state,
+        ]
+        .contains(&&self.topics.input)
+        {
+            return Err(invalid(
+                "topics.input",
+                "must differ from the output topics",
+            ));
+        }
+        self.http_addr()?;
+        if self.http.bearer_token.as_deref() == Some("") {
+            return Err(invalid(
+                "http.bearer_token",
+                "must not be empty (remove it to disable)",
+            ));
+        }
+        if !(self.engine.eviction_horizon_days.is_finite() && self.engine.eviction_horizon_days >= 0.0)
+        {
+            return Err(invalid(
+                "engine.eviction_horizon_days",
+                "must be a number ≥ 0",
+            ));
+        }
+        if self.pipeline.batch_size == 0 {
+            return Err(invalid("pipeline.batch_size", "must be at least 1"));
+        }
+        if self.pipeline.max_in_flight == 0 {
+            return Err(invalid("pipeline.max_in_flight", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The HTTP listen address, parsed.
+    pub fn http_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.http
+            .addr
+            .parse()
+            .map_err(|e| invalid("http.addr", format!("{e}: {:?}", self.http.addr)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load(text: &str, env: &[(&str, &str)], o: &Overrides) -> Result<WorkerConfig, ConfigError> {
+        let mut f = tempfile::Builder::new()
+            .suffix(".toml")
+            .tempfile()
+            .expect("temp file");
+        f.write_all(text.as_bytes()).expect("write");
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        WorkerConfig::load_with_env(Some(f.path()), o, env)
+    }
+
+    fn key(e: ConfigError) -> String {
+        match e {
+            ConfigError::Invalid { key, .. } => key,
+        }
+    }
+
+    #[test]
+    fn shipped_file_loads_with_the_documented_defaults() {
+        let text = std::fs::read_to_string("config/worker.toml").expect("shipped config");
+        let c = load(&text, &[], &Overrides::default()).expect("valid");
+        assert_eq!(c.topics, TopicsConfig::default());
+        assert_eq!(c.kafka.group_id, "churn-scorer");
+        assert_eq!(c.http.addr, "0.0.0.0:9464");
+        assert_eq!(c.model.path, PathBuf::from("config/model.toml"));
+        assert_eq!(
+            c.kafka.consumer.get("auto.offset.reset").map(String::as_str),
+            Some("earliest")
+        );
+    }
+
+    #[test]
+    fn environment_overrides_file_and_flags_override_both() {
+        let text = "[kafka]\nbootstrap_servers = \"file:1\"\n[topics]\ninput = \"in\"\n";
+        let env = [
+            ("CHURN_SCORER__KAFKA__BOOTSTRAP_SERVERS", "env:2"),
+            ("CHURN_SCORER__TOPICS__ALERTS", "alerts-env"),
+        ];
+        let c = load(text, &env, &Overrides::default()).expect("valid");
+        assert_eq!(c.kafka.bootstrap_servers, "env:2");
+        assert_eq!(c.topics.alerts, "alerts-env");
+        assert_eq!(c.topics.input, "in");
+        let o = Overrides {
+            bootstrap_servers: Some("flag:3".into()),
+            http_addr: Some("127.0.0.1:1".into()),
+        };
+        let c = load(text, &env, &o).expect("valid");
+        assert_eq!(c.kafka.bootstrap_servers, "flag:3");
+        assert_eq!(c.http.addr, "127.0.0.1:1");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let o = Overrides::default();
+        assert_eq!(
+            key(load("[http]\naddr = \"nope\"\n", &[], &o).expect_err("bad addr")),
+            "http.addr"
+        );
+        assert_eq!(
+            key(load("[pipeline]\nbatch_size = \"many\"\n", &[], &o).expect_err("bad type")),
+            "pipeline.batch_size"
+        );
+        let e = load("[topics]\nbogus = \"x\"\n", &[], &o).expect_err("unknown key");
+        assert!(key(e).starts_with("topics"));
+        assert_eq!(
+            key(
+                load("[kafka.consumer]\n\"enable.auto.commit\" = \"true\"\n", &[], &o)
+                    .expect_err("reserved")
+            ),
+            "kafka.consumer.enable.auto.commit"
+        );
+        assert_eq!(
+            key(load("[topics]\ninput = \"churn-alerts\"\n", &[], &o).expect_err("same topic")),
+            "topics.input"
+        );
+    }
+}
