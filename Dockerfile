@@ -41,8 +41,8 @@ RUN awk '/^\[\[(bench|test|example)\]\]/ { skip = 1; next } /^\[/ { skip = 0 } !
  && cargo build --release --locked --bin churn-scorer \
  && rm -rf src
 
-# 2) Application layer: the real sources. `config/` is copied too in case the
-#    code embeds a default file with include_str!.
+# 2) Application layer: the real sources. `config/` is needed at compile time
+#    too: src/model.rs embeds config/model.toml with include_str!.
 COPY src ./src
 COPY config ./config
 # Bump mtimes so cargo rebuilds the crate itself, not the stub.

@@ -24,6 +24,12 @@ struct Cli {
 enum Command {
     /// Score every customer in a JSON-lines event file.
     Score(ScoreArgs),
+    /// Run the streaming worker: consume events, publish alerts, serve metrics.
+    Run(RunArgs),
+    /// Run a local development Kafka broker (librdkafka's mock cluster).
+    Broker(BrokerArgs),
+    /// Generate synthetic customer journeys (JSON lines) with planted churn labels.
+    Generate(GenerateArgs),
 }
 
 #[derive(clap::Args)]
@@ -42,6 +48,26 @@ struct ScoreArgs {
     strict: bool,
 }
 
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Worker configuration (TOML); default `config/worker.toml` if present, else built-in defaults.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Kafka bootstrap servers (overrides `kafka.bootstrap_servers`).
+    #[arg(long)]
+    bootstrap_servers: Option<String>,
+    /// HTTP listen address (overrides `http.addr`).
+    #[arg(long)]
+    http_addr: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct BrokerArgs {
+    /// Partitions of each default topic.
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     churn_scorer::telemetry::init_tracing();
@@ -57,6 +83,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Score(args) => score(args),
+        Command::Run(args) => run_worker(args),
+        Command::Broker(args) => broker(args),
+        Command::Generate(args) => generate(args),
     }
 }
 
@@ -93,5 +122,168 @@ fn score(args: ScoreArgs) -> Result<()> {
             .with_context(|| format!("opening events file {}", args.events))?;
         run_score(&model, BufReader::new(file), &mut out, &mut report, &options)?;
     }
+    Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Cancels `token` on Ctrl-C or SIGTERM.
+async fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    token.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutdown requested");
+    token.cancel();
+}
+
+fn run_worker(args: RunArgs) -> Result<()> {
+    use churn_scorer::config::{Overrides, WorkerConfig};
+    let default_path = PathBuf::from("config/worker.toml");
+    let path = args
+        .config
+        .or_else(|| default_path.exists().then_some(default_path));
+    let overrides = Overrides {
+        bootstrap_servers: args.bootstrap_servers,
+        http_addr: args.http_addr,
+    };
+    let config = WorkerConfig::load(path.as_deref(), &overrides)?;
+    let model = RiskModel::load(&config.model.path)
+        .with_context(|| format!("configuration key `model.path` ({})", config.model.path.display()))?;
+    let metrics = churn_scorer::telemetry::Metrics::new();
+    runtime()?.block_on(async move {
+        let token = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(cancel_on_signal(token.clone()));
+        let worker = churn_scorer::worker::Worker::bind(config, model, metrics).await?;
+        worker.run(token).await?;
+        Ok(())
+    })
+}
+
+fn broker(args: BrokerArgs) -> Result<()> {
+    use churn_scorer::broker::EmbeddedBroker;
+    use churn_scorer::config::TopicsConfig;
+    anyhow::ensure!(args.partitions >= 1, "--partitions must be at least 1");
+    let broker = EmbeddedBroker::start(1)?;
+    broker.create_default_topics(&TopicsConfig::default(), args.partitions)?;
+    println!("bootstrap: {}", broker.bootstrap_servers());
+    eprintln!(
+        "development broker (librdkafka mock cluster): topics {} created with {} partitions each.\n\
+         NOT a production broker: it keeps only the most recent ~5 MiB (or 100k batches) per partition,\n\
+         never compacts, and has no admin API. Runs until killed (Ctrl-C).",
+        [
+            "customer-events",
+            "churn-alerts",
+            "churn-events-dlq",
+            "churn-scorer-state"
+        ]
+        .join(", "),
+        args.partitions
+    );
+    runtime()?.block_on(async {
+        let token = tokio_util::sync::CancellationToken::new();
+        cancel_on_signal(token.clone()).await;
+    });
+    drop(broker);
+    Ok(())
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// Number of customers.
+    #[arg(long, default_value_t = 1000)]
+    customers: u32,
+    /// Seed: the same seed and settings always give the same bytes.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Start of the period (RFC 3339).
+    #[arg(long, default_value = "2025-01-01T00:00:00Z")]
+    start: String,
+    /// Length of the period in days.
+    #[arg(long, default_value_t = 180)]
+    days: u32,
+    /// Label cutoff in days from the start; default: 30 days before the end.
+    #[arg(long)]
+    cutoff_days: Option<u32>,
+    /// Output JSON-lines file, or `-` for standard output.
+    #[arg(long, default_value = "-")]
+    out: String,
+    /// Write `customer_id,churned` labels (CSV) to this file.
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// Event-type names: `default` (the default model's) or `custom` (unknown to it).
+    #[arg(long, default_value = "default")]
+    vocabulary: churn_scorer::generate::Vocabulary,
+    /// Fraction of lines (0-1) replaced by realistic bad lines.
+    #[arg(long, default_value_t = 0.0)]
+    invalid_rate: f64,
+}
+
+fn generate(args: GenerateArgs) -> Result<()> {
+    use churn_scorer::generate::{GenerateConfig, Generator};
+    use std::io::Write;
+
+    let start_ms = parse_timestamp_ms(&args.start).context("--start")?;
+    let config = GenerateConfig {
+        customers: args.customers,
+        seed: args.seed,
+        start_ms,
+        days: args.days,
+        cutoff_days: args
+            .cutoff_days
+            .unwrap_or_else(|| args.days.saturating_sub(30).max(1)),
+        vocabulary: args.vocabulary,
+        invalid_rate: args.invalid_rate,
+    };
+    let mut generator = Generator::new(config)?;
+    if let Some(path) = &args.labels {
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("creating labels file {}", path.display()))?;
+        generator
+            .write_labels_csv(std::io::BufWriter::new(file))
+            .with_context(|| format!("writing labels file {}", path.display()))?;
+    }
+    let stats = if args.out == "-" {
+        let stdout = std::io::stdout();
+        generator.write_jsonl(std::io::BufWriter::with_capacity(1 << 20, stdout.lock()))?
+    } else {
+        let file = std::fs::File::create(&args.out)
+            .with_context(|| format!("creating events file {}", args.out))?;
+        generator
+            .write_jsonl(std::io::BufWriter::with_capacity(1 << 20, file))
+            .with_context(|| format!("writing events file {}", args.out))?
+    };
+    let churned = generator.labels().filter(|l| l.churned).count();
+    writeln!(
+        std::io::stderr(),
+        "generated: lines={} invalid={} customers={} churned={} cutoff={}",
+        stats.lines,
+        stats.invalid,
+        generator.config().customers,
+        churned,
+        churn_scorer::event::format_timestamp_ms(generator.cutoff_ms()),
+    )?;
     Ok(())
 }

@@ -1,0 +1,157 @@
+//! librdkafka client configuration and the producer's delivery context.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use rdkafka::ClientConfig;
+use rdkafka::ClientContext;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{DeliveryResult, ProducerContext};
+
+use crate::config::WorkerConfig;
+use crate::engine::AlertKind;
+
+/// Base consumer configuration: the user's pass-through properties, then the
+/// properties the worker's delivery guarantee depends on.
+pub fn consumer_config(config: &WorkerConfig, group_id: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("statistics.interval.ms", "5000");
+    c.set("auto.offset.reset", "earliest");
+    for (k, v) in &config.kafka.consumer {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", &config.kafka.bootstrap_servers);
+    c.set("group.id", group_id);
+    // Offsets are stored by the worker once what an event caused is acknowledged;
+    // librdkafka commits the stored offsets in the background.
+    c.set("enable.auto.offset.store", "false");
+    c.set("enable.auto.commit", "true");
+    c
+}
+
+/// Producer configuration: idempotent, acks from all replicas, then the
+/// user's pass-through properties.
+pub fn producer_config(config: &WorkerConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("enable.idempotence", "true");
+    c.set("acks", "all");
+    c.set("linger.ms", "5");
+    c.set(
+        "queue.buffering.max.messages",
+        (config.pipeline.max_in_flight.max(1000) * 2).to_string(),
+    );
+    for (k, v) in &config.kafka.producer {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", &config.kafka.bootstrap_servers);
+    c
+}
+
+/// What an output message is, for metrics and ack accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    /// An alert on the alerts topic.
+    Alert(AlertKind),
+    /// A dead letter, with its reason label.
+    DeadLetter(&'static str),
+    /// A state record on the changelog.
+    State,
+}
+
+/// Identifies the input batch an output belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryTag {
+    /// Input partition.
+    pub partition: i32,
+    /// Assignment epoch of that partition (acks from before a revoke are stale).
+    pub epoch: u64,
+    /// Batch sequence number within the partition.
+    pub seq: u64,
+    /// What was sent.
+    pub kind: OutputKind,
+}
+
+/// An output message owned by the worker (for retries).
+#[derive(Debug, Clone)]
+pub struct OutputRecord {
+    /// Destination topic.
+    pub topic: String,
+    /// Explicit partition, if any (state records go to their input partition).
+    pub partition: Option<i32>,
+    /// Message key.
+    pub key: Vec<u8>,
+    /// Message value (`None` is a tombstone).
+    pub payload: Option<Vec<u8>>,
+    /// Headers, as (name, value).
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl OutputRecord {
+    /// Headers in librdkafka's form.
+    pub fn owned_headers(&self) -> OwnedHeaders {
+        let mut h = OwnedHeaders::new_with_capacity(self.headers.len());
+        for (k, v) in &self.headers {
+            h = h.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        h
+    }
+}
+
+/// A delivery report, as collected by [`DeliveryContext`].
+#[derive(Debug)]
+pub enum Delivery {
+    /// The broker acknowledged the message.
+    Acked(DeliveryTag),
+    /// Delivery failed after librdkafka's own retries; the record is to be sent again.
+    Failed(DeliveryTag, String, Box<OutputRecord>),
+}
+
+/// Collects delivery reports; they are acted on by the pipeline at points of
+/// its choosing, never inside librdkafka's callback.
+#[derive(Default)]
+pub struct DeliveryContext {
+    /// Reports not yet taken.
+    pub reports: Mutex<Vec<Delivery>>,
+    /// Created at, for log context.
+    pub started: Option<Instant>,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Box<(DeliveryTag, Option<i32>)>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: Self::DeliveryOpaque) {
+        let (tag, explicit_partition) = *opaque;
+        let report = match result {
+            Ok(_) => Delivery::Acked(tag),
+            Err((err, msg)) => {
+                let headers = msg
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|x| (x.key.to_string(), x.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Delivery::Failed(
+                    tag,
+                    err.to_string(),
+                    Box::new(OutputRecord {
+                        topic: msg.topic().to_string(),
+                        partition: explicit_partition,
+                        key: msg.key().unwrap_or_default().to_vec(),
+                        payload: msg.payload().map(<[u8]>::to_vec),
+                        headers,
+                    }),
+                )
+            }
+        };
+        if let Ok(mut reports) = self.reports.lock() {
+            reports.push(report);
+        }
+    }
+}
