@@ -109,7 +109,9 @@ impl<'a> Reader<'a> {
 /// does not name are dropped.
 pub fn decode_state(model: &RiskModel, bytes: &[u8]) -> Result<CustomerState, StateDecodeError> {
     let mut r = Reader { bytes };
-    let version = r.u8().map_err(|_| StateDecodeError::Malformed("empty record"))?;
+    let version = r
+        .u8()
+        .map_err(|_| StateDecodeError::Malformed("empty record"))?;
     if version != STATE_FORMAT_VERSION {
         return Err(StateDecodeError::UnknownVersion(version));
     }
@@ -157,7 +159,10 @@ mod tests {
 
     fn sample(model: &RiskModel) -> CustomerState {
         let mut s = CustomerState::default();
-        for (i, kind) in ["purchase", "complaint", "login", "mystery"].iter().enumerate() {
+        for (i, kind) in ["purchase", "complaint", "login", "mystery"]
+            .iter()
+            .enumerate()
+        {
             s.apply(
                 model,
                 model.kind_of(kind),

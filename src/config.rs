@@ -322,7 +322,8 @@ impl WorkerConfig {
                 "must not be empty (remove it to disable)",
             ));
         }
-        if !(self.engine.eviction_horizon_days.is_finite() && self.engine.eviction_horizon_days >= 0.0)
+        if !(self.engine.eviction_horizon_days.is_finite()
+            && self.engine.eviction_horizon_days >= 0.0)
         {
             return Err(invalid(
                 "engine.eviction_horizon_days",
@@ -380,7 +381,10 @@ mod tests {
         assert_eq!(c.http.addr, "0.0.0.0:9464");
         assert_eq!(c.model.path, PathBuf::from("config/model.toml"));
         assert_eq!(
-            c.kafka.consumer.get("auto.offset.reset").map(String::as_str),
+            c.kafka
+                .consumer
+                .get("auto.offset.reset")
+                .map(String::as_str),
             Some("earliest")
         );
     }
@@ -419,10 +423,12 @@ mod tests {
         let e = load("[topics]\nbogus = \"x\"\n", &[], &o).expect_err("unknown key");
         assert!(key(e).starts_with("topics"));
         assert_eq!(
-            key(
-                load("[kafka.consumer]\n\"enable.auto.commit\" = \"true\"\n", &[], &o)
-                    .expect_err("reserved")
-            ),
+            key(load(
+                "[kafka.consumer]\n\"enable.auto.commit\" = \"true\"\n",
+                &[],
+                &o
+            )
+            .expect_err("reserved")),
             "kafka.consumer.enable.auto.commit"
         );
         assert_eq!(

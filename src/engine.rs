@@ -341,7 +341,12 @@ impl CustomerState {
         sink(Factor::Inactivity, model.inactivity_points(silence), 1.0);
 
         let sp = &spec.spend;
-        let spend = held_or_faded(self.spend, sp.points_per_log_amount, &mut cache, GROUP_SPEND);
+        let spend = held_or_faded(
+            self.spend,
+            sp.points_per_log_amount,
+            &mut cache,
+            GROUP_SPEND,
+        );
         sink(Factor::Spend, spend.ln_1p(), sp.points_per_log_amount);
 
         let tenure_years = (self.last_event_ms - self.first_event_ms) as f64 / MS_PER_YEAR;
@@ -863,7 +868,12 @@ mod tests {
     fn explanation_adds_up_and_matches_the_fast_path() {
         let m = RiskModel::default_model();
         let mut s = CustomerState::default();
-        for (k, t) in [("purchase", 0), ("support_ticket", 3), ("login", 5), ("complaint", 9)] {
+        for (k, t) in [
+            ("purchase", 0),
+            ("support_ticket", 3),
+            ("login", 5),
+            ("complaint", 9),
+        ] {
             s.apply(&m, m.kind_of(k), t * DAY, Some(10.0));
         }
         let as_of = 40 * DAY;
@@ -871,11 +881,7 @@ mod tests {
         let sum: f64 = e.reasons.iter().map(|r| r.points).sum();
         assert!((sum - e.points).abs() < 1e-9, "{sum} vs {}", e.points);
         assert_eq!(e.risk_score, s.risk(&m, as_of));
-        assert!(
-            e.reasons
-                .windows(2)
-                .all(|w| w[0].points >= w[1].points)
-        );
+        assert!(e.reasons.windows(2).all(|w| w[0].points >= w[1].points));
         assert!(e.reasons.iter().any(|r| r.factor == "event:complaint"));
     }
 
@@ -901,7 +907,10 @@ mod tests {
         let hi = p.at_risk_threshold + 1.0;
         let mid = (p.at_risk_threshold + p.recovery_threshold) / 2.0;
         let lo = p.recovery_threshold - 1.0;
-        assert_eq!(s.decide(&p, hi, 0, true).map(|d| d.kind), Some(AlertKind::AtRisk));
+        assert_eq!(
+            s.decide(&p, hi, 0, true).map(|d| d.kind),
+            Some(AlertKind::AtRisk)
+        );
         assert_eq!(s.decide(&p, hi + 5.0, DAY, true), None, "one open alert");
         assert_eq!(s.decide(&p, mid, 2 * DAY, true), None, "hysteresis");
         let rec = s.decide(&p, lo, 3 * DAY, true).expect("recovered");
@@ -914,7 +923,11 @@ mod tests {
             Some(AlertKind::AtRisk)
         );
         let mut late = CustomerState::default();
-        assert_eq!(late.decide(&p, hi, 0, false), None, "late events never alert");
+        assert_eq!(
+            late.decide(&p, hi, 0, false),
+            None,
+            "late events never alert"
+        );
     }
 
     #[test]
@@ -922,7 +935,10 @@ mod tests {
         let m = RiskModel::default_model();
         let mut store = CustomerStore::new();
         let e = ev("a", "login", DAY, None);
-        assert!(matches!(store.apply(&m, &e, Some(5), true), ApplyOutcome::Scored { .. }));
+        assert!(matches!(
+            store.apply(&m, &e, Some(5), true),
+            ApplyOutcome::Scored { .. }
+        ));
         assert_eq!(store.apply(&m, &e, Some(5), true), ApplyOutcome::Duplicate);
         assert_eq!(store.apply(&m, &e, Some(4), true), ApplyOutcome::Duplicate);
         assert_eq!(store.get("a").map(CustomerState::events), Some(1));
@@ -943,7 +959,8 @@ mod tests {
         store.fire_due_timers(&m, steps[1], &mut out);
         let quiet = store.find("quiet").expect("known");
         let busy = store.find("busy").expect("known");
-        let fired: Vec<(CustomerIndex, i64)> = out.iter().map(|f| (f.customer, f.as_of_ms)).collect();
+        let fired: Vec<(CustomerIndex, i64)> =
+            out.iter().map(|f| (f.customer, f.as_of_ms)).collect();
         assert_eq!(
             fired,
             vec![

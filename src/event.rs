@@ -242,7 +242,8 @@ fn parse_amount(raw: &RawValue) -> Result<f64, EventError> {
     if !(first == b'-' || first.is_ascii_digit()) {
         return Err(EventError::BadAmount("must be a number"));
     }
-    let value: f64 = serde_json::from_str(text).map_err(|_| EventError::BadAmount("out of range"))?;
+    let value: f64 =
+        serde_json::from_str(text).map_err(|_| EventError::BadAmount("out of range"))?;
     if !value.is_finite() {
         return Err(EventError::BadAmount("out of range"));
     }
@@ -282,7 +283,8 @@ mod tests {
 
     #[test]
     fn escaped_strings_are_decoded() {
-        let line = br#"{"customer_id":"c\u00e9","event_type":"login","timestamp":"2024-03-01T10:00:00Z"}"#;
+        let line =
+            br#"{"customer_id":"c\u00e9","event_type":"login","timestamp":"2024-03-01T10:00:00Z"}"#;
         let e = parse_event(line).expect("valid event");
         assert_eq!(e.customer_id, "cé");
     }

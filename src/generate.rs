@@ -543,7 +543,9 @@ impl Generator {
         self.pos = 0;
         let day_start = self.config.start_ms + i64::from(day) * MS_PER_DAY;
         // 1970-01-01 was a Thursday: day 0 mod 7 = Thursday, so 2 and 3 are the weekend.
-        let weekday = (day_start + MS_PER_DAY / 2).div_euclid(MS_PER_DAY).rem_euclid(7);
+        let weekday = (day_start + MS_PER_DAY / 2)
+            .div_euclid(MS_PER_DAY)
+            .rem_euclid(7);
         let weekend = weekday == 2 || weekday == 3;
         let ctx = DayContext {
             day: day as u16,
@@ -632,7 +634,11 @@ fn draw_plan(config: &GenerateConfig, customer: u32) -> Plan {
         NO_DAY
     };
     let price_cents = [900, 1900, 4900, 9900][rng.random_range(0..4)];
-    let price_cents = if annual { price_cents * 10 } else { price_cents };
+    let price_cents = if annual {
+        price_cents * 10
+    } else {
+        price_cents
+    };
     let hour = rng.random_range(6..22_u8);
     let platform = rng.random_range(0..3_u8);
     let drift_tau = rng.random_range(6.0..20.0_f32);
@@ -687,9 +693,7 @@ fn draw_plan(config: &GenerateConfig, customer: u32) -> Plan {
                 plan.forced = to_day(lerp(cutoff, days - 1, r2));
                 one_offs(&mut plan, drift, cutoff);
             } else {
-                let stop = lerp(cutoff - 10, cutoff - 1, r2)
-                    .max(start + 1)
-                    .min(cutoff);
+                let stop = lerp(cutoff - 10, cutoff - 1, r2).max(start + 1).min(cutoff);
                 plan.stop = to_day(stop);
                 one_offs(&mut plan, drift, stop);
             }
@@ -817,7 +821,13 @@ fn customer_day(plan: &Plan, customer: u32, ctx: &DayContext, out: &mut Vec<Pend
         }
         if rng.random_bool(buy_chance) {
             t += rng.random_range(30_000..300_000);
-            push(out, t, Kind::Purchase, rng.random_range(0..100), amount_cents(&mut rng, plan.spend));
+            push(
+                out,
+                t,
+                Kind::Purchase,
+                rng.random_range(0..100),
+                amount_cents(&mut rng, plan.spend),
+            );
         }
     }
 
@@ -825,9 +835,21 @@ fn customer_day(plan: &Plan, customer: u32, ctx: &DayContext, out: &mut Vec<Pend
         // Coming back: a visit and money spent.
         let t = at_hour(&mut rng);
         push(out, t, Kind::Session, plan.platform, 0);
-        push(out, t + 120_000, Kind::Purchase, rng.random_range(0..100), amount_cents(&mut rng, plan.spend * 1.5));
+        push(
+            out,
+            t + 120_000,
+            Kind::Purchase,
+            rng.random_range(0..100),
+            amount_cents(&mut rng, plan.spend * 1.5),
+        );
         if plan.billing != NO_DAY {
-            push(out, t + 300_000, Kind::Renewal, u8::from(plan.annual), plan.price_cents);
+            push(
+                out,
+                t + 300_000,
+                Kind::Renewal,
+                u8::from(plan.annual),
+                plan.price_cents,
+            );
         }
         if rng.random_bool(0.3) {
             push(out, t + 3_600_000, Kind::NpsPromoter, 0, 0);
@@ -839,22 +861,52 @@ fn customer_day(plan: &Plan, customer: u32, ctx: &DayContext, out: &mut Vec<Pend
         if u32::from(day) % cycle == u32::from(plan.billing) && !(returned && day == plan.resume) {
             let t = day_start + rng.random_range(0..3_600_000);
             if drifting && rng.random_bool(0.35) {
-                push(out, t, Kind::PaymentFailed, rng.random_range(0..3), plan.price_cents);
+                push(
+                    out,
+                    t,
+                    Kind::PaymentFailed,
+                    rng.random_range(0..3),
+                    plan.price_cents,
+                );
             } else {
-                push(out, t, Kind::Renewal, u8::from(plan.annual), plan.price_cents);
+                push(
+                    out,
+                    t,
+                    Kind::Renewal,
+                    u8::from(plan.annual),
+                    plan.price_cents,
+                );
             }
         }
     }
 
     let friction = |p: f64| if drifting { p } else { p / 15.0 };
     if rng.random_bool(friction(P_TICKET)) {
-        push(out, at_hour(&mut rng), Kind::SupportTicket, rng.random_range(0..9), 0);
+        push(
+            out,
+            at_hour(&mut rng),
+            Kind::SupportTicket,
+            rng.random_range(0..9),
+            0,
+        );
     }
     if rng.random_bool(friction(P_COMPLAINT) / 2.0) {
-        push(out, at_hour(&mut rng), Kind::Complaint, rng.random_range(0..4), 0);
+        push(
+            out,
+            at_hour(&mut rng),
+            Kind::Complaint,
+            rng.random_range(0..4),
+            0,
+        );
     }
     if rng.random_bool(friction(P_REFUND)) {
-        push(out, at_hour(&mut rng), Kind::Refund, rng.random_range(0..3), amount_cents(&mut rng, plan.spend));
+        push(
+            out,
+            at_hour(&mut rng),
+            Kind::Refund,
+            rng.random_range(0..3),
+            amount_cents(&mut rng, plan.spend),
+        );
     }
     if rng.random_bool(friction(P_DETRACTOR) / 2.0) {
         push(out, at_hour(&mut rng), Kind::NpsDetractor, 0, 0);
@@ -940,14 +992,21 @@ fn render(
     timestamp: Option<i64>,
     amount_override: Option<i64>,
 ) {
-    render_with(out, p, customer_id, vocabulary, |out| match timestamp {
-        Some(t) => {
-            out.push(b'"');
-            push_timestamp(out, t);
-            out.push(b'"');
-        }
-        None => out.extend_from_slice(b"null"),
-    }, amount_override);
+    render_with(
+        out,
+        p,
+        customer_id,
+        vocabulary,
+        |out| match timestamp {
+            Some(t) => {
+                out.push(b'"');
+                push_timestamp(out, t);
+                out.push(b'"');
+            }
+            None => out.extend_from_slice(b"null"),
+        },
+        amount_override,
+    );
 }
 
 fn render_with(
@@ -978,10 +1037,22 @@ fn render_with(
     }
     let d = usize::from(p.detail);
     let _ = match p.kind {
-        Kind::Session => write!(out, r#","properties":{{"platform":"{}"}}"#, PLATFORMS[d % 3]),
-        Kind::Login => write!(out, r#","properties":{{"method":"{}"}}"#, LOGIN_METHODS[d % 3]),
+        Kind::Session => write!(
+            out,
+            r#","properties":{{"platform":"{}"}}"#,
+            PLATFORMS[d % 3]
+        ),
+        Kind::Login => write!(
+            out,
+            r#","properties":{{"method":"{}"}}"#,
+            LOGIN_METHODS[d % 3]
+        ),
         Kind::FeatureUsed => write!(out, r#","properties":{{"feature":"{}"}}"#, FEATURES[d % 6]),
-        Kind::Purchase => write!(out, r#","properties":{{"sku":"sku-{:04}","currency":"EUR"}}"#, d * 37 % 1000),
+        Kind::Purchase => write!(
+            out,
+            r#","properties":{{"sku":"sku-{:04}","currency":"EUR"}}"#,
+            d * 37 % 1000
+        ),
         Kind::Renewal => write!(
             out,
             r#","properties":{{"plan":"{}","currency":"EUR"}}"#,
@@ -1005,8 +1076,13 @@ fn render_with(
             write!(out, r#","reason":"{}"}}"#, REFUND_REASONS[d % 3])
         }
         Kind::CartAbandoned => write!(out, r#","properties":{{"items":{}}}"#, d.max(1)),
-        Kind::NpsPromoter | Kind::NpsDetractor => write!(out, r#","properties":{{"channel":"survey"}}"#),
-        Kind::EmailOpen | Kind::EmailUnsubscribe | Kind::PlanDowngrade | Kind::SubscriptionCancelled => Ok(()),
+        Kind::NpsPromoter | Kind::NpsDetractor => {
+            write!(out, r#","properties":{{"channel":"survey"}}"#)
+        }
+        Kind::EmailOpen
+        | Kind::EmailUnsubscribe
+        | Kind::PlanDowngrade
+        | Kind::SubscriptionCancelled => Ok(()),
     };
     out.push(b'}');
 }
@@ -1059,7 +1135,14 @@ fn render_bad(
                 Kind::Purchase | Kind::Renewal => i64::from(p.cents),
                 _ => 999,
             };
-            render(out, p, Some(customer_id), vocabulary, Some(p.t), Some(-cents));
+            render(
+                out,
+                p,
+                Some(customer_id),
+                vocabulary,
+                Some(p.t),
+                Some(-cents),
+            );
         }
     }
 }
@@ -1132,12 +1215,19 @@ mod tests {
         }
         let mut churned = 0;
         for label in &labels {
-            assert!(first.contains_key(&label.customer_id), "{} has events", label.customer_id);
+            assert!(
+                first.contains_key(&label.customer_id),
+                "{} has events",
+                label.customer_id
+            );
             let active_after = after.get(&label.customer_id).copied().unwrap_or(false);
             assert_eq!(label.churned, !active_after, "{label:?}");
             if label.churned {
                 churned += 1;
-                assert!(matches!(label.archetype, Archetype::Drifting | Archetype::Churned));
+                assert!(matches!(
+                    label.archetype,
+                    Archetype::Drifting | Archetype::Churned
+                ));
             }
         }
         let rate = f64::from(churned) / labels.len() as f64;
@@ -1156,12 +1246,23 @@ mod tests {
         assert_eq!(default.len(), custom.len());
         let model = crate::model::RiskModel::default_model();
         for (d, c) in default.iter().zip(&custom) {
-            assert_eq!((d.timestamp_ms, &d.customer_id), (c.timestamp_ms, &c.customer_id));
+            assert_eq!(
+                (d.timestamp_ms, &d.customer_id),
+                (c.timestamp_ms, &c.customer_id)
+            );
             let pc = parse_event(&c.line).expect("valid");
             assert!(model.kind_of(&pc.event_type).is_none(), "{}", pc.event_type);
-            assert!(Vocabulary::Custom.event_types().contains(&pc.event_type.as_ref()));
+            assert!(
+                Vocabulary::Custom
+                    .event_types()
+                    .contains(&pc.event_type.as_ref())
+            );
             let pd = parse_event(&d.line).expect("valid");
-            assert!(Vocabulary::Default.event_types().contains(&pd.event_type.as_ref()));
+            assert!(
+                Vocabulary::Default
+                    .event_types()
+                    .contains(&pd.event_type.as_ref())
+            );
             assert_eq!(pd.amount, pc.amount);
         }
     }
@@ -1187,7 +1288,12 @@ mod tests {
         }
         let bad = dirty.iter().filter(|e| e.invalid).count() as f64 / dirty.len() as f64;
         assert!((0.03..0.07).contains(&bad), "{bad}");
-        for want in ["malformed_json", "missing_field", "bad_timestamp", "bad_amount"] {
+        for want in [
+            "malformed_json",
+            "missing_field",
+            "bad_timestamp",
+            "bad_amount",
+        ] {
             assert!(reasons.contains_key(want), "{want}: {reasons:?}");
         }
     }
@@ -1198,10 +1304,34 @@ mod tests {
             Err(GenerateError::InvalidConfig { field, .. }) => field,
             other => panic!("expected an error, got {other:?}"),
         };
-        assert_eq!(err(GenerateConfig { customers: 0, ..small(1, 1) }), "customers");
-        assert_eq!(err(GenerateConfig { cutoff_days: 180, ..small(1, 1) }), "cutoff-days");
-        assert_eq!(err(GenerateConfig { invalid_rate: 1.5, ..small(1, 1) }), "invalid-rate");
-        assert_eq!(err(GenerateConfig { days: 0, ..small(1, 1) }), "days");
+        assert_eq!(
+            err(GenerateConfig {
+                customers: 0,
+                ..small(1, 1)
+            }),
+            "customers"
+        );
+        assert_eq!(
+            err(GenerateConfig {
+                cutoff_days: 180,
+                ..small(1, 1)
+            }),
+            "cutoff-days"
+        );
+        assert_eq!(
+            err(GenerateConfig {
+                invalid_rate: 1.5,
+                ..small(1, 1)
+            }),
+            "invalid-rate"
+        );
+        assert_eq!(
+            err(GenerateConfig {
+                days: 0,
+                ..small(1, 1)
+            }),
+            "days"
+        );
     }
 
     #[test]
@@ -1229,7 +1359,13 @@ mod tests {
 
     #[test]
     fn timestamps_format_like_chrono() {
-        for ms in [0, 1_735_689_600_123, 951_782_400_000, -86_400_001, 4_102_444_799_999] {
+        for ms in [
+            0,
+            1_735_689_600_123,
+            951_782_400_000,
+            -86_400_001,
+            4_102_444_799_999,
+        ] {
             let mut out = Vec::new();
             push_timestamp(&mut out, ms);
             assert_eq!(

@@ -120,7 +120,13 @@ fn score(args: ScoreArgs) -> Result<()> {
     } else {
         let file = std::fs::File::open(&args.events)
             .with_context(|| format!("opening events file {}", args.events))?;
-        run_score(&model, BufReader::new(file), &mut out, &mut report, &options)?;
+        run_score(
+            &model,
+            BufReader::new(file),
+            &mut out,
+            &mut report,
+            &options,
+        )?;
     }
     Ok(())
 }
@@ -170,8 +176,12 @@ fn run_worker(args: RunArgs) -> Result<()> {
         http_addr: args.http_addr,
     };
     let config = WorkerConfig::load(path.as_deref(), &overrides)?;
-    let model = RiskModel::load(&config.model.path)
-        .with_context(|| format!("configuration key `model.path` ({})", config.model.path.display()))?;
+    let model = RiskModel::load(&config.model.path).with_context(|| {
+        format!(
+            "configuration key `model.path` ({})",
+            config.model.path.display()
+        )
+    })?;
     let metrics = churn_scorer::telemetry::Metrics::new();
     runtime()?.block_on(async move {
         let token = tokio_util::sync::CancellationToken::new();

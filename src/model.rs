@@ -245,12 +245,11 @@ impl RiskModel {
             key: String::new(),
             message: e.message().to_string(),
         })?;
-        let spec: ModelSpec = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-            ModelError::Syntax {
+        let spec: ModelSpec =
+            serde_path_to_error::deserialize(deserializer).map_err(|e| ModelError::Syntax {
                 key: e.path().to_string(),
                 message: e.inner().message().to_string(),
-            }
-        })?;
+            })?;
         Self::from_spec(spec)
     }
 
@@ -458,7 +457,10 @@ fn validate(spec: &ModelSpec) -> Result<(), ModelError> {
             "must be shorter than activity.long_half_life_days",
         ));
     }
-    check_finite("frequency.points_per_event", spec.frequency.points_per_event)?;
+    check_finite(
+        "frequency.points_per_event",
+        spec.frequency.points_per_event,
+    )?;
     check_non_negative("frequency.cap", spec.frequency.cap)?;
     // Trend points fall as recent activity rises; a negative value would make
     // silence lower the risk, which the engine promises never happens.
@@ -488,7 +490,10 @@ fn validate(spec: &ModelSpec) -> Result<(), ModelError> {
     }
 
     check_positive("spend.half_life_days", spec.spend.half_life_days)?;
-    check_finite("spend.points_per_log_amount", spec.spend.points_per_log_amount)?;
+    check_finite(
+        "spend.points_per_log_amount",
+        spec.spend.points_per_log_amount,
+    )?;
     check_finite("tenure.points_per_year", spec.tenure.points_per_year)?;
     check_non_negative("tenure.max_years", spec.tenure.max_years)?;
 

@@ -7,8 +7,8 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Prefix of every metric this program exports.
@@ -200,6 +200,14 @@ impl Metrics {
             m.registry
                 .register(collector)
                 .expect("metric names are unique");
+        }
+        // Series that exist from the start read 0 instead of "no data".
+        for kind in crate::engine::AlertKind::ALL {
+            m.alerts_published.with_label_values(&[kind.as_str()]);
+        }
+        for reason in crate::event::EventError::REASONS {
+            m.events_invalid.with_label_values(&[reason]);
+            m.dead_letters.with_label_values(&[reason]);
         }
         m
     }

@@ -194,7 +194,9 @@ impl WorkerShared {
             let Some(state) = data.store.get(customer_id) else {
                 continue;
             };
-            let as_of = as_of_ms.unwrap_or(data.watermark_ms).max(state.last_event_ms());
+            let as_of = as_of_ms
+                .unwrap_or(data.watermark_ms)
+                .max(state.last_event_ms());
             let Explanation {
                 risk_score,
                 points,
@@ -302,7 +304,11 @@ impl ConsumerContext for GroupContext {
     }
 }
 
-fn store_offsets<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, offsets: Vec<(i32, i64)>) {
+fn store_offsets<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    offsets: Vec<(i32, i64)>,
+) {
     for (p, offset) in offsets {
         if let Err(e) = consumer.store_offset(topic, p, offset) {
             tracing::debug!(partition = p, offset, error = %e, "offset not stored (partition no longer assigned)");
@@ -320,7 +326,10 @@ fn commit<C: ConsumerContext>(consumer: &BaseConsumer<C>) {
 
 /// Checks the topics before joining: the input exists, and the state topic
 /// exists with the same partition count.
-fn preflight(config: &WorkerConfig, producer: &BaseProducer<kafka::DeliveryContext>) -> Result<(), WorkerError> {
+fn preflight(
+    config: &WorkerConfig,
+    producer: &BaseProducer<kafka::DeliveryContext>,
+) -> Result<(), WorkerError> {
     use rdkafka::producer::Producer;
     let partitions_of = |topic: &str| -> Result<usize, WorkerError> {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -456,13 +465,18 @@ pub fn run_pipeline(
                         });
                     });
                 if spawned.is_err() {
-                    retry_restores.push((Instant::now() + Duration::from_secs(1), partition, epoch));
+                    retry_restores.push((
+                        Instant::now() + Duration::from_secs(1),
+                        partition,
+                        epoch,
+                    ));
                 }
             }
             while let Ok(done) = restore_rx.try_recv() {
                 match done.result {
                     Ok(restored) => {
-                        let installed = lock(&core)?.install_restore(done.partition, done.epoch, restored);
+                        let installed =
+                            lock(&core)?.install_restore(done.partition, done.epoch, restored);
                         if let Some(rewind) = installed {
                             if let Some(offset) = rewind
                                 && let Err(e) = consumer.seek(
@@ -474,7 +488,9 @@ pub fn run_pipeline(
                             {
                                 tracing::error!(partition = done.partition, error = %e, "seek after restore failed");
                             }
-                            if let Err(e) = set_paused(&consumer, &input_topic, done.partition, false) {
+                            if let Err(e) =
+                                set_paused(&consumer, &input_topic, done.partition, false)
+                            {
                                 tracing::error!(partition = done.partition, error = %e, "resume failed");
                             }
                         }
@@ -508,7 +524,11 @@ pub fn run_pipeline(
             }
         }
 
-        let timeout = if busy { Duration::ZERO } else { Duration::from_millis(100) };
+        let timeout = if busy {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(100)
+        };
         match consumer.poll(timeout) {
             Some(Ok(msg)) => {
                 lock(&core)?.process(&msg);
@@ -569,10 +589,15 @@ pub fn run_pipeline(
     if closed_rx.recv_timeout(Duration::from_secs(10)).is_err() {
         tracing::warn!("consumer did not close within 10 s; exiting anyway");
     }
-    let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+    let remaining = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_secs(1));
     let undelivered = lock(&core)?.flush_producer(remaining);
     if undelivered > 0 {
-        tracing::error!(undelivered, "outputs still undelivered at exit; their events will be re-read after restart");
+        tracing::error!(
+            undelivered,
+            "outputs still undelivered at exit; their events will be re-read after restart"
+        );
     }
     tracing::info!("worker stopped");
     Ok(())

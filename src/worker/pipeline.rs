@@ -390,7 +390,8 @@ impl Core {
                 .set(watermark.div_euclid(1000));
             snapshots
         };
-        let nothing = partition.open.last_offset.is_none() && outputs.is_empty() && snapshots.is_empty();
+        let nothing =
+            partition.open.last_offset.is_none() && outputs.is_empty() && snapshots.is_empty();
         if nothing {
             return;
         }
@@ -412,12 +413,10 @@ impl Core {
         self.in_flight += 1;
         loop {
             let headers = record.owned_headers();
-            let mut base = BaseRecord::with_opaque_to(
-                &record.topic,
-                Box::new((tag, record.partition)),
-            )
-            .key(&record.key)
-            .headers(headers);
+            let mut base =
+                BaseRecord::with_opaque_to(&record.topic, Box::new((tag, record.partition)))
+                    .key(&record.key)
+                    .headers(headers);
             if let Some(payload) = &record.payload {
                 base = base.payload(payload);
             }
@@ -496,11 +495,9 @@ impl Core {
                 .alerts_published
                 .with_label_values(&[k.as_str()])
                 .inc(),
-            OutputKind::DeadLetter(reason) => self
-                .metrics
-                .dead_letters
-                .with_label_values(&[reason])
-                .inc(),
+            OutputKind::DeadLetter(reason) => {
+                self.metrics.dead_letters.with_label_values(&[reason]).inc()
+            }
             OutputKind::State => self.metrics.state_changelog_records.inc(),
         }
     }
@@ -604,7 +601,8 @@ impl Core {
                 max_event_ms: None,
                 watermark_ms: i64::MIN,
             }));
-            self.partitions.insert(p, Partition::new(epoch, Arc::clone(&data)));
+            self.partitions
+                .insert(p, Partition::new(epoch, Arc::clone(&data)));
             self.shared.insert_partition(p, data, false);
             self.restore_requests.push(RestoreRequest {
                 partition: p,
@@ -630,11 +628,7 @@ impl Core {
             return None;
         }
         let customers = restored.store.len();
-        let max_event = restored
-            .store
-            .iter()
-            .map(|(_, s)| s.last_event_ms())
-            .max();
+        let max_event = restored.store.iter().map(|(_, s)| s.last_event_ms()).max();
         if let Ok(mut data) = partition.data.write() {
             data.store = restored.store;
             data.max_event_ms = max_event;

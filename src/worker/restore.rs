@@ -35,7 +35,8 @@ pub fn restore_partition(
 ) -> Result<Restored, WorkerError> {
     let started = Instant::now();
     let topic = &config.topics.state;
-    let mut client = super::kafka::consumer_config(config, &format!("{}-restore", config.kafka.group_id));
+    let mut client =
+        super::kafka::consumer_config(config, &format!("{}-restore", config.kafka.group_id));
     // A plain assigned reader: it must not join the group or commit anything.
     client.set("enable.auto.commit", "false");
     client.set("enable.partition.eof", "false");

@@ -1,0 +1,328 @@
+//! Shared helpers for the integration tests: an in-process mock broker, a
+//! producer, a topic reader, an in-process worker and a tiny HTTP client.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use churn_scorer::broker::EmbeddedBroker;
+use churn_scorer::config::{Overrides, WorkerConfig};
+use churn_scorer::model::RiskModel;
+use churn_scorer::telemetry::Metrics;
+use churn_scorer::worker::{Worker, WorkerShared};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+pub const DAY_MS: i64 = 86_400_000;
+/// 2025-01-01T00:00:00Z
+pub const T0_MS: i64 = 1_735_689_600_000;
+
+/// A broker with the default topics.
+pub fn broker(partitions: i32) -> EmbeddedBroker {
+    let b = EmbeddedBroker::start(1).expect("mock broker starts");
+    b.create_default_topics(&churn_scorer::config::TopicsConfig::default(), partitions)
+        .expect("topics");
+    b
+}
+
+/// One event line.
+pub fn event(customer: &str, kind: &str, t_ms: i64, amount: Option<f64>) -> String {
+    let ts = churn_scorer::event::format_timestamp_ms(t_ms);
+    match amount {
+        Some(a) => format!(
+            r#"{{"customer_id":"{customer}","event_type":"{kind}","timestamp":"{ts}","amount":{a}}}"#
+        ),
+        None => {
+            format!(r#"{{"customer_id":"{customer}","event_type":"{kind}","timestamp":"{ts}"}}"#)
+        }
+    }
+}
+
+/// Produces (key, value) messages to `topic` and waits for every ack.
+pub fn produce(bootstrap: &str, topic: &str, messages: &[(String, Vec<u8>)]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "2000000")
+        .create()
+        .expect("producer");
+    for (key, value) in messages {
+        loop {
+            match producer.send(BaseRecord::to(topic).key(key).payload(value)) {
+                Ok(()) => break,
+                Err((_, _)) => {
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    producer
+        .flush(Duration::from_secs(60))
+        .expect("all produced");
+}
+
+/// Produces event lines keyed by their customer id.
+pub fn produce_events(bootstrap: &str, topic: &str, lines: &[String]) {
+    let messages: Vec<(String, Vec<u8>)> = lines
+        .iter()
+        .map(|l| {
+            let key = serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["customer_id"].as_str().map(String::from))
+                .unwrap_or_else(|| "bad".into());
+            (key, l.clone().into_bytes())
+        })
+        .collect();
+    produce(bootstrap, topic, &messages);
+}
+
+/// A message read back from a topic.
+#[derive(Debug, Clone)]
+pub struct TopicMessage {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub value: Option<Vec<u8>>,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Reads `topic` from the beginning until `want` messages or `timeout`.
+pub fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    want: usize,
+    timeout: Duration,
+) -> Vec<TopicMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .expect("tpl");
+        }
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + timeout;
+    while out.len() < want && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|x| {
+                            (
+                                x.key.to_string(),
+                                String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(TopicMessage {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                value: m.payload().map(<[u8]>::to_vec),
+                headers,
+            });
+        }
+    }
+    out
+}
+
+/// Worker configuration for tests: the broker, an ephemeral HTTP port.
+pub fn worker_config(bootstrap: &str) -> WorkerConfig {
+    let mut c = WorkerConfig::load_with_env(
+        None,
+        &Overrides {
+            bootstrap_servers: Some(bootstrap.to_string()),
+            http_addr: Some("127.0.0.1:0".into()),
+        },
+        Vec::new(),
+    )
+    .expect("default config");
+    c.kafka
+        .consumer
+        .insert("auto.commit.interval.ms".into(), "200".into());
+    c.kafka
+        .consumer
+        .insert("statistics.interval.ms".into(), "500".into());
+    c.kafka
+        .consumer
+        .insert("session.timeout.ms".into(), "6000".into());
+    c.pipeline.batch_size = 200;
+    c
+}
+
+/// A worker running in this process.
+pub struct RunningWorker {
+    pub shared: Arc<WorkerShared>,
+    pub http: SocketAddr,
+    token: CancellationToken,
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: Option<tokio::task::JoinHandle<Result<(), churn_scorer::worker::WorkerError>>>,
+}
+
+impl RunningWorker {
+    pub fn start(config: WorkerConfig, model: RiskModel) -> Self {
+        churn_scorer::telemetry::init_tracing();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let worker = runtime
+            .block_on(Worker::bind(config, model, Metrics::new()))
+            .expect("worker binds");
+        let shared = worker.shared();
+        let http = worker.http_addr();
+        let token = CancellationToken::new();
+        let handle = runtime.spawn(worker.run(token.clone()));
+        RunningWorker {
+            shared,
+            http,
+            token,
+            runtime: Some(runtime),
+            handle: Some(handle),
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        self.shared.metrics()
+    }
+
+    /// Waits until `cond` holds (checked every 50 ms) or panics after `timeout`.
+    pub fn wait_until(&self, what: &str, timeout: Duration, cond: impl Fn(&Self) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !cond(self) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Graceful shutdown; returns the worker's result.
+    pub fn stop(mut self) -> Result<(), churn_scorer::worker::WorkerError> {
+        self.token.cancel();
+        let runtime = self.runtime.take().expect("runtime");
+        let handle = self.handle.take().expect("handle");
+        runtime
+            .block_on(handle)
+            .unwrap_or(Err(churn_scorer::worker::WorkerError::PipelineStopped))
+    }
+}
+
+impl Drop for RunningWorker {
+    fn drop(&mut self) {
+        self.token.cancel();
+        if let (Some(rt), Some(h)) = (self.runtime.take(), self.handle.take()) {
+            let _ = rt.block_on(h);
+        }
+    }
+}
+
+/// `GET path` on `addr`; returns (status, body).
+pub fn http_get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: test\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, dechunk(&body))
+}
+
+/// Removes HTTP/1.1 chunked framing, if present.
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let Some((size_line, tail)) = rest.split_once("\r\n") else {
+            return body.to_string();
+        };
+        let Ok(size) = usize::from_str_radix(size_line.trim(), 16) else {
+            return body.to_string();
+        };
+        if size == 0 {
+            return out;
+        }
+        if tail.len() < size {
+            return body.to_string();
+        }
+        out.push_str(&tail[..size]);
+        rest = tail[size..].trim_start_matches("\r\n");
+    }
+}
+
+/// Offline scores: what `churn-scorer score --as-of` computes, via the library.
+pub fn offline_scores(
+    model: &RiskModel,
+    lines: &[String],
+    as_of_ms: i64,
+) -> BTreeMap<String, (f64, u32)> {
+    let input = lines.join("\n");
+    let mut out = Vec::new();
+    let mut report = Vec::new();
+    churn_scorer::offline::run_score(
+        model,
+        input.as_bytes(),
+        &mut out,
+        &mut report,
+        &churn_scorer::offline::ScoreOptions {
+            as_of_ms: Some(as_of_ms),
+            strict: false,
+        },
+    )
+    .expect("offline score");
+    String::from_utf8(out)
+        .expect("utf8")
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json");
+            (
+                v["customer_id"].as_str().expect("id").to_string(),
+                (
+                    v["risk_score"].as_f64().expect("score"),
+                    v["events"].as_u64().expect("events") as u32,
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Asserts two scores agree to 1e-9 relative.
+pub fn assert_close(a: f64, b: f64, what: &str) {
+    let tol = 1e-9 * a.abs().max(b.abs()).max(1.0);
+    assert!((a - b).abs() <= tol, "{what}: {a} vs {b}");
+}
