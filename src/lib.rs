@@ -14,6 +14,7 @@ pub mod alert;
 pub mod broker;
 pub mod changelog;
 pub mod config;
+pub mod demo;
 pub mod engine;
 pub mod event;
 pub mod generate;

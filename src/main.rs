@@ -28,6 +28,8 @@ enum Command {
     Run(RunArgs),
     /// Run a local development Kafka broker (librdkafka's mock cluster).
     Broker(BrokerArgs),
+    /// The one-command tour: embedded broker, live synthetic feed, worker, metrics.
+    Demo(DemoArgs),
     /// Generate synthetic customer journeys (JSON lines) with planted churn labels.
     Generate(GenerateArgs),
 }
@@ -85,6 +87,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Score(args) => score(args),
         Command::Run(args) => run_worker(args),
         Command::Broker(args) => broker(args),
+        Command::Demo(args) => demo(args),
         Command::Generate(args) => generate(args),
     }
 }
@@ -249,6 +252,48 @@ struct GenerateArgs {
     /// Fraction of lines (0-1) replaced by realistic bad lines.
     #[arg(long, default_value_t = 0.0)]
     invalid_rate: f64,
+    /// Produce to Kafka instead of writing a file: a live stream that runs until stopped.
+    #[arg(long)]
+    bootstrap_servers: Option<String>,
+    /// Topic to produce to (with --bootstrap-servers).
+    #[arg(long, default_value = "customer-events")]
+    topic: String,
+    /// Events per second (with --bootstrap-servers).
+    #[arg(long, default_value_t = 200.0)]
+    rate: f64,
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    duration: Option<u64>,
+    /// HTTP address of the worker.
+    #[arg(long, default_value = "0.0.0.0:9464")]
+    http_addr: String,
+    /// Synthetic customers in the feed.
+    #[arg(long, default_value_t = 2000)]
+    customers: u32,
+    /// Simulated days per second of the feed.
+    #[arg(long, default_value_t = 8.0)]
+    days_per_second: f64,
+}
+
+fn demo(args: DemoArgs) -> Result<()> {
+    use churn_scorer::demo::{DemoOptions, run_demo};
+    let options = DemoOptions {
+        duration: args.duration.map(std::time::Duration::from_secs),
+        http_addr: args.http_addr,
+        partitions: 6,
+        customers: args.customers,
+        days_per_second: args.days_per_second,
+    };
+    runtime()?.block_on(async move {
+        let token = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(cancel_on_signal(token.clone()));
+        run_demo(options, token).await?;
+        Ok(())
+    })
 }
 
 fn generate(args: GenerateArgs) -> Result<()> {
@@ -267,6 +312,30 @@ fn generate(args: GenerateArgs) -> Result<()> {
         vocabulary: args.vocabulary,
         invalid_rate: args.invalid_rate,
     };
+    if let Some(bootstrap) = &args.bootstrap_servers {
+        use churn_scorer::demo::{Pace, run_live_feed};
+        anyhow::ensure!(args.rate > 0.0, "--rate must be positive");
+        let token = tokio_util::sync::CancellationToken::new();
+        let signal_token = token.clone();
+        std::thread::spawn(move || {
+            if let Ok(rt) = runtime() {
+                rt.block_on(cancel_on_signal(signal_token));
+            }
+        });
+        eprintln!(
+            "producing to {} at {} events/s until stopped",
+            args.topic, args.rate
+        );
+        let stats = run_live_feed(
+            bootstrap,
+            &args.topic,
+            config,
+            Pace::EventsPerSecond(args.rate),
+            &token,
+        )?;
+        eprintln!("produced={} invalid={}", stats.produced, stats.invalid);
+        return Ok(());
+    }
     let mut generator = Generator::new(config)?;
     if let Some(path) = &args.labels {
         let file = std::fs::File::create(path)
