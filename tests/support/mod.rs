@@ -326,3 +326,148 @@ pub fn assert_close(a: f64, b: f64, what: &str) {
     let tol = 1e-9 * a.abs().max(b.abs()).max(1.0);
     assert!((a - b).abs() <= tol, "{what}: {a} vs {b}");
 }
+
+/// A worker running as a child process (`churn-scorer run`), so a test can
+/// kill it abruptly.
+pub struct WorkerProcess {
+    pub child: std::process::Child,
+    pub http: SocketAddr,
+    _config: tempfile::NamedTempFile,
+}
+
+impl WorkerProcess {
+    pub fn start(bootstrap: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut config = tempfile::Builder::new()
+            .suffix(".toml")
+            .tempfile()
+            .expect("temp config");
+        write!(
+            config,
+            "[kafka]\nbootstrap_servers = \"{bootstrap}\"\n\
+             [kafka.consumer]\n\"session.timeout.ms\" = \"6000\"\n\"auto.commit.interval.ms\" = \"200\"\n\
+             [http]\naddr = \"127.0.0.1:{port}\"\n\
+             [model]\npath = \"config/model.toml\"\n\
+             [pipeline]\nbatch_size = 500\n"
+        )
+        .expect("write config");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_churn-scorer"))
+            .args(["run", "--config"])
+            .arg(config.path())
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("worker starts");
+        let http = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(http).is_err() {
+            assert!(Instant::now() < deadline, "worker HTTP never came up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        WorkerProcess {
+            child,
+            http,
+            _config: config,
+        }
+    }
+
+    /// A counter or gauge from `/metrics` (summed over labels).
+    pub fn metric(&self, name: &str) -> f64 {
+        let (_, body) = http_get(self.http, "/metrics", None);
+        body.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// SIGKILL: no drain, no commit, no goodbye.
+    pub fn kill_abruptly(mut self) {
+        self.child.kill().expect("kill -9");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `/v1/customers/{id}?as_of=` until every customer's event count
+/// matches `expected`, then asserts the scores match too.
+pub fn assert_matches_offline(
+    http: SocketAddr,
+    expected: &BTreeMap<String, (f64, u32)>,
+    as_of_ms: i64,
+    timeout: Duration,
+) {
+    let ts = churn_scorer::event::format_timestamp_ms(as_of_ms);
+    let deadline = Instant::now() + timeout;
+    for (id, (score, events)) in expected {
+        loop {
+            let (status, body) = http_get(http, &format!("/v1/customers/{id}?as_of={ts}"), None);
+            let v: Option<serde_json::Value> = serde_json::from_str(&body).ok();
+            let got = v
+                .as_ref()
+                .filter(|_| status == 200)
+                .and_then(|v| Some((v["risk_score"].as_f64()?, v["events"].as_u64()? as u32)));
+            match got {
+                Some((s, e)) if e == *events => {
+                    assert_close(s, *score, id);
+                    break;
+                }
+                Some((_, e)) if e > *events => panic!("{id}: {e} events applied, {events} sent"),
+                _ => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "{id}: never caught up (last answer {status}: {body})"
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+}
+
+/// A history of `customers` customers over `days` days, a few events a day.
+pub fn history(customers: usize, days: i64, seed: u64) -> Vec<String> {
+    let kinds = [
+        "login",
+        "session",
+        "purchase",
+        "support_ticket",
+        "feature_used",
+        "complaint",
+        "login",
+        "session",
+    ];
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut lines = Vec::new();
+    for day in 0..days {
+        for c in 0..customers {
+            if next() % 3 == 0 {
+                continue;
+            }
+            let kind = kinds[(next() % kinds.len() as u64) as usize];
+            let t = T0_MS + day * DAY_MS + (next() % DAY_MS as u64) as i64;
+            let amount = (kind == "purchase").then_some((next() % 100) as f64);
+            lines.push(event(&format!("c{c:05}"), kind, t, amount));
+        }
+    }
+    lines
+}

@@ -1,0 +1,113 @@
+//! Durable state: crashes, rebalances and broker outages lose nothing and
+//! count nothing twice. The worker's scores must equal an offline
+//! `score --as-of` over the same events.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use churn_scorer::model::RiskModel;
+use support::*;
+
+#[test]
+fn a_worker_killed_mid_stream_and_restarted_scores_exactly_as_offline() {
+    let broker = broker(6);
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let model = RiskModel::default_model();
+    let lines = history(600, 60, 1);
+    let (first, second) = lines.split_at(lines.len() / 3);
+
+    produce_events(&bootstrap, "customer-events", first);
+    let w1 = WorkerProcess::start(&bootstrap);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while w1.metric("churn_scorer_events_consumed_total") < first.len() as f64 {
+        assert!(Instant::now() < deadline, "first part never consumed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    produce_events(&bootstrap, "customer-events", second);
+    let target = (first.len() + second.len() / 3) as f64;
+    while w1.metric("churn_scorer_events_consumed_total") < target {
+        assert!(Instant::now() < deadline, "second part never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let consumed_at_kill = w1.metric("churn_scorer_events_consumed_total");
+    w1.kill_abruptly();
+    eprintln!("killed after {consumed_at_kill} of {} events", lines.len());
+
+    let w2 = WorkerProcess::start(&bootstrap);
+    let as_of = T0_MS + 61 * DAY_MS;
+    let expected = offline_scores(&model, &lines, as_of);
+    assert_matches_offline(w2.http, &expected, as_of, Duration::from_secs(90));
+    // Redelivered events were recognised by their offsets, not applied twice.
+    assert!(w2.metric("churn_scorer_state_restored_customers_total") > 0.0);
+}
+
+#[test]
+fn when_one_of_two_workers_leaves_the_other_restores_its_partitions() {
+    let broker = broker(4);
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let model = RiskModel::default_model();
+    let lines = history(300, 40, 2);
+    let (first, second) = lines.split_at(lines.len() / 2);
+
+    let a = RunningWorker::start(worker_config(&bootstrap), model.clone());
+    let b = RunningWorker::start(worker_config(&bootstrap), model.clone());
+    b.wait_until(
+        "both members hold partitions",
+        Duration::from_secs(30),
+        |b| {
+            a.metrics().partitions_assigned.get() > 0
+                && b.metrics().partitions_assigned.get() > 0
+                && a.shared.is_ready()
+                && b.shared.is_ready()
+        },
+    );
+    produce_events(&bootstrap, "customer-events", first);
+    let both = |a: &RunningWorker, b: &RunningWorker| {
+        a.metrics().events_consumed.get() + b.metrics().events_consumed.get()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while both(&a, &b) < first.len() as u64 {
+        assert!(Instant::now() < deadline, "first half never consumed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        a.metrics().events_consumed.get() > 0 && b.metrics().events_consumed.get() > 0,
+        "both members consumed"
+    );
+    b.stop().expect("b leaves cleanly");
+    produce_events(&bootstrap, "customer-events", second);
+    a.wait_until("a owns every partition", Duration::from_secs(30), |w| {
+        w.metrics().partitions_assigned.get() == 4 && w.shared.is_ready()
+    });
+    let as_of = T0_MS + 41 * DAY_MS;
+    let expected = offline_scores(&model, &lines, as_of);
+    assert_matches_offline(a.http, &expected, as_of, Duration::from_secs(60));
+    assert!(
+        a.metrics().state_restored_customers.get() > 0,
+        "b's customers came from the changelog"
+    );
+    a.stop().expect("clean stop");
+}
+
+#[test]
+fn a_broker_outage_loses_nothing_and_counts_nothing_twice() {
+    let broker = broker(3);
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let model = RiskModel::default_model();
+    let lines = history(200, 40, 3);
+    let (first, second) = lines.split_at(lines.len() / 2);
+    produce_events(&bootstrap, "customer-events", first);
+    let w = RunningWorker::start(worker_config(&bootstrap), model.clone());
+    w.wait_until("some events consumed", Duration::from_secs(30), |w| {
+        w.metrics().events_consumed.get() > 0
+    });
+    broker.set_broker_up(1, false).expect("broker down");
+    std::thread::sleep(Duration::from_secs(3));
+    broker.set_broker_up(1, true).expect("broker up");
+    produce_events(&bootstrap, "customer-events", second);
+    let as_of = T0_MS + 41 * DAY_MS;
+    let expected = offline_scores(&model, &lines, as_of);
+    assert_matches_offline(w.http, &expected, as_of, Duration::from_secs(90));
+    w.stop().expect("clean stop");
+}
