@@ -163,6 +163,8 @@ pub struct EngineConfig {
     pub idle_timeout_secs: u64,
     /// Days of silence after which a customer is evicted; 0 disables eviction.
     pub eviction_horizon_days: f64,
+    /// Seconds between eviction scans of each partition.
+    pub eviction_interval_secs: u64,
 }
 
 impl Default for EngineConfig {
@@ -171,6 +173,7 @@ impl Default for EngineConfig {
             allowed_lateness_secs: 3600,
             idle_timeout_secs: 60,
             eviction_horizon_days: 0.0,
+            eviction_interval_secs: 30,
         }
     }
 }

@@ -704,6 +704,26 @@ impl CustomerStore {
         Some(state)
     }
 
+    /// Removes customers silent for at least `horizon_ms` at `watermark_ms`
+    /// whose inactivity timers have all fired, and returns their ids.
+    pub fn evict_silent(&mut self, watermark_ms: i64, horizon_ms: i64) -> Vec<CompactString> {
+        let evictable: Vec<CompactString> = self
+            .ids
+            .iter()
+            .zip(&self.states)
+            .filter(|(id, s)| {
+                !id.is_empty()
+                    && s.timer_due_ms == NEVER
+                    && watermark_ms.saturating_sub(s.last_event_ms) >= horizon_ms
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &evictable {
+            self.remove(id);
+        }
+        evictable
+    }
+
     /// Applies an event, re-scores its customer at its latest event time and
     /// decides on an alert.
     ///
@@ -993,6 +1013,23 @@ mod tests {
         let mut out = Vec::new();
         store.fire_due_timers(&m, i64::MAX / 4, &mut out);
         assert!(out.iter().all(|f| store.id(f.customer) != "a"));
+    }
+
+    #[test]
+    fn only_long_silent_customers_with_no_pending_timer_are_evicted() {
+        let m = RiskModel::default_model();
+        let last_step = m.inactivity_steps_ms().last().expect("steps").0;
+        let mut store = CustomerStore::new();
+        store.apply(&m, &ev("old", "login", 0, None), None, true);
+        store.apply(&m, &ev("new", "login", last_step, None), None, true);
+        let horizon = last_step + DAY;
+        // Timers not yet fired: nobody goes.
+        assert!(store.evict_silent(horizon + 1, horizon).is_empty());
+        let mut out = Vec::new();
+        store.fire_due_timers(&m, horizon + 1, &mut out);
+        let gone = store.evict_silent(horizon + 1, horizon);
+        assert_eq!(gone, vec![CompactString::from("old")]);
+        assert!(store.get("old").is_none() && store.get("new").is_some());
     }
 
     #[test]

@@ -111,3 +111,49 @@ fn a_broker_outage_loses_nothing_and_counts_nothing_twice() {
     assert_matches_offline(w.http, &expected, as_of, Duration::from_secs(90));
     w.stop().expect("clean stop");
 }
+
+#[test]
+fn customers_silent_past_the_horizon_are_evicted_with_a_tombstone() {
+    let broker = broker(1);
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let model = RiskModel::default_model();
+    let last_step_days = model.inactivity_steps_ms().last().expect("steps").0 / DAY_MS;
+    let mut lines = Vec::new();
+    for day in 0..(last_step_days + 60) {
+        if day < 5 {
+            lines.push(event("gone", "login", T0_MS + day * DAY_MS, None));
+        }
+        lines.push(event("busy", "login", T0_MS + day * DAY_MS + 1, None));
+    }
+    produce_events(&bootstrap, "customer-events", &lines);
+    let mut config = worker_config(&bootstrap);
+    config.engine.eviction_horizon_days = (last_step_days + 10) as f64;
+    config.engine.eviction_interval_secs = 1;
+    let w = RunningWorker::start(config, model);
+    w.wait_until(
+        "the silent customer is evicted",
+        Duration::from_secs(30),
+        |w| w.metrics().customers_evicted.get() == 1,
+    );
+    w.wait_until("gauge updated", Duration::from_secs(5), |w| {
+        w.metrics().customers_tracked.get() == 1
+    });
+    assert_eq!(http_get(w.http, "/v1/customers/gone", None).0, 404);
+    assert_eq!(http_get(w.http, "/v1/customers/busy", None).0, 200);
+    let records = read_topic(
+        &bootstrap,
+        "churn-scorer-state",
+        usize::MAX,
+        Duration::from_secs(3),
+    );
+    let last_gone = records
+        .iter()
+        .filter(|r| r.key.as_deref() == Some("gone"))
+        .next_back()
+        .expect("state records for gone");
+    assert!(
+        last_gone.value.as_deref().is_none_or(<[u8]>::is_empty),
+        "tombstone last"
+    );
+    w.stop().expect("clean stop");
+}

@@ -85,6 +85,9 @@ struct Partition {
     last_stored: Option<i64>,
     /// Earliest offset dropped while restoring, to seek back to on resume.
     rewind_to: Option<i64>,
+    /// Evict silent customers at the next batch close.
+    evict_due: bool,
+    last_eviction: Instant,
 }
 
 impl Partition {
@@ -103,6 +106,8 @@ impl Partition {
             last_message_at: Instant::now(),
             last_stored: None,
             rewind_to: None,
+            evict_due: false,
+            last_eviction: Instant::now(),
         }
     }
 
@@ -145,6 +150,7 @@ pub struct Core {
     in_flight: usize,
     next_epoch: u64,
     lateness_ms: i64,
+    eviction_horizon_ms: Option<i64>,
     /// Restores to start (taken by the run loop, which owns the restore threads).
     pub restore_requests: Vec<RestoreRequest>,
     firings: Vec<TimerFiring>,
@@ -163,6 +169,8 @@ impl Core {
     ) -> Self {
         let lateness_ms = i64::try_from(config.engine.allowed_lateness_secs.saturating_mul(1000))
             .unwrap_or(i64::MAX);
+        let days = config.engine.eviction_horizon_days;
+        let eviction_horizon_ms = (days > 0.0).then(|| (days * 86_400_000.0) as i64);
         Core {
             config,
             model,
@@ -174,6 +182,7 @@ impl Core {
             in_flight: 0,
             next_epoch: 1,
             lateness_ms,
+            eviction_horizon_ms,
             restore_requests: Vec::new(),
             firings: Vec::new(),
             scratch: Vec::with_capacity(256),
@@ -319,6 +328,15 @@ impl Core {
             if !matches!(partition.status, Status::Live) {
                 continue;
             }
+            if self.eviction_horizon_ms.is_some()
+                && partition.last_eviction.elapsed()
+                    >= Duration::from_secs(self.config.engine.eviction_interval_secs)
+            {
+                partition.last_eviction = Instant::now();
+                partition.evict_due = true;
+                self.close_batch(p);
+                continue;
+            }
             let idle = partition.last_message_at.elapsed();
             if idle < idle_after {
                 continue;
@@ -375,6 +393,23 @@ impl Core {
                 }
             }
             let mut snapshots = Vec::with_capacity(partition.dirty.len());
+            if let Some(horizon) = self.eviction_horizon_ms
+                && std::mem::take(&mut partition.evict_due)
+            {
+                // Changes since the last snapshot are written first, then the tombstone.
+                for &customer in &partition.dirty {
+                    self.scratch.clear();
+                    encode_state(&model, data.store.state(customer), &mut self.scratch);
+                    snapshots.push((
+                        CompactString::from(data.store.id(customer)),
+                        self.scratch.clone(),
+                    ));
+                }
+                partition.dirty.clear();
+                let evicted = data.store.evict_silent(watermark, horizon);
+                self.metrics.customers_evicted.inc_by(evicted.len() as u64);
+                snapshots.extend(evicted.into_iter().map(|id| (id, Vec::new())));
+            }
             for &customer in &partition.dirty {
                 self.scratch.clear();
                 encode_state(&model, data.store.state(customer), &mut self.scratch);
@@ -528,7 +563,8 @@ impl Core {
                             topic: state_topic.clone(),
                             partition: Some(partition_id),
                             key: id.as_bytes().to_vec(),
-                            payload: Some(bytes),
+                            // An empty snapshot is an evicted customer: a tombstone.
+                            payload: (!bytes.is_empty()).then_some(bytes),
                             headers: Vec::new(),
                         },
                     ));
