@@ -233,8 +233,11 @@ impl CustomerState {
             self.activity_short += model.decay(GROUP_SHORT, age);
             self.activity_long += model.decay(GROUP_LONG, age);
         }
+        // Spend is money a customer chose to spend: amounts on risk events
+        // (refunds, failed payments) do not count as value.
         if let Some(amount) = amount
             && amount > 0.0
+            && model.is_activity(kind)
         {
             self.spend += amount * model.decay(GROUP_SPEND, age);
         }

@@ -167,10 +167,23 @@ pub fn parse_event(bytes: &[u8]) -> Result<CustomerEvent<'_>, EventError> {
 
 /// Parses an RFC 3339 timestamp (offset required) into Unix milliseconds.
 pub fn parse_timestamp_ms(text: &str) -> Result<i64, EventError> {
-    chrono::DateTime::parse_from_rfc3339(text)
+    let ms = chrono::DateTime::parse_from_rfc3339(text)
         .map(|t| t.timestamp_millis())
-        .map_err(|e| EventError::BadTimestamp(format!("{e}: {:?}", truncate(text, 64))))
+        .map_err(|e| EventError::BadTimestamp(format!("{e}: {:?}", truncate(text, 64))))?;
+    // Only instants RFC 3339 can write back in UTC (years 0000-9999).
+    if !(MIN_TIMESTAMP_MS..=MAX_TIMESTAMP_MS).contains(&ms) {
+        return Err(EventError::BadTimestamp(format!(
+            "outside 0000-01-01T00:00:00Z..9999-12-31T23:59:59.999Z: {:?}",
+            truncate(text, 64)
+        )));
+    }
+    Ok(ms)
 }
+
+/// 0000-01-01T00:00:00Z in Unix milliseconds.
+const MIN_TIMESTAMP_MS: i64 = -62_167_219_200_000;
+/// 9999-12-31T23:59:59.999Z in Unix milliseconds.
+const MAX_TIMESTAMP_MS: i64 = 253_402_300_799_999;
 
 /// Formats Unix milliseconds as an RFC 3339 UTC timestamp (millisecond precision).
 pub fn format_timestamp_ms(ms: i64) -> String {
@@ -392,6 +405,22 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(e.amount, None);
+    }
+
+    #[test]
+    fn timestamps_outside_rfc3339_years_are_rejected() {
+        assert!(parse_timestamp_ms("0000-01-01T00:00:00+01:00").is_err());
+        assert!(parse_timestamp_ms("0000-01-01T00:00:00Z").is_ok());
+        assert!(parse_timestamp_ms("9999-12-31T23:59:59.999Z").is_ok());
+        assert!(parse_timestamp_ms("9999-12-31T23:59:59.999-01:00").is_err());
+        assert_eq!(
+            format_timestamp_ms(MIN_TIMESTAMP_MS),
+            "0000-01-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            format_timestamp_ms(MAX_TIMESTAMP_MS),
+            "9999-12-31T23:59:59.999Z"
+        );
     }
 
     #[test]

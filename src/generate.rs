@@ -982,8 +982,8 @@ fn push_cents(out: &mut Vec<u8>, cents: i64) {
 }
 
 /// Renders an event. `customer_id: None` leaves the field out; `timestamp:
-/// None` writes `bad_timestamp` raw instead; `amount_override` replaces the
-/// amount (in cents).
+/// None` writes `null`; `amount_override` replaces the amount (in cents),
+/// and adds one to types that have none.
 fn render(
     out: &mut Vec<u8>,
     p: &Pending,

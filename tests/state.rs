@@ -148,8 +148,7 @@ fn customers_silent_past_the_horizon_are_evicted_with_a_tombstone() {
     );
     let last_gone = records
         .iter()
-        .filter(|r| r.key.as_deref() == Some("gone"))
-        .next_back()
+        .rfind(|r| r.key.as_deref() == Some("gone"))
         .expect("state records for gone");
     assert!(
         last_gone.value.as_deref().is_none_or(<[u8]>::is_empty),

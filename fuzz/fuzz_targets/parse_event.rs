@@ -4,7 +4,8 @@
 #![no_main]
 
 use churn_scorer::event::{
-    MAX_CUSTOMER_ID_BYTES, MAX_EVENT_TYPE_BYTES, format_timestamp_ms, parse_event, parse_timestamp_ms,
+    MAX_CUSTOMER_ID_BYTES, MAX_EVENT_TYPE_BYTES, format_timestamp_ms, parse_event,
+    parse_timestamp_ms,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -22,7 +23,10 @@ fuzz_target!(|data: &[u8]| {
         "customer_id length {}",
         id.len()
     );
-    assert!(!id.chars().any(char::is_control), "control char in customer_id");
+    assert!(
+        !id.chars().any(char::is_control),
+        "control char in customer_id"
+    );
     let kind = event.event_type.as_ref();
     assert!((1..=MAX_EVENT_TYPE_BYTES).contains(&kind.len()));
     assert!(!kind.chars().any(char::is_control));

@@ -170,7 +170,7 @@ impl Core {
         let lateness_ms = i64::try_from(config.engine.allowed_lateness_secs.saturating_mul(1000))
             .unwrap_or(i64::MAX);
         let days = config.engine.eviction_horizon_days;
-        let eviction_horizon_ms = (days > 0.0).then(|| (days * 86_400_000.0) as i64);
+        let eviction_horizon_ms = (days > 0.0).then_some((days * 86_400_000.0) as i64);
         Core {
             config,
             model,
