@@ -6,11 +6,15 @@
 //!   in, per-customer state, scores with reasons, alert decisions. No clock,
 //!   no I/O, no Kafka.
 //! - [`offline`] replays files through the core (`score`).
+//! - [`analysis`] measures and fits models against churn labels (`backtest`,
+//!   `fit`, HTML reports).
 //! - [`telemetry`] defines every metric and the tracing setup.
 //!
 //! See `ARCHITECTURE.md` for the map of modules.
 
 pub mod alert;
+pub mod analysis;
+pub mod bench;
 pub mod broker;
 pub mod changelog;
 pub mod config;

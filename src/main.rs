@@ -12,6 +12,8 @@ use churn_scorer::event::parse_timestamp_ms;
 use churn_scorer::model::RiskModel;
 use churn_scorer::offline::{ScoreOptions, run_score};
 
+mod analysis_cli;
+
 /// Live churn-risk scoring of customer event streams.
 #[derive(Parser)]
 #[command(name = "churn-scorer", version, about, long_about = None)]
@@ -32,6 +34,12 @@ enum Command {
     Demo(DemoArgs),
     /// Generate synthetic customer journeys (JSON lines) with planted churn labels.
     Generate(GenerateArgs),
+    /// Measure a model against churn labels at a cutoff (AUC, lift, calibration).
+    Backtest(analysis_cli::BacktestArgs),
+    /// Fit a model's points to churn labels (L2 logistic regression) and write it.
+    Fit(analysis_cli::FitArgs),
+    /// End-to-end benchmark on an embedded broker: worker vs bare consumer, latency, memory.
+    Bench(BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -89,7 +97,47 @@ fn run(cli: Cli) -> Result<()> {
         Command::Broker(args) => broker(args),
         Command::Demo(args) => demo(args),
         Command::Generate(args) => generate(args),
+        Command::Backtest(args) => analysis_cli::backtest(args),
+        Command::Fit(args) => analysis_cli::fit(args),
+        Command::Bench(args) => bench(args),
     }
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Events loaded into the input topic.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// Customers of the generator.
+    #[arg(long, default_value_t = 100_000)]
+    customers: u32,
+    /// Partitions of every topic (the mock broker keeps ~5 MiB per partition).
+    #[arg(long, default_value_t = 32)]
+    partitions: i32,
+    /// Seconds of the paced latency phase at half the measured worker rate; 0 skips it.
+    #[arg(long, default_value_t = 10.0)]
+    latency_secs: f64,
+    /// Load of the latency phase, as a fraction of the measured worker rate.
+    #[arg(long, default_value_t = 0.5)]
+    latency_load: f64,
+    /// Worker configuration (TOML) for experiments; built-in defaults when omitted.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+fn bench(args: BenchArgs) -> Result<()> {
+    use churn_scorer::bench::{BenchOptions, run_bench};
+    let options = BenchOptions {
+        events: args.events,
+        customers: args.customers,
+        partitions: args.partitions,
+        latency_secs: args.latency_secs,
+        latency_load: args.latency_load,
+        config: args.config,
+    };
+    let report = run_bench(&options)?;
+    print!("{}", report.render(&options));
+    Ok(())
 }
 
 fn load_model(path: Option<&PathBuf>) -> Result<RiskModel> {

@@ -34,6 +34,15 @@ use crate::telemetry::Metrics;
 pub use pipeline::PartitionData;
 pub use restore::restore_partition;
 
+/// The consumer configuration the worker's pipeline uses (the benchmark's
+/// bare consumer reads with the same settings).
+pub(crate) fn consumer_client_config(
+    config: &WorkerConfig,
+    group_id: &str,
+) -> rdkafka::ClientConfig {
+    kafka::consumer_config(config, group_id)
+}
+
 use pipeline::{Core, set_paused};
 
 /// Errors that stop the worker.

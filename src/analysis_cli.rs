@@ -1,0 +1,207 @@
+//! The analysts' subcommands, `backtest` and `fit`: argument parsing and file
+//! handling around `churn_scorer::analysis` (kept out of `main.rs` so that the
+//! other subcommands' code stays apart).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use churn_scorer::analysis::backtest::{run_backtest, write_json, write_text};
+use churn_scorer::analysis::fit::{FitOptions, describe, model_toml, run_fit};
+use churn_scorer::analysis::labels::{Labels, read_labels};
+use churn_scorer::analysis::report::render_html;
+use churn_scorer::analysis::{backtest::evaluate_store, fit::FitSummary};
+use churn_scorer::event::parse_timestamp_ms;
+use churn_scorer::offline::BadLine;
+
+use crate::load_model;
+
+#[derive(clap::Args)]
+pub struct BacktestArgs {
+    /// Model file (TOML); the built-in default model when omitted.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// JSON-lines events, or `-` for standard input. Events at or after the cutoff are ignored.
+    #[arg(long)]
+    events: String,
+    /// Labels CSV: `customer_id,churned` (1 = churned), header optional.
+    #[arg(long)]
+    labels: PathBuf,
+    /// Score at this moment (RFC 3339); only events strictly before it are used.
+    #[arg(long)]
+    cutoff: String,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Also write a self-contained HTML report with charts to this file.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Stop with an error at the first bad event line.
+    #[arg(long)]
+    strict: bool,
+}
+
+#[derive(clap::Args)]
+pub struct FitArgs {
+    /// JSON-lines events (a file: it is read twice).
+    #[arg(long)]
+    events: PathBuf,
+    /// Labels CSV: `customer_id,churned` (1 = churned), header optional.
+    #[arg(long)]
+    labels: PathBuf,
+    /// Fit on the state at this moment (RFC 3339); only events strictly before it are used.
+    #[arg(long)]
+    cutoff: String,
+    /// Where to write the fitted model (TOML).
+    #[arg(long)]
+    out: PathBuf,
+    /// Model to start from (structure, half-lives, alert thresholds); the built-in default when omitted.
+    #[arg(long)]
+    base: Option<PathBuf>,
+    /// Cross-validation folds for choosing the penalty.
+    #[arg(long, default_value_t = 5)]
+    folds: usize,
+    /// Seed of the fold assignment.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Fit an event type's points only if at least this many labelled customers produced it.
+    #[arg(long, default_value_t = 20)]
+    min_support: u64,
+    /// Half-life in days of event types the base model does not name.
+    #[arg(long, default_value_t = 30.0)]
+    half_life_days: f64,
+    /// `model_version` of the fitted model; default `fit-<cutoff date>`.
+    #[arg(long)]
+    model_version: Option<String>,
+    /// L2 penalties to cross-validate (standardised units), comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = churn_scorer::analysis::fit::DEFAULT_LAMBDAS)]
+    lambdas: Vec<f64>,
+    /// Also write an HTML report of the fitted model on the customers it was fitted on (in-sample).
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Stop with an error at the first bad event line.
+    #[arg(long)]
+    strict: bool,
+}
+
+fn load_labels(path: &Path) -> Result<Labels> {
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("opening labels file {}", path.display()))?;
+    let mut stderr = std::io::stderr().lock();
+    let labels = read_labels(BufReader::new(file), |bad| {
+        let _ = writeln!(stderr, "labels line {}: {}", bad.line, bad.message);
+    })
+    .with_context(|| format!("reading labels file {}", path.display()))?;
+    Ok(labels)
+}
+
+fn report_bad_line(bad: &BadLine) {
+    eprintln!("line {}: {}: {}", bad.line, bad.error.reason(), bad.error);
+}
+
+fn write_file(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// `churn-scorer backtest`.
+pub fn backtest(args: BacktestArgs) -> Result<()> {
+    let model = load_model(args.model.as_ref())?;
+    let cutoff_ms = parse_timestamp_ms(&args.cutoff).context("--cutoff")?;
+    let labels = load_labels(&args.labels)?;
+    let input: Box<dyn BufRead> = if args.events == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let file = std::fs::File::open(&args.events)
+            .with_context(|| format!("opening events file {}", args.events))?;
+        Box::new(BufReader::with_capacity(1 << 20, file))
+    };
+    let result = run_backtest(
+        &model,
+        input,
+        &labels,
+        cutoff_ms,
+        args.strict,
+        report_bad_line,
+    )?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if args.json {
+        write_json(&result.summary, &mut out)?;
+    } else {
+        write_text(&result.summary, &mut out)?;
+    }
+    out.flush()?;
+    if let Some(path) = &args.report {
+        let title = format!("Backtest of {}", result.summary.model_version);
+        let html = render_html(&result, &title, &[])?;
+        write_file(path, &html)?;
+        eprintln!("report written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn in_sample_notes(summary: &FitSummary) -> Vec<String> {
+    let best = summary
+        .cross_validation
+        .iter()
+        .find(|c| c.lambda == summary.lambda)
+        .map_or(String::new(), |c| {
+            format!(" (cross-validated AUC {:.4})", c.mean_auc)
+        });
+    vec![format!(
+        "In-sample: the model fitted from {} on these same customers, L2 penalty {}{best}. \
+             Figures on the customers a model was fitted on flatter it: backtest it on other customers or a later cutoff.",
+        summary.base_model_version, summary.lambda
+    )]
+}
+
+/// `churn-scorer fit`.
+pub fn fit(args: FitArgs) -> Result<()> {
+    let base = load_model(args.base.as_ref())?;
+    let base_name = args
+        .base
+        .as_ref()
+        .map_or("built-in default".to_string(), |p| p.display().to_string());
+    let cutoff_ms = parse_timestamp_ms(&args.cutoff).context("--cutoff")?;
+    let labels = load_labels(&args.labels)?;
+    let mut options = FitOptions::new(cutoff_ms);
+    options.folds = args.folds;
+    options.seed = args.seed;
+    options.min_support = args.min_support;
+    options.default_half_life_days = args.half_life_days;
+    options.model_version = args.model_version;
+    options.lambdas = args.lambdas;
+    options.strict = args.strict;
+    let events = &args.events;
+    let outcome = run_fit(
+        || std::fs::File::open(events).map(|f| BufReader::with_capacity(1 << 20, f)),
+        &labels,
+        &base,
+        &options,
+        report_bad_line,
+    )
+    .with_context(|| format!("fitting on {}", events.display()))?;
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    write_file(&args.out, &model_toml(&outcome, &today, &base_name)?)?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for line in describe(&outcome.summary, &today, &base_name) {
+        writeln!(out, "{line}")?;
+    }
+    writeln!(out, "model written to {}", args.out.display())?;
+    if let Some(path) = &args.report {
+        let result = evaluate_store(
+            &outcome.model,
+            &outcome.store,
+            &labels,
+            cutoff_ms,
+            &outcome.replay_stats,
+        );
+        let title = format!("Fitted model {} (in-sample)", outcome.summary.model_version);
+        let html = render_html(&result, &title, &in_sample_notes(&outcome.summary))?;
+        write_file(path, &html)?;
+        writeln!(out, "report written to {}", path.display())?;
+    }
+    Ok(())
+}
