@@ -1,6 +1,7 @@
 //! librdkafka client configuration and the producer's delivery context.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use rdkafka::ClientConfig;
@@ -17,6 +18,10 @@ pub fn consumer_config(config: &WorkerConfig, group_id: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("statistics.interval.ms", "5000");
     c.set("auto.offset.reset", "earliest");
+    // librdkafka stops fetching for this long once its local queue holds
+    // `queued.min.messages`; the default (1 s) leaves a fast pipeline idle
+    // after it drains the queue. See docs/performance.md.
+    c.set("fetch.queue.backoff.ms", "20");
     for (k, v) in &config.kafka.consumer {
         c.set(k, v);
     }
@@ -115,6 +120,8 @@ pub enum Delivery {
 pub struct DeliveryContext {
     /// Reports not yet taken.
     pub reports: Mutex<Vec<Delivery>>,
+    /// Reports made so far (tells the pipeline whether a poll served any).
+    pub reported: AtomicU64,
     /// Created at, for log context.
     pub started: Option<Instant>,
 }
@@ -153,5 +160,6 @@ impl ProducerContext for DeliveryContext {
         if let Ok(mut reports) = self.reports.lock() {
             reports.push(report);
         }
+        self.reported.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -436,13 +436,31 @@ pub fn run_pipeline(
 
     let (restore_tx, restore_rx) = mpsc::channel::<RestoreDone>();
     let mut retry_restores: Vec<(Instant, i32, u64)> = Vec::new();
+    let mut restores_running = 0_usize;
+    // What the loop knows from its last look at the core (it looks whenever it
+    // holds the lock, and after anything that may have run rebalance callbacks):
+    // restore requests made, outputs over the in-flight bound, outputs awaiting acks.
+    let mut check_restores = true;
+    let mut backpressured = false;
+    let mut awaiting_acks = false;
     let mut busy = false;
     let mut since_serve = 0_u32;
+    let mut since_cancel_check = 0_u32;
     let mut last_tick = Instant::now();
 
-    while !shutdown.is_cancelled() {
+    loop {
+        // The token takes a lock: while busy, look every 64 messages (well under a millisecond).
+        if !busy || since_cancel_check >= 64 {
+            since_cancel_check = 0;
+            if shutdown.is_cancelled() {
+                break;
+            }
+        }
+        since_cancel_check += 1;
+
         // Restores: start requested ones, install finished ones.
-        {
+        if check_restores || restores_running > 0 || !retry_restores.is_empty() {
+            check_restores = false;
             let mut c = lock(&core)?;
             let now = Instant::now();
             let mut requests: Vec<(i32, u64)> = c
@@ -473,7 +491,9 @@ pub fn run_pipeline(
                             result,
                         });
                     });
-                if spawned.is_err() {
+                if spawned.is_ok() {
+                    restores_running += 1;
+                } else {
                     retry_restores.push((
                         Instant::now() + Duration::from_secs(1),
                         partition,
@@ -482,6 +502,7 @@ pub fn run_pipeline(
                 }
             }
             while let Ok(done) = restore_rx.try_recv() {
+                restores_running = restores_running.saturating_sub(1);
                 match done.result {
                     Ok(restored) => {
                         let installed =
@@ -517,7 +538,7 @@ pub fn run_pipeline(
         }
 
         // Backpressure: wait for acknowledgements instead of reading more.
-        {
+        if backpressured {
             let mut c = lock(&core)?;
             if c.backpressured() {
                 c.close_all_batches();
@@ -526,30 +547,49 @@ pub fn run_pipeline(
                 drop(c);
                 store_offsets(&consumer, &input_topic, offsets);
                 // Keep the group session alive while waiting.
-                if let Some(Ok(msg)) = consumer.poll(Duration::ZERO) {
-                    lock(&core)?.process(&msg);
+                let polled = consumer.poll(Duration::ZERO);
+                let mut c = lock(&core)?;
+                if let Some(Ok(msg)) = polled {
+                    c.process(&msg);
                 }
+                check_restores |= !c.restore_requests.is_empty();
+                backpressured = c.backpressured();
+                // Not consuming: look at the shutdown token every time round.
+                busy = false;
                 continue;
             }
+            backpressured = false;
         }
 
+        // While outputs await acknowledgement, an idle loop comes back every
+        // millisecond to act on them (and store offsets) instead of sleeping in
+        // the consumer for up to 100 ms.
         let timeout = if busy {
             Duration::ZERO
+        } else if awaiting_acks {
+            Duration::from_millis(1)
         } else {
             Duration::from_millis(100)
         };
         match consumer.poll(timeout) {
             Some(Ok(msg)) => {
-                lock(&core)?.process(&msg);
+                let mut c = lock(&core)?;
+                c.process(&msg);
+                check_restores |= !c.restore_requests.is_empty();
+                backpressured = c.backpressured();
                 busy = true;
                 since_serve += 1;
             }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "consumer error");
                 busy = false;
+                check_restores = true;
+                backpressured = true;
             }
             None => {
-                lock(&core)?.close_all_batches();
+                let mut c = lock(&core)?;
+                c.close_all_batches();
+                check_restores |= !c.restore_requests.is_empty();
                 busy = false;
                 since_serve = u32::MAX;
             }
@@ -559,6 +599,8 @@ pub fn run_pipeline(
             let mut c = lock(&core)?;
             c.serve_deliveries(Duration::ZERO);
             let offsets = c.take_offsets();
+            backpressured = c.backpressured();
+            awaiting_acks = c.awaiting_acks();
             drop(c);
             store_offsets(&consumer, &input_topic, offsets);
         }
@@ -567,6 +609,9 @@ pub fn run_pipeline(
             let mut c = lock(&core)?;
             c.idle_tick();
             c.update_customer_gauge();
+            c.flush_metrics();
+            backpressured = c.backpressured();
+            awaiting_acks = c.awaiting_acks();
         }
     }
 

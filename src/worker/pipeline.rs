@@ -2,10 +2,10 @@
 //!
 //! Every message is parsed, applied to its partition's [`CustomerStore`] and
 //! scored on the pipeline thread. Work is grouped per partition into batches.
-//! A batch closes (after `batch_size` messages, or when the consumer runs
-//! dry, or on the idle tick) by firing due inactivity timers and
-//! snapshotting the customers it changed. Its offsets are stored only after,
-//! in this order:
+//! A batch closes (after `batch_size` messages, or once its first message is
+//! 20 ms old, or when the consumer runs dry, or on the idle tick)
+//! by firing due inactivity timers and snapshotting the customers it changed.
+//! Its offsets are stored only after, in this order:
 //!
 //! 1. its alerts and dead letters are acknowledged by the broker;
 //! 2. its state snapshots, produced once every earlier batch's snapshots
@@ -15,12 +15,19 @@
 //! are not yet safe, and an offset is never committed before the state that
 //! includes its event is safe: after a crash, events after the restored
 //! state's offsets are applied again and re-publish the same alert ids.
+//!
+//! Hot-path costs are kept per batch rather than per event: metrics are
+//! counted locally and published at every offset store, a batch's state
+//! records share one buffer, and every delivery report waiting is acted on at
+//! each service (see `docs/performance.md`).
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use compact_str::CompactString;
+use prometheus::IntGauge;
+use prometheus::local::{LocalHistogram, LocalIntCounter};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -39,6 +46,11 @@ use crate::telemetry::Metrics;
 use super::WorkerShared;
 use super::kafka::{Delivery, DeliveryContext, DeliveryTag, OutputKind, OutputRecord};
 use super::restore::Restored;
+
+/// A batch closes once its first event is this old, even if neither full nor
+/// drained: under a steady backlog, latency stays bounded by this plus one
+/// acknowledgement rather than by the time to fill `batch_size`.
+const MAX_BATCH_AGE: Duration = Duration::from_millis(20);
 
 /// What the HTTP API and the pipeline share about one partition.
 pub struct PartitionData {
@@ -64,11 +76,56 @@ struct PendingBatch {
     /// Alerts and dead letters not yet acknowledged.
     outputs_pending: u32,
     /// State snapshots, produced once `outputs_pending` is 0 and earlier batches' are out.
-    snapshots: Option<Vec<(CompactString, Vec<u8>)>>,
+    snapshots: Option<Snapshots>,
     /// State records not yet acknowledged.
     state_pending: u32,
     /// When each event of the batch was received.
     received: Vec<Instant>,
+}
+
+/// A batch's state records in one buffer: each is a customer id (the key)
+/// followed by its encoded state (the value; empty for a tombstone).
+#[derive(Default)]
+struct Snapshots {
+    bytes: Vec<u8>,
+    /// (end of key, end of value) in `bytes`; each record starts where the previous ended.
+    ends: Vec<(u32, u32)>,
+}
+
+impl Snapshots {
+    fn with_capacity(records: usize) -> Self {
+        Snapshots {
+            bytes: Vec::with_capacity(records * 112),
+            ends: Vec::with_capacity(records),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Appends a record: the key, then whatever `value` writes (nothing: a tombstone).
+    fn push(&mut self, key: &str, value: impl FnOnce(&mut Vec<u8>)) {
+        self.bytes.extend_from_slice(key.as_bytes());
+        let key_end = self.bytes.len() as u32;
+        value(&mut self.bytes);
+        self.ends.push((key_end, self.bytes.len() as u32));
+    }
+
+    /// (key, value) of every record, in order.
+    fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let mut start = 0;
+        self.ends.iter().map(move |&(key_end, end)| {
+            let (k, e) = (key_end as usize, end as usize);
+            let record = (&self.bytes[start..k], &self.bytes[k..e]);
+            start = e;
+            record
+        })
+    }
 }
 
 struct Partition {
@@ -88,6 +145,10 @@ struct Partition {
     /// Evict silent customers at the next batch close.
     evict_due: bool,
     last_eviction: Instant,
+    /// `received` vectors of finished batches, reused.
+    spare_received: Vec<Vec<Instant>>,
+    /// This partition's watermark gauge, once set.
+    watermark_gauge: Option<IntGauge>,
 }
 
 impl Partition {
@@ -108,7 +169,19 @@ impl Partition {
             rewind_to: None,
             evict_due: false,
             last_eviction: Instant::now(),
+            spare_received: Vec::new(),
+            watermark_gauge: None,
         }
+    }
+
+    /// Closes the open batch (the caller has filled in its snapshots) and opens the next.
+    fn rotate(&mut self) -> PendingBatch {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let mut next = empty_batch(seq);
+        next.received = self.spare_received.pop().unwrap_or_default();
+        self.open_messages = 0;
+        std::mem::replace(&mut self.open, next)
     }
 
     fn batch_mut(&mut self, seq: u64) -> Option<&mut PendingBatch> {
@@ -154,8 +227,47 @@ pub struct Core {
     /// Restores to start (taken by the run loop, which owns the restore threads).
     pub restore_requests: Vec<RestoreRequest>,
     firings: Vec<TimerFiring>,
-    scratch: Vec<u8>,
     offsets_to_store: Vec<(i32, i64)>,
+    /// Hot-path metrics, published by [`Core::flush_metrics`].
+    local: LocalMetrics,
+    scratch_ids: Vec<i32>,
+    scratch_customers: Vec<CustomerIndex>,
+}
+
+/// Metrics updated for every event, accumulated on the pipeline thread and
+/// added to the shared registry in bulk (at every offset store and tick).
+struct LocalMetrics {
+    events_consumed: LocalIntCounter,
+    events_late: LocalIntCounter,
+    events_duplicate: LocalIntCounter,
+    risk_score: LocalHistogram,
+    processing_latency: LocalHistogram,
+    inactivity_timers_fired: LocalIntCounter,
+    state_changelog_records: LocalIntCounter,
+}
+
+impl LocalMetrics {
+    fn new(m: &Metrics) -> Self {
+        LocalMetrics {
+            events_consumed: m.events_consumed.local(),
+            events_late: m.events_late.local(),
+            events_duplicate: m.events_duplicate.local(),
+            risk_score: m.risk_score.local(),
+            processing_latency: m.processing_latency.local(),
+            inactivity_timers_fired: m.inactivity_timers_fired.local(),
+            state_changelog_records: m.state_changelog_records.local(),
+        }
+    }
+
+    fn flush(&self) {
+        self.events_consumed.flush();
+        self.events_late.flush();
+        self.events_duplicate.flush();
+        self.risk_score.flush();
+        self.processing_latency.flush();
+        self.inactivity_timers_fired.flush();
+        self.state_changelog_records.flush();
+    }
 }
 
 impl Core {
@@ -172,6 +284,9 @@ impl Core {
         let days = config.engine.eviction_horizon_days;
         let eviction_horizon_ms = (days > 0.0).then_some((days * 86_400_000.0) as i64);
         Core {
+            local: LocalMetrics::new(&metrics),
+            scratch_ids: Vec::new(),
+            scratch_customers: Vec::new(),
             config,
             model,
             metrics,
@@ -185,7 +300,6 @@ impl Core {
             eviction_horizon_ms,
             restore_requests: Vec::new(),
             firings: Vec::new(),
-            scratch: Vec::with_capacity(256),
             offsets_to_store: Vec::new(),
         }
     }
@@ -193,6 +307,11 @@ impl Core {
     /// Whether outputs awaiting acknowledgement exceed the configured bound.
     pub fn backpressured(&self) -> bool {
         self.in_flight >= self.config.pipeline.max_in_flight
+    }
+
+    /// Whether outputs are waiting to be acknowledged (or sent again).
+    pub fn awaiting_acks(&self) -> bool {
+        self.in_flight > 0 || !self.retries.is_empty()
     }
 
     /// Whether any partition is still restoring.
@@ -205,7 +324,7 @@ impl Core {
     /// Handles one consumed message.
     pub fn process(&mut self, msg: &BorrowedMessage<'_>) {
         let received = Instant::now();
-        self.metrics.events_consumed.inc();
+        self.local.events_consumed.inc();
         let partition_id = msg.partition();
         let Some(partition) = self.partitions.get_mut(&partition_id) else {
             // Revoked while the message was in flight: the next owner reads it.
@@ -227,7 +346,8 @@ impl Core {
             kind,
         };
         let model = &*self.model;
-        let mut outputs: Vec<(DeliveryTag, OutputRecord)> = Vec::new();
+        // At most one output per event: a dead letter or an alert.
+        let mut output: Option<(DeliveryTag, OutputRecord)> = None;
         match parse_event(payload) {
             Err(error) => {
                 let reason = error.reason();
@@ -235,7 +355,7 @@ impl Core {
                     .events_invalid
                     .with_label_values(&[reason])
                     .inc();
-                outputs.push((
+                output = Some((
                     tag(OutputKind::DeadLetter(reason)),
                     OutputRecord {
                         topic: self.config.topics.dead_letter.clone(),
@@ -261,16 +381,16 @@ impl Core {
                 };
                 let late = event.timestamp_ms < data.watermark_ms;
                 match data.store.apply(model, &event, Some(offset), !late) {
-                    ApplyOutcome::Duplicate => self.metrics.events_duplicate.inc(),
+                    ApplyOutcome::Duplicate => self.local.events_duplicate.inc(),
                     ApplyOutcome::Scored {
                         customer,
                         risk_score,
                         decision,
                     } => {
                         if late {
-                            self.metrics.events_late.inc();
+                            self.local.events_late.inc();
                         }
-                        self.metrics.risk_score.observe(risk_score);
+                        self.local.risk_score.observe(risk_score);
                         partition.dirty.insert(customer);
                         if let Some(decision) = decision {
                             let state = data.store.state(customer);
@@ -281,7 +401,7 @@ impl Core {
                                 &explanation,
                                 model.version(),
                             );
-                            outputs.push((
+                            output = Some((
                                 tag(OutputKind::Alert(decision.kind)),
                                 alert_record(&self.config.topics.alerts, &alert),
                             ));
@@ -297,10 +417,15 @@ impl Core {
         }
         partition.open.last_offset = Some(offset);
         partition.open.received.push(received);
-        partition.open.outputs_pending += outputs.len() as u32;
+        partition.open.outputs_pending += u32::from(output.is_some());
         partition.open_messages += 1;
-        let full = partition.open_messages >= self.config.pipeline.batch_size;
-        for (tag, record) in outputs {
+        let full = partition.open_messages >= self.config.pipeline.batch_size
+            || partition
+                .open
+                .received
+                .first()
+                .is_some_and(|&first| received.duration_since(first) >= MAX_BATCH_AGE);
+        if let Some((tag, record)) = output {
             self.send(tag, record);
         }
         if full {
@@ -310,10 +435,13 @@ impl Core {
 
     /// Closes every partition's open batch.
     pub fn close_all_batches(&mut self) {
-        let ids: Vec<i32> = self.partitions.keys().copied().collect();
-        for p in ids {
+        let mut ids = std::mem::take(&mut self.scratch_ids);
+        ids.clear();
+        ids.extend(self.partitions.keys().copied());
+        for &p in &ids {
             self.close_batch(p);
         }
+        self.scratch_ids = ids;
     }
 
     /// Advances idle partitions' clocks with the wall clock, so inactivity
@@ -371,8 +499,8 @@ impl Core {
             data.store
                 .fire_due_timers(&model, watermark, &mut self.firings);
             for firing in &self.firings {
-                self.metrics.inactivity_timers_fired.inc();
-                self.metrics.risk_score.observe(firing.risk_score);
+                self.local.inactivity_timers_fired.inc();
+                self.local.risk_score.observe(firing.risk_score);
                 partition.dirty.insert(firing.customer);
                 if let Some(decision) = firing.decision {
                     let id = data.store.id(firing.customer);
@@ -392,36 +520,41 @@ impl Core {
                     ));
                 }
             }
-            let mut snapshots = Vec::with_capacity(partition.dirty.len());
+            let mut snapshots = Snapshots::with_capacity(partition.dirty.len());
             if let Some(horizon) = self.eviction_horizon_ms
                 && std::mem::take(&mut partition.evict_due)
             {
                 // Changes since the last snapshot are written first, then the tombstone.
                 for &customer in &partition.dirty {
-                    self.scratch.clear();
-                    encode_state(&model, data.store.state(customer), &mut self.scratch);
-                    snapshots.push((
-                        CompactString::from(data.store.id(customer)),
-                        self.scratch.clone(),
-                    ));
+                    snapshots.push(data.store.id(customer), |out| {
+                        encode_state(&model, data.store.state(customer), out)
+                    });
                 }
                 partition.dirty.clear();
                 let evicted = data.store.evict_silent(watermark, horizon);
                 self.metrics.customers_evicted.inc_by(evicted.len() as u64);
-                snapshots.extend(evicted.into_iter().map(|id| (id, Vec::new())));
+                for id in &evicted {
+                    snapshots.push(id.as_str(), |_| {});
+                }
             }
-            for &customer in &partition.dirty {
-                self.scratch.clear();
-                encode_state(&model, data.store.state(customer), &mut self.scratch);
-                snapshots.push((
-                    CompactString::from(data.store.id(customer)),
-                    self.scratch.clone(),
-                ));
+            // In store order: neighbouring states share cache lines and pages.
+            let mut dirty = std::mem::take(&mut self.scratch_customers);
+            dirty.clear();
+            dirty.extend(partition.dirty.drain());
+            dirty.sort_unstable();
+            for &customer in &dirty {
+                snapshots.push(data.store.id(customer), |out| {
+                    encode_state(&model, data.store.state(customer), out)
+                });
             }
-            partition.dirty.clear();
-            self.metrics
-                .partition_watermark_seconds
-                .with_label_values(&[&partition_id.to_string()])
+            self.scratch_customers = dirty;
+            partition
+                .watermark_gauge
+                .get_or_insert_with(|| {
+                    self.metrics
+                        .partition_watermark_seconds
+                        .with_label_values(&[&partition_id.to_string()])
+                })
                 .set(watermark.div_euclid(1000));
             snapshots
         };
@@ -432,11 +565,8 @@ impl Core {
         }
         partition.open.outputs_pending += outputs.len() as u32;
         partition.open.snapshots = Some(snapshots);
-        let seq = partition.next_seq;
-        partition.next_seq += 1;
-        let closed = std::mem::replace(&mut partition.open, empty_batch(seq));
+        let closed = partition.rotate();
         partition.pending.push_back(closed);
-        partition.open_messages = 0;
         for (tag, record) in outputs {
             self.send(tag, record);
         }
@@ -476,14 +606,61 @@ impl Core {
         }
     }
 
+    /// Produces one state record (an empty value is a tombstone) to the
+    /// input partition's number on the state topic, straight from the batch's
+    /// buffer; as [`Core::send`] otherwise.
+    fn send_state(&mut self, tag: DeliveryTag, key: &[u8], value: &[u8]) {
+        self.in_flight += 1;
+        let topic = &self.config.topics.state;
+        let partition = Some(tag.partition);
+        loop {
+            let mut base = BaseRecord::with_opaque_to(topic, Box::new((tag, partition)))
+                .key(key)
+                .partition(tag.partition);
+            if !value.is_empty() {
+                base = base.payload(value);
+            }
+            match self.producer.send(base) {
+                Ok(()) => return,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    self.producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => {
+                    self.metrics.producer_errors.inc();
+                    tracing::error!(topic = %topic, error = %e, "cannot enqueue output; will retry");
+                    self.in_flight -= 1;
+                    let record = OutputRecord {
+                        topic: topic.clone(),
+                        partition,
+                        key: key.to_vec(),
+                        payload: (!value.is_empty()).then(|| value.to_vec()),
+                        headers: Vec::new(),
+                    };
+                    self.retries.push_back((tag, record));
+                    return;
+                }
+            }
+        }
+    }
+
     /// Serves producer callbacks and acts on delivery reports.
     pub fn serve_deliveries(&mut self, wait: Duration) {
         self.producer.poll(wait);
+        // A zero-wait poll serves a single event (one produce response's
+        // delivery reports): go on while polls still yield reports.
+        for _ in 0..10_000 {
+            let before = self.producer.context().reported.load(Ordering::Relaxed);
+            self.producer.poll(Duration::ZERO);
+            if self.producer.context().reported.load(Ordering::Relaxed) == before {
+                break;
+            }
+        }
         let reports = match self.producer.context().reports.lock() {
             Ok(mut r) => std::mem::take(&mut *r),
             Err(_) => return,
         };
-        let mut touched = FxHashSet::default();
+        let mut touched = std::mem::take(&mut self.scratch_ids);
+        touched.clear();
         for report in reports {
             match report {
                 Delivery::Acked(tag) => {
@@ -497,7 +674,9 @@ impl Core {
                             OutputKind::State => batch.state_pending -= 1,
                             _ => batch.outputs_pending -= 1,
                         }
-                        touched.insert(tag.partition);
+                        if !touched.contains(&tag.partition) {
+                            touched.push(tag.partition);
+                        }
                     }
                 }
                 Delivery::Failed(tag, error, record) => {
@@ -508,19 +687,22 @@ impl Core {
                 }
             }
         }
-        let retries: Vec<_> = self.retries.drain(..).collect();
-        for (tag, record) in retries {
-            let live = self
-                .partitions
-                .get(&tag.partition)
-                .is_some_and(|p| p.epoch == tag.epoch);
-            if live {
-                self.send(tag, record);
+        if !self.retries.is_empty() {
+            let retries: Vec<_> = self.retries.drain(..).collect();
+            for (tag, record) in retries {
+                let live = self
+                    .partitions
+                    .get(&tag.partition)
+                    .is_some_and(|p| p.epoch == tag.epoch);
+                if live {
+                    self.send(tag, record);
+                }
             }
         }
-        for p in touched {
+        for &p in &touched {
             self.advance(p);
         }
+        self.scratch_ids = touched;
     }
 
     fn count_output(&self, kind: OutputKind) {
@@ -533,42 +715,24 @@ impl Core {
             OutputKind::DeadLetter(reason) => {
                 self.metrics.dead_letters.with_label_values(&[reason]).inc()
             }
-            OutputKind::State => self.metrics.state_changelog_records.inc(),
+            OutputKind::State => self.local.state_changelog_records.inc(),
         }
     }
 
     /// Releases state snapshots in batch order and pops finished batches.
     fn advance(&mut self, partition_id: i32) {
-        let state_topic = self.config.topics.state.clone();
         let Some(partition) = self.partitions.get_mut(&partition_id) else {
             return;
         };
         let epoch = partition.epoch;
-        let mut to_send = Vec::new();
+        let mut to_send: Vec<(u64, Snapshots)> = Vec::new();
         for batch in partition.pending.iter_mut() {
             if batch.outputs_pending > 0 {
                 break;
             }
             if let Some(snapshots) = batch.snapshots.take() {
                 batch.state_pending += snapshots.len() as u32;
-                for (id, bytes) in snapshots {
-                    to_send.push((
-                        DeliveryTag {
-                            partition: partition_id,
-                            epoch,
-                            seq: batch.seq,
-                            kind: OutputKind::State,
-                        },
-                        OutputRecord {
-                            topic: state_topic.clone(),
-                            partition: Some(partition_id),
-                            key: id.as_bytes().to_vec(),
-                            // An empty snapshot is an evicted customer: a tombstone.
-                            payload: (!bytes.is_empty()).then_some(bytes),
-                            headers: Vec::new(),
-                        },
-                    ));
-                }
+                to_send.push((batch.seq, snapshots));
             }
         }
         let mut store_up_to = None;
@@ -577,14 +741,18 @@ impl Core {
             if front.outputs_pending > 0 || front.state_pending > 0 || front.snapshots.is_some() {
                 break;
             }
-            let done = partition.pending.pop_front().expect("front exists");
+            let mut done = partition.pending.pop_front().expect("front exists");
             for t in &done.received {
-                self.metrics
+                self.local
                     .processing_latency
                     .observe(now.duration_since(*t).as_secs_f64());
             }
             if done.last_offset.is_some() {
                 store_up_to = done.last_offset;
+            }
+            if partition.spare_received.len() < 4 {
+                done.received.clear();
+                partition.spare_received.push(done.received);
             }
         }
         if let Some(offset) = store_up_to
@@ -593,14 +761,30 @@ impl Core {
             partition.last_stored = Some(offset);
             self.offsets_to_store.push((partition_id, offset));
         }
-        for (tag, record) in to_send {
-            self.send(tag, record);
+        for (seq, snapshots) in to_send {
+            let tag = DeliveryTag {
+                partition: partition_id,
+                epoch,
+                seq,
+                kind: OutputKind::State,
+            };
+            for (key, value) in snapshots.iter() {
+                self.send_state(tag, key, value);
+            }
         }
     }
 
     /// Offsets ready to be stored (last fully handled offset per partition).
+    /// Publishes the hot-path metrics too, so they are never behind the
+    /// offsets by more than the pipeline's current step.
     pub fn take_offsets(&mut self) -> Vec<(i32, i64)> {
+        self.flush_metrics();
         std::mem::take(&mut self.offsets_to_store)
+    }
+
+    /// Adds the locally accumulated metrics to the shared registry.
+    pub fn flush_metrics(&self) {
+        self.local.flush();
     }
 
     /// Whether every batch of these partitions is fully acknowledged.
