@@ -90,23 +90,16 @@ pub fn replay(
     mut on_bad_line: impl FnMut(&BadLine),
 ) -> Result<ReplayStats, ReplayError> {
     let mut stats = ReplayStats::default();
-    let mut input = input;
-    let mut buf = Vec::with_capacity(512);
-    loop {
-        buf.clear();
-        if input.read_until(b'\n', &mut buf)? == 0 {
-            break;
-        }
-        stats.lines_read += 1;
-        let line = trim_line_end(&buf);
+    for_each_line(input, |line_no, line| {
+        stats.lines_read = line_no;
         if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
+            return Ok(());
         }
         match parse_event(line) {
             Ok(event) => {
                 if !limit.admits(event.timestamp_ms) {
                     stats.ignored_after_limit += 1;
-                    continue;
+                    return Ok(());
                 }
                 store.apply(model, &event, None, false);
                 stats.accepted += 1;
@@ -118,7 +111,7 @@ pub fn replay(
             }
             Err(error) => {
                 let bad = BadLine {
-                    line: stats.lines_read,
+                    line: line_no,
                     error,
                 };
                 if strict {
@@ -128,8 +121,27 @@ pub fn replay(
                 on_bad_line(&bad);
             }
         }
-    }
+        Ok(())
+    })?;
     Ok(stats)
+}
+
+/// Calls `f` with each line of `input` (1-based number, line ending
+/// removed), reusing one buffer: memory does not grow with the input.
+pub fn for_each_line<E: From<std::io::Error>>(
+    mut input: impl BufRead,
+    mut f: impl FnMut(u64, &[u8]) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut buf = Vec::with_capacity(512);
+    let mut line_no = 0_u64;
+    loop {
+        buf.clear();
+        if input.read_until(b'\n', &mut buf)? == 0 {
+            return Ok(());
+        }
+        line_no += 1;
+        f(line_no, trim_line_end(&buf))?;
+    }
 }
 
 fn trim_line_end(buf: &[u8]) -> &[u8] {

@@ -49,7 +49,7 @@ use super::metrics;
 use crate::engine::{CustomerStore, Factor};
 use crate::event::{format_timestamp_ms, parse_event};
 use crate::model::{EventRule, MAX_EVENT_TYPES, ModelError, ModelSpec, RiskModel};
-use crate::offline::{BadLine, ReplayError, ReplayStats, TimeLimit, replay};
+use crate::offline::{BadLine, ReplayError, ReplayStats, TimeLimit, for_each_line, replay};
 
 /// The default grid of L2 penalties tried by cross-validation (standardised units).
 pub const DEFAULT_LAMBDAS: [f64; 5] = [1e-4, 1e-3, 1e-2, 1e-1, 1.0];
@@ -297,21 +297,15 @@ fn count_support(
     // grows with customers (and types), never with events.
     let mut masks: Vec<u64> = vec![0; customers.len()];
     let mut overflow: FxHashSet<(u32, u32)> = FxHashSet::default();
-    let mut input = input;
-    let mut buf = Vec::with_capacity(512);
-    loop {
-        buf.clear();
-        if input.read_until(b'\n', &mut buf)? == 0 {
-            break;
-        }
-        let Ok(event) = parse_event(trim_line_end(&buf)) else {
-            continue;
+    for_each_line(input, |_, line| -> Result<(), FitError> {
+        let Ok(event) = parse_event(line) else {
+            return Ok(());
         };
         if event.timestamp_ms >= cutoff_ms {
-            continue;
+            return Ok(());
         }
         let Some(&c) = customers.get(event.customer_id.as_ref()) else {
-            continue;
+            return Ok(());
         };
         let t = match types.get(event.event_type.as_ref()) {
             Some(&t) => t,
@@ -333,19 +327,12 @@ fn count_support(
         if first_time {
             support[t as usize] += 1;
         }
-    }
+        Ok(())
+    })?;
     Ok(types
         .into_iter()
         .map(|(name, t)| (name, support[t as usize]))
         .collect())
-}
-
-fn trim_line_end(buf: &[u8]) -> &[u8] {
-    let mut end = buf.len();
-    while end > 0 && (buf[end - 1] == b'\n' || buf[end - 1] == b'\r') {
-        end -= 1;
-    }
-    &buf[..end]
 }
 
 /// The model's structure: which event types, their half-lives and activity flags.

@@ -576,33 +576,16 @@ impl Core {
     /// Produces one output; on a full local queue, serves deliveries until it fits.
     fn send(&mut self, tag: DeliveryTag, record: OutputRecord) {
         self.in_flight += 1;
-        loop {
-            let headers = record.owned_headers();
-            let mut base =
-                BaseRecord::with_opaque_to(&record.topic, Box::new((tag, record.partition)))
-                    .key(&record.key)
-                    .headers(headers);
-            if let Some(payload) = &record.payload {
-                base = base.payload(payload);
-            }
-            if let Some(p) = record.partition {
-                base = base.partition(p);
-            }
-            match self.producer.send(base) {
-                Ok(()) => return,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    self.producer.poll(Duration::from_millis(10));
-                }
-                Err((e, _)) => {
-                    // Not retriable by waiting (e.g. message too large): count it and retry later
-                    // so the offset is never stored past an output that was not delivered.
-                    self.metrics.producer_errors.inc();
-                    tracing::error!(topic = %record.topic, error = %e, "cannot enqueue output; will retry");
-                    self.in_flight -= 1;
-                    self.retries.push_back((tag, record));
-                    return;
-                }
-            }
+        let result = self.enqueue(
+            tag,
+            &record.topic,
+            record.partition,
+            &record.key,
+            record.payload.as_deref(),
+            || Some(record.owned_headers()),
+        );
+        if let Err(e) = result {
+            self.enqueue_failed(tag, e, record);
         }
     }
 
@@ -611,36 +594,59 @@ impl Core {
     /// buffer; as [`Core::send`] otherwise.
     fn send_state(&mut self, tag: DeliveryTag, key: &[u8], value: &[u8]) {
         self.in_flight += 1;
+        let payload = (!value.is_empty()).then_some(value);
         let topic = &self.config.topics.state;
-        let partition = Some(tag.partition);
+        if let Err(e) = self.enqueue(tag, topic, Some(tag.partition), key, payload, || None) {
+            let record = OutputRecord {
+                topic: topic.clone(),
+                partition: Some(tag.partition),
+                key: key.to_vec(),
+                payload: payload.map(<[u8]>::to_vec),
+                headers: Vec::new(),
+            };
+            self.enqueue_failed(tag, e, record);
+        }
+    }
+
+    /// Hands a record to librdkafka, serving deliveries while its local queue
+    /// is full. Any other error is returned.
+    fn enqueue(
+        &self,
+        tag: DeliveryTag,
+        topic: &str,
+        partition: Option<i32>,
+        key: &[u8],
+        payload: Option<&[u8]>,
+        headers: impl Fn() -> Option<rdkafka::message::OwnedHeaders>,
+    ) -> Result<(), KafkaError> {
         loop {
-            let mut base = BaseRecord::with_opaque_to(topic, Box::new((tag, partition)))
-                .key(key)
-                .partition(tag.partition);
-            if !value.is_empty() {
-                base = base.payload(value);
+            let mut base = BaseRecord::with_opaque_to(topic, Box::new((tag, partition))).key(key);
+            if let Some(h) = headers() {
+                base = base.headers(h);
+            }
+            if let Some(payload) = payload {
+                base = base.payload(payload);
+            }
+            if let Some(p) = partition {
+                base = base.partition(p);
             }
             match self.producer.send(base) {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     self.producer.poll(Duration::from_millis(10));
                 }
-                Err((e, _)) => {
-                    self.metrics.producer_errors.inc();
-                    tracing::error!(topic = %topic, error = %e, "cannot enqueue output; will retry");
-                    self.in_flight -= 1;
-                    let record = OutputRecord {
-                        topic: topic.clone(),
-                        partition,
-                        key: key.to_vec(),
-                        payload: (!value.is_empty()).then(|| value.to_vec()),
-                        headers: Vec::new(),
-                    };
-                    self.retries.push_back((tag, record));
-                    return;
-                }
+                Err((e, _)) => return Err(e),
             }
         }
+    }
+
+    /// Not retriable by waiting (e.g. message too large): count it and retry
+    /// later, so the offset is never stored past an output not delivered.
+    fn enqueue_failed(&mut self, tag: DeliveryTag, error: KafkaError, record: OutputRecord) {
+        self.metrics.producer_errors.inc();
+        tracing::error!(topic = %record.topic, %error, "cannot enqueue output; will retry");
+        self.in_flight -= 1;
+        self.retries.push_back((tag, record));
     }
 
     /// Serves producer callbacks and acts on delivery reports.
