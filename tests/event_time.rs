@@ -243,7 +243,7 @@ fn predicted_at_risk(model: &RiskModel, lines: &[String]) -> i64 {
 fn a_broker_outage_fires_no_inactivity_alert_for_customers_who_stay_active() {
     let broker = broker(1);
     let bootstrap = broker.bootstrap_servers().to_string();
-    let model = model_with_steps_in_seconds(&[(4.0, 60.0), (8.0, 80.0)]);
+    let model = model_with_steps_in_seconds(&[(4.0, 200.0), (8.0, 250.0)]);
     let mut config = worker_config(&bootstrap);
     config.engine.allowed_lateness_secs = 1;
     config.engine.idle_timeout_secs = 2;
@@ -251,6 +251,12 @@ fn a_broker_outage_fires_no_inactivity_alert_for_customers_who_stay_active() {
         .kafka
         .consumer
         .insert("statistics.interval.ms".into(), "200".into());
+    // The default session timeout: the member keeps its partitions through
+    // the outage (a shorter one would revoke them, hiding the idle rule).
+    config
+        .kafka
+        .consumer
+        .insert("session.timeout.ms".into(), "45000".into());
     let w = RunningWorker::start(config, model.clone());
     w.wait_until("ready", Duration::from_secs(30), |w| w.shared.is_ready());
 
@@ -260,6 +266,11 @@ fn a_broker_outage_fires_no_inactivity_alert_for_customers_who_stay_active() {
         .set("bootstrap.servers", &bootstrap)
         .set("linger.ms", "5")
         .set("message.timeout.ms", "120000")
+        // Producers back after an outage within a fraction of the idle
+        // timeout: a producer slower to reconnect than the idle timeout would
+        // look, to any consumer, like customers who went quiet.
+        .set("reconnect.backoff.ms", "50")
+        .set("reconnect.backoff.max.ms", "200")
         .create()
         .expect("producer");
     let quiet_lines: Vec<String> = (0..2)
