@@ -93,7 +93,10 @@ fn main() {
         .map(|p| {
             let config = config.clone();
             let model = model.clone();
-            std::thread::spawn(move || restore_partition(&config, &model, p).expect("restore"))
+            std::thread::spawn(move || {
+                let progress = prometheus::Gauge::new("restore_progress", "bench").expect("gauge");
+                restore_partition(&config, &model, p, &progress).expect("restore")
+            })
         })
         .collect();
     let restored: usize = handles

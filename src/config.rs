@@ -19,6 +19,7 @@ const RESERVED_CONSUMER_KEYS: &[&str] = &[
     "enable.auto.offset.store",
     "enable.auto.commit",
     "bootstrap.servers",
+    "partition.assignment.strategy",
 ];
 
 /// Producer properties the worker sets itself: with them changed, outputs
@@ -94,6 +95,33 @@ pub struct KafkaConfig {
     pub consumer: BTreeMap<String, String>,
     /// librdkafka producer properties passed through as is.
     pub producer: BTreeMap<String, String>,
+    /// How the group moves partitions between members: `cooperative`
+    /// (incremental: only partitions that move are revoked and restored) or
+    /// `eager` (every partition of every member is revoked on each rebalance,
+    /// for clusters or tools that need it). Every member of a group must use
+    /// the same.
+    pub rebalance_protocol: RebalanceProtocol,
+}
+
+/// `kafka.rebalance_protocol`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RebalanceProtocol {
+    /// `partition.assignment.strategy = cooperative-sticky`.
+    #[default]
+    Cooperative,
+    /// `partition.assignment.strategy = range,roundrobin` (librdkafka's default).
+    Eager,
+}
+
+impl RebalanceProtocol {
+    /// The librdkafka `partition.assignment.strategy` value.
+    pub fn assignment_strategy(self) -> &'static str {
+        match self {
+            RebalanceProtocol::Cooperative => "cooperative-sticky",
+            RebalanceProtocol::Eager => "range,roundrobin",
+        }
+    }
 }
 
 impl Default for KafkaConfig {
@@ -103,6 +131,7 @@ impl Default for KafkaConfig {
             group_id: "churn-scorer".into(),
             consumer: BTreeMap::new(),
             producer: BTreeMap::new(),
+            rebalance_protocol: RebalanceProtocol::default(),
         }
     }
 }
@@ -330,7 +359,8 @@ impl WorkerConfig {
             if RESERVED_CONSUMER_KEYS.contains(&key.as_str()) {
                 return Err(invalid(
                     format!("kafka.consumer.{key}"),
-                    "is set by the worker itself (use kafka.group_id / kafka.bootstrap_servers)",
+                    "is set by the worker itself (use kafka.group_id, kafka.bootstrap_servers or \
+                     kafka.rebalance_protocol)",
                 ));
             }
         }

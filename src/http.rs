@@ -105,6 +105,8 @@ struct Readiness {
 struct PartitionReadiness {
     partition: i32,
     live: bool,
+    /// Fraction of the partition's changelog restored so far (1 once live).
+    restore_progress: f64,
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -115,7 +117,16 @@ async fn readyz(State(state): State<AppState>) -> Response {
             .shared
             .partition_status()
             .into_iter()
-            .map(|(partition, live)| PartitionReadiness { partition, live })
+            .map(|(partition, live)| PartitionReadiness {
+                partition,
+                live,
+                restore_progress: state
+                    .shared
+                    .metrics()
+                    .partition_restore_progress
+                    .with_label_values(&[&partition.to_string()])
+                    .get(),
+            })
             .collect(),
     };
     let status = if ready {

@@ -7,8 +7,8 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Reason labels of `events_dropped_total`.
@@ -69,6 +69,8 @@ pub struct Metrics {
     pub events_dropped: IntCounterVec,
     /// 1 while a partition's clock follows the wall clock (the idle rule), by partition.
     pub partition_idle_rule_active: IntGaugeVec,
+    /// Fraction (0-1) of a partition's changelog read by its restore, by partition.
+    pub partition_restore_progress: GaugeVec,
 }
 
 impl Metrics {
@@ -230,6 +232,15 @@ impl Metrics {
                 &["partition"],
             )
             .expect("valid metric"),
+            partition_restore_progress: GaugeVec::new(
+                opts(
+                    "partition_restore_progress",
+                    "Fraction (0-1) of each assigned partition's changelog read by its \
+                     restore; 1 once the partition is live.",
+                ),
+                &["partition"],
+            )
+            .expect("valid metric"),
             registry,
         };
         for collector in m.collectors() {
@@ -275,6 +286,7 @@ impl Metrics {
             Box::new(self.events_misrouted.clone()),
             Box::new(self.events_dropped.clone()),
             Box::new(self.partition_idle_rule_active.clone()),
+            Box::new(self.partition_restore_progress.clone()),
         ]
     }
 

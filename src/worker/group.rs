@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::{ClientContext, Statistics, TopicPartitionList};
 
@@ -24,6 +24,9 @@ use super::pipeline::{Core, set_paused};
 /// a fetch request returns within `fetch.wait.max.ms` (500 ms by default)
 /// even when there is nothing to read.
 const MAX_RECEIVE_SILENCE_US: i64 = 5_000_000;
+
+/// How long a revoke waits for its offsets commit to be confirmed.
+const REVOKE_COMMIT_WAIT: Duration = Duration::from_secs(5);
 
 /// The consumer's context: rebalance handling, statistics and commit results.
 pub struct GroupContext {
@@ -107,9 +110,18 @@ impl ConsumerContext for GroupContext {
                 );
             }
             store_offsets(consumer, &self.input_topic, core.take_offsets());
-            // Asynchronous: a blocking commit here would hold up the member's
-            // rejoin; librdkafka also commits stored offsets on unassign.
-            commit(consumer, CommitMode::Async);
+            // Committed before the partitions are given up, with the current
+            // generation, so the next owner starts after what was drained;
+            // bounded so that the member's rejoin is never held up for long.
+            match commit_with_deadline(consumer, REVOKE_COMMIT_WAIT) {
+                CommitOutcome::Committed => {}
+                outcome => tracing::warn!(
+                    ?partitions,
+                    ?outcome,
+                    "offsets of revoked partitions not confirmed; the next owner may re-read \
+                     (same alert ids)"
+                ),
+            }
             core.forget(&partitions);
         }
     }
@@ -167,14 +179,6 @@ pub fn store_offsets<C: ConsumerContext>(
         if let Err(e) = consumer.store_offset(topic, p, offset) {
             tracing::debug!(partition = p, offset, error = %e, "offset not stored (partition no longer assigned)");
         }
-    }
-}
-
-/// Commits the stored offsets without waiting for the result.
-pub fn commit<C: ConsumerContext>(consumer: &BaseConsumer<C>, mode: CommitMode) {
-    match consumer.commit_consumer_state(mode) {
-        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-        Err(e) => tracing::warn!(error = %e, "offset commit failed"),
     }
 }
 

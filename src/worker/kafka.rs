@@ -32,6 +32,10 @@ pub fn consumer_config(config: &WorkerConfig, group_id: &str) -> ClientConfig {
     // librdkafka commits the stored offsets in the background.
     c.set("enable.auto.offset.store", "false");
     c.set("enable.auto.commit", "true");
+    c.set(
+        "partition.assignment.strategy",
+        config.kafka.rebalance_protocol.assignment_strategy(),
+    );
     c
 }
 

@@ -527,6 +527,10 @@ impl PartitionTask {
         ] {
             vec.remove_label_values(&[&label]).ok();
         }
+        metrics
+            .partition_restore_progress
+            .remove_label_values(&[&label])
+            .ok();
     }
 }
 

@@ -36,7 +36,9 @@ pub fn restore_partition(
     config: &WorkerConfig,
     model: &RiskModel,
     partition: i32,
+    progress: &prometheus::Gauge,
 ) -> Result<Restored, WorkerError> {
+    progress.set(0.0);
     let started = Instant::now();
     let topic = &config.topics.state;
     let mut client =
@@ -93,6 +95,9 @@ pub fn restore_partition(
                     if msg.offset() >= high - 1 {
                         break;
                     }
+                    if records.is_multiple_of(4096) {
+                        progress.set((msg.offset() - low + 1) as f64 / (high - low) as f64);
+                    }
                 }
                 Some(Err(e)) => return Err(e.into()),
                 None => {
@@ -103,6 +108,7 @@ pub fn restore_partition(
             }
         }
     }
+    progress.set(1.0);
     let clock = resume_clock(config, &store, saved_clock, wall_clock_ms());
     store.rebuild_timers(model, clock.watermark_ms);
     Ok(Restored {

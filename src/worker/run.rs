@@ -91,6 +91,7 @@ impl Restores {
         consumer: &BaseConsumer<GroupContext>,
         config: &WorkerConfig,
         model: &Arc<RiskModel>,
+        metrics: &Metrics,
     ) -> Result<(), WorkerError> {
         let mut c = lock(core)?;
         if c.restore_requests.is_empty() && self.running == 0 && self.retry.is_empty() {
@@ -114,10 +115,13 @@ impl Restores {
             let tx = self.tx.clone();
             let config = config.clone();
             let model = Arc::clone(model);
+            let progress = metrics
+                .partition_restore_progress
+                .with_label_values(&[&partition.to_string()]);
             let spawned = std::thread::Builder::new()
                 .name(format!("restore-{partition}"))
                 .spawn(move || {
-                    let result = restore_partition(&config, &model, partition);
+                    let result = restore_partition(&config, &model, partition, &progress);
                     let _ = tx.send(RestoreDone {
                         partition,
                         epoch,
@@ -223,7 +227,7 @@ pub fn run_pipeline(
             }
         }
         since_cancel_check += 1;
-        restores.step(&core, &consumer, &config, &model)?;
+        restores.step(&core, &consumer, &config, &model, &metrics)?;
 
         state = match state {
             LoopState::Backpressured => {

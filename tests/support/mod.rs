@@ -352,10 +352,15 @@ impl WorkerProcess {
             .suffix(".toml")
             .tempfile()
             .expect("temp config");
+        let session = if consumer_extra.contains("session.timeout.ms") {
+            ""
+        } else {
+            "\"session.timeout.ms\" = \"6000\"\n"
+        };
         write!(
             config,
             "[kafka]\nbootstrap_servers = \"{bootstrap}\"\n\
-             [kafka.consumer]\n\"session.timeout.ms\" = \"6000\"\n\"auto.commit.interval.ms\" = \"200\"\n\
+             [kafka.consumer]\n{session}\"auto.commit.interval.ms\" = \"200\"\n\
              {consumer_extra}\n\
              [http]\naddr = \"127.0.0.1:{port}\"\n\
              [model]\npath = \"config/model.toml\"\n\
