@@ -34,6 +34,11 @@ enum Command {
         std::time::Duration,
         mpsc::Sender<Result<(), BrokerError>>,
     ),
+    SetTopicError(
+        String,
+        rdkafka_sys::RDKafkaRespErr,
+        mpsc::Sender<Result<(), BrokerError>>,
+    ),
     PushRequestErrors(
         rdkafka_sys::RDKafkaApiKey,
         Vec<rdkafka_sys::RDKafkaRespErr>,
@@ -117,6 +122,20 @@ impl EmbeddedBroker {
         rx.recv().map_err(|_| BrokerError::Stopped)?
     }
 
+    /// Makes every request about `topic` fail with `error` (e.g. an
+    /// authorisation failure), as `rd_kafka_mock_topic_set_error` does.
+    pub fn set_topic_error(
+        &self,
+        topic: &str,
+        error: rdkafka_sys::RDKafkaRespErr,
+    ) -> Result<(), BrokerError> {
+        let (tx, rx) = mpsc::channel();
+        self.commands
+            .send(Command::SetTopicError(topic.to_string(), error, tx))
+            .map_err(|_| BrokerError::Stopped)?;
+        rx.recv().map_err(|_| BrokerError::Stopped)?
+    }
+
     /// Makes the next requests of type `api` fail with `errors`, one each
     /// (`rd_kafka_mock_push_request_errors`).
     pub fn push_request_errors(
@@ -195,6 +214,10 @@ fn run_cluster(
             }
             Command::SetBrokerRtt(id, rtt, reply) => {
                 let result = cluster.broker_round_trip_time(id, rtt);
+                let _ = reply.send(result.map_err(BrokerError::from));
+            }
+            Command::SetTopicError(topic, error, reply) => {
+                let result = cluster.topic_error(&topic, error);
                 let _ = reply.send(result.map_err(BrokerError::from));
             }
             Command::PushRequestErrors(api, errors, reply) => {

@@ -272,3 +272,39 @@ fn sigterm_with_the_broker_stalled_returns_within_the_bound() {
     assert!(status.is_some(), "still running after {took:?}");
     assert!(took <= SHUTDOWN_BOUND, "took {took:?}");
 }
+
+#[test]
+fn a_topic_the_worker_may_not_write_stops_it_with_a_message_naming_the_topic() {
+    let broker = broker(1);
+    let bootstrap = broker.bootstrap_servers().to_string();
+    produce_raw(
+        &bootstrap,
+        &[
+            (Some("c1"), event("c1", "login", T0_MS, None).into_bytes()),
+            (Some("bad"), b"not json".to_vec()),
+            (
+                Some("c1"),
+                event("c1", "login", T0_MS + 1, None).into_bytes(),
+            ),
+        ],
+    );
+    broker
+        .set_topic_error(
+            "churn-events-dlq",
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+        )
+        .expect("topic error set");
+    let w = RunningWorker::start(worker_config(&bootstrap), RiskModel::default_model());
+    w.wait_until("the worker stops by itself", Duration::from_secs(60), |w| {
+        w.finished()
+    });
+    let err = w.stop().expect_err("a fatal output error");
+    let message = err.to_string();
+    assert!(
+        message.contains("`churn-events-dlq`") && message.contains("uthoriz"),
+        "{message}"
+    );
+    // Nothing past the message whose dead letter failed was committed.
+    let committed = committed_offset(&bootstrap, GROUP, "customer-events", 0);
+    assert!(committed.is_none_or(|o| o <= 1), "committed {committed:?}");
+}

@@ -206,6 +206,11 @@ impl RunningWorker {
         self.shared.metrics()
     }
 
+    /// Whether the worker has stopped by itself.
+    pub fn finished(&self) -> bool {
+        self.handle.as_ref().is_none_or(|h| h.is_finished())
+    }
+
     /// Waits until `cond` holds (checked every 50 ms) or panics after `timeout`.
     pub fn wait_until(&self, what: &str, timeout: Duration, cond: impl Fn(&Self) -> bool) {
         let deadline = Instant::now() + timeout;
