@@ -395,12 +395,8 @@ impl Core {
                         if let Some(decision) = decision {
                             let state = data.store.state(customer);
                             let explanation = state.explain(model, decision.event_time_ms);
-                            let alert = Alert::new(
-                                &event.customer_id,
-                                &decision,
-                                &explanation,
-                                model.version(),
-                            );
+                            let alert =
+                                Alert::new(&event.customer_id, &decision, &explanation, model);
                             output = Some((
                                 tag(OutputKind::Alert(decision.kind)),
                                 alert_record(&self.config.topics.alerts, &alert),
@@ -508,7 +504,7 @@ impl Core {
                         .store
                         .state(firing.customer)
                         .explain(&model, decision.event_time_ms);
-                    let alert = Alert::new(id, &decision, &explanation, model.version());
+                    let alert = Alert::new(id, &decision, &explanation, &*model);
                     outputs.push((
                         DeliveryTag {
                             partition: partition_id,
