@@ -479,6 +479,21 @@ mod tests {
     }
 
     #[test]
+    fn built_in_defaults_match_the_shipped_file() {
+        // `run` without any file uses the built-in defaults: they are what
+        // config/worker.toml documents, except the model (built in) and
+        // producer tuning the worker also sets itself.
+        let text = std::fs::read_to_string("config/worker.toml").expect("shipped config");
+        let mut shipped = load(&text, &[], &Overrides::default()).expect("valid");
+        let builtin =
+            WorkerConfig::load_with_env(None, &Overrides::default(), Vec::new()).expect("defaults");
+        shipped.model.path = None;
+        shipped.kafka.producer.clear();
+        shipped.kafka.consumer.remove("auto.offset.reset");
+        assert_eq!(shipped, builtin);
+    }
+
+    #[test]
     fn environment_overrides_file_and_flags_override_both() {
         let text = "[kafka]\nbootstrap_servers = \"file:1\"\n[topics]\ninput = \"in\"\n";
         let env = [

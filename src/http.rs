@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
-use crate::event::parse_timestamp_ms;
+use crate::offline::parse_date_arg;
 use crate::worker::WorkerShared;
 
 #[derive(Clone)]
@@ -136,7 +136,7 @@ async fn customer(
     Path(id): Path<String>,
     Query(query): Query<CustomerQuery>,
 ) -> Response {
-    let as_of = match query.as_of.as_deref().map(parse_timestamp_ms).transpose() {
+    let as_of = match query.as_of.as_deref().map(parse_date_arg).transpose() {
         Ok(t) => t,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("as_of: {e}")),
     };

@@ -342,3 +342,24 @@ pub fn parse_date_arg(text: &str) -> Result<i64, String> {
 /// The formats [`parse_date_arg`] accepts, for error messages and `--help`.
 pub const DATE_FORMATS: &str = "accepted formats: 2025-06-01 (midnight UTC), \
      2025-06-01T12:30:00 (UTC), 2025-06-01T12:30:00Z or 2025-06-01T14:30:00+02:00 (RFC 3339)";
+
+#[cfg(test)]
+mod date_arg_tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_midnight_utc_and_errors_list_the_formats() {
+        let midnight = parse_date_arg("2025-06-01").expect("plain date");
+        assert_eq!(format_timestamp_ms(midnight), "2025-06-01T00:00:00.000Z");
+        assert_eq!(parse_date_arg("2025-06-01T00:00:00"), Ok(midnight));
+        assert_eq!(parse_date_arg("2025-06-01T00:00:00Z"), Ok(midnight));
+        assert_eq!(parse_date_arg("2025-06-01T02:00:00+02:00"), Ok(midnight));
+        for bad in ["2025-13-01", "tomorrow", ""] {
+            let e = parse_date_arg(bad).expect_err(bad);
+            assert!(
+                e.contains("accepted formats") && e.contains("2025-06-01"),
+                "{e}"
+            );
+        }
+    }
+}
