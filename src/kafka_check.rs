@@ -85,6 +85,9 @@ pub fn check(config: &WorkerConfig, cancel: &CancellationToken, deadline: Durati
         .map_err(|e| anyhow!("kafka client settings ([kafka.producer]): {e}"))?;
     let started = Instant::now();
     let mut warned = false;
+    // The most specific failure seen ("Connect to … failed: Connection
+    // refused" says more than the later "1/1 brokers are down").
+    let mut best_detail: Option<String> = None;
     loop {
         let result = producer
             .client()
@@ -105,7 +108,13 @@ pub fn check(config: &WorkerConfig, cancel: &CancellationToken, deadline: Durati
                 return Ok(());
             }
             Err(e) => {
-                let detail = errors.last().cloned().unwrap_or_else(|| e.to_string());
+                if let Some(specific) = errors.iter().find(|m| !m.contains("AllBrokersDown")) {
+                    best_detail = Some(specific.clone());
+                }
+                let detail = best_detail
+                    .clone()
+                    .or_else(|| errors.last().cloned())
+                    .unwrap_or_else(|| e.to_string());
                 if let Some(permanent) = errors.iter().find(|m| is_permanent(m)) {
                     return Err(anyhow!(
                         "kafka at {bootstrap} (set by --bootstrap-servers or \
