@@ -57,6 +57,10 @@ pub struct Alert {
     pub event_time: String,
     /// `model_version` of the model that scored.
     pub model_version: String,
+    /// What triggered the decision: `event`, `inactivity` or
+    /// `late_activity` (a late event showed an inactivity alert was false).
+    #[serde(default)]
+    pub cause: String,
 }
 
 /// What an alert needs from the model: its version and the factors' labels.
@@ -158,6 +162,7 @@ impl Alert {
             reasons,
             event_time: format_timestamp_ms(decision.event_time_ms),
             model_version: model_version.to_string(),
+            cause: decision.cause.as_str().to_string(),
         }
     }
 

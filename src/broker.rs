@@ -38,6 +38,16 @@ enum Command {
     CreateTopic(String, i32, mpsc::Sender<Result<(), BrokerError>>),
     SetBrokerUp(i32, bool, mpsc::Sender<Result<(), BrokerError>>),
     Advertise(i32, String, i32, mpsc::Sender<Result<(), BrokerError>>),
+    SetBrokerRtt(
+        i32,
+        std::time::Duration,
+        mpsc::Sender<Result<(), BrokerError>>,
+    ),
+    PushRequestErrors(
+        rdkafka_sys::RDKafkaApiKey,
+        Vec<rdkafka_sys::RDKafkaRespErr>,
+        mpsc::Sender<Result<(), BrokerError>>,
+    ),
     Stop,
 }
 
@@ -137,6 +147,30 @@ impl EmbeddedBroker {
             .map_err(|_| BrokerError::Stopped)?;
         rx.recv().map_err(|_| BrokerError::Stopped)?
     }
+
+    /// Delays every response of broker `id` by `rtt` (a broker that is up
+    /// but stalled, as a paused process would be).
+    pub fn set_broker_rtt(&self, id: i32, rtt: std::time::Duration) -> Result<(), BrokerError> {
+        let (tx, rx) = mpsc::channel();
+        self.commands
+            .send(Command::SetBrokerRtt(id, rtt, tx))
+            .map_err(|_| BrokerError::Stopped)?;
+        rx.recv().map_err(|_| BrokerError::Stopped)?
+    }
+
+    /// Makes the next requests of type `api` fail with `errors`, one each
+    /// (`rd_kafka_mock_push_request_errors`).
+    pub fn push_request_errors(
+        &self,
+        api: rdkafka_sys::RDKafkaApiKey,
+        errors: &[rdkafka_sys::RDKafkaRespErr],
+    ) -> Result<(), BrokerError> {
+        let (tx, rx) = mpsc::channel();
+        self.commands
+            .send(Command::PushRequestErrors(api, errors.to_vec(), tx))
+            .map_err(|_| BrokerError::Stopped)?;
+        rx.recv().map_err(|_| BrokerError::Stopped)?
+    }
 }
 
 impl Drop for EmbeddedBroker {
@@ -225,6 +259,14 @@ fn run_cluster(
                     Err(_) => Err(BrokerError::Stopped),
                 };
                 let _ = reply.send(result);
+            }
+            Command::SetBrokerRtt(id, rtt, reply) => {
+                let result = cluster.broker_round_trip_time(id, rtt);
+                let _ = reply.send(result.map_err(BrokerError::from));
+            }
+            Command::PushRequestErrors(api, errors, reply) => {
+                cluster.request_errors(api, &errors);
+                let _ = reply.send(Ok(()));
             }
             Command::Stop => break,
         }

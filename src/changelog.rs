@@ -1,16 +1,16 @@
 //! The versioned binary encoding of [`CustomerState`] written to the state
 //! changelog topic.
 //!
-//! Record value, format version 1 (all integers and floats little-endian):
+//! Record value, format version 2 (all integers and floats little-endian):
 //!
 //! | bytes | field |
 //! |---|---|
-//! | 1 | format version (`1`) |
-//! | 8 × 5 | first event, last event (ms), last input offset, last alert (ms), next timer (ms) |
+//! | 1 | format version (`2`) |
+//! | 8 × 5 | first event, last event (ms), last input offset, last alert (ms), next inactivity step (ms; `i64::MAX`: all steps fired, `i64::MIN`: none scheduled) |
 //! | 8 × 3 | recent activity, long-run activity, spend (f64, decayed to the last event) |
 //! | 4 | previous risk score (f32) |
 //! | 4 | events applied (u32) |
-//! | 1 | flags (bit 0: at-risk alert open) |
+//! | 1 | flags (bit 0: at-risk alert open; bit 1: opened by an inactivity step) |
 //! | 1 | number of event-type counters *n* |
 //! | n × (1 + len + 8) | name length, event type name, decayed count (f64) |
 //!
@@ -19,12 +19,64 @@
 //! fewer or reordered types (counters of types the new model does not name
 //! are dropped). The record key is the customer id; an empty value is a
 //! tombstone.
+//!
+//! Version 1 had the same layout, but wrote "all steps fired" and "none
+//! scheduled" alike as `i64::MIN`; it is still read, and such a timer resumes
+//! at the partition's restored watermark (see `CustomerStore::rebuild_timers`).
+//!
+//! One more record per partition carries the partition's event-time clock,
+//! under a key no customer id can have ([`WATERMARK_KEY`], it starts with a
+//! control character): format version, watermark (ms), newest event time (ms;
+//! `i64::MIN` if none).
 
 use crate::engine::CustomerState;
 use crate::model::RiskModel;
 
 /// The format version this release writes.
-pub const STATE_FORMAT_VERSION: u8 = 1;
+pub const STATE_FORMAT_VERSION: u8 = 2;
+
+/// Oldest format version this release reads.
+const OLDEST_READABLE_VERSION: u8 = 1;
+
+/// Key of the per-partition clock record. Customer ids cannot contain control
+/// characters, so it never collides with one.
+pub const WATERMARK_KEY: &[u8] = b"\x00churn-scorer/partition-clock";
+
+/// A partition's event-time clock, as persisted on the changelog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionClock {
+    /// Timers up to here have fired; events before it are late.
+    pub watermark_ms: i64,
+    /// Newest event time seen, if any.
+    pub max_event_ms: Option<i64>,
+}
+
+/// Encodes a partition's clock, appending to `out`.
+pub fn encode_clock(clock: &PartitionClock, out: &mut Vec<u8>) {
+    out.push(STATE_FORMAT_VERSION);
+    out.extend_from_slice(&clock.watermark_ms.to_le_bytes());
+    out.extend_from_slice(&clock.max_event_ms.unwrap_or(i64::MIN).to_le_bytes());
+}
+
+/// Decodes a partition's clock record.
+pub fn decode_clock(bytes: &[u8]) -> Result<PartitionClock, StateDecodeError> {
+    let mut r = Reader { bytes };
+    let version = r
+        .u8()
+        .map_err(|_| StateDecodeError::Malformed("empty record"))?;
+    if version != STATE_FORMAT_VERSION {
+        return Err(StateDecodeError::UnknownVersion(version));
+    }
+    let watermark_ms = r.i64()?;
+    let max_event = r.i64()?;
+    if !r.bytes.is_empty() {
+        return Err(StateDecodeError::Malformed("trailing bytes"));
+    }
+    Ok(PartitionClock {
+        watermark_ms,
+        max_event_ms: (max_event != i64::MIN).then_some(max_event),
+    })
+}
 
 const FIXED_LEN: usize = 1 + 8 * 5 + 8 * 3 + 4 + 4 + 1 + 1;
 
@@ -33,7 +85,7 @@ const FIXED_LEN: usize = 1 + 8 * 5 + 8 * 3 + 4 + 4 + 1 + 1;
 pub enum StateDecodeError {
     /// Written by a newer release (or not a state record at all).
     #[error(
-        "unknown state format version {0} (this release reads version {STATE_FORMAT_VERSION}); \
+        "unknown state format version {0} (this release reads versions 1 to {STATE_FORMAT_VERSION}); \
          upgrade churn-scorer or reset the state topic"
     )]
     UnknownVersion(u8),
@@ -60,7 +112,7 @@ pub fn encode_state(model: &RiskModel, state: &CustomerState, out: &mut Vec<u8>)
     }
     out.extend_from_slice(&state.last_risk.to_le_bytes());
     out.extend_from_slice(&state.events.to_le_bytes());
-    out.push(u8::from(state.alert_open));
+    out.push(u8::from(state.alert_open) | (u8::from(state.alert_by_inactivity) << 1));
     out.push(state.type_mask.count_ones() as u8);
     let mut mask = state.type_mask;
     let mut slot = 0;
@@ -112,7 +164,7 @@ pub fn decode_state(model: &RiskModel, bytes: &[u8]) -> Result<CustomerState, St
     let version = r
         .u8()
         .map_err(|_| StateDecodeError::Malformed("empty record"))?;
-    if version != STATE_FORMAT_VERSION {
+    if !(OLDEST_READABLE_VERSION..=STATE_FORMAT_VERSION).contains(&version) {
         return Err(StateDecodeError::UnknownVersion(version));
     }
     let mut state = CustomerState {
@@ -126,10 +178,14 @@ pub fn decode_state(model: &RiskModel, bytes: &[u8]) -> Result<CustomerState, St
         spend: r.f64()?,
         last_risk: f32::from_le_bytes(r.array()?),
         events: u32::from_le_bytes(r.array()?),
-        alert_open: r.u8()? & 1 == 1,
+        alert_open: false,
+        alert_by_inactivity: false,
         type_mask: 0,
         type_counts: Box::new([]),
     };
+    let flags = r.u8()?;
+    state.alert_open = flags & 1 == 1;
+    state.alert_by_inactivity = flags & 2 == 2;
     let n = r.u8()?;
     let mut counts: Vec<(u8, f64)> = Vec::with_capacity(usize::from(n));
     for _ in 0..n {
@@ -229,5 +285,43 @@ mod tests {
         };
         assert_eq!(pts(&e, "event:complaint"), pts(&orig, "event:complaint"));
         assert!(back.type_mask & (1 << complaint) != 0);
+    }
+
+    #[test]
+    fn version_1_records_still_restore() {
+        let m = RiskModel::default_model();
+        let mut s = sample(&m);
+        s.alert_by_inactivity = false;
+        s.timer_due_ms = i64::MIN;
+        let mut bytes = Vec::new();
+        encode_state(&m, &s, &mut bytes);
+        bytes[0] = 1;
+        assert_eq!(decode_state(&m, &bytes).expect("version 1 reads"), s);
+    }
+
+    #[test]
+    fn the_inactivity_flag_and_the_partition_clock_round_trip() {
+        let m = RiskModel::default_model();
+        let mut s = sample(&m);
+        s.alert_by_inactivity = true;
+        s.timer_due_ms = i64::MAX;
+        let mut bytes = Vec::new();
+        encode_state(&m, &s, &mut bytes);
+        assert_eq!(decode_state(&m, &bytes).expect("decodes"), s);
+        for clock in [
+            PartitionClock {
+                watermark_ms: 1_700_000_000_000,
+                max_event_ms: Some(1_700_003_600_000),
+            },
+            PartitionClock {
+                watermark_ms: i64::MIN,
+                max_event_ms: None,
+            },
+        ] {
+            let mut bytes = Vec::new();
+            encode_clock(&clock, &mut bytes);
+            assert_eq!(decode_clock(&bytes), Ok(clock));
+        }
+        assert!(std::str::from_utf8(WATERMARK_KEY).is_ok_and(|k| k.starts_with('\0')));
     }
 }

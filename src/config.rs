@@ -21,6 +21,20 @@ const RESERVED_CONSUMER_KEYS: &[&str] = &[
     "bootstrap.servers",
 ];
 
+/// Producer properties the worker sets itself: with them changed, outputs
+/// could be lost (`acks`), duplicated or reordered on retry (idempotence,
+/// in-flight requests), or be sent inside transactions nobody commits.
+const RESERVED_PRODUCER_KEYS: &[&str] = &[
+    "enable.idempotence",
+    "acks",
+    "request.required.acks",
+    "transactional.id",
+    "max.in.flight.requests.per.connection",
+    "max.in.flight",
+    "enable.gapless.guarantee",
+    "bootstrap.servers",
+];
+
 /// Why the configuration was rejected. Each variant names the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -189,12 +203,35 @@ pub fn resolve_path(base: Option<&Path>, path: &Path) -> PathBuf {
 pub struct EngineConfig {
     /// Seconds an event may lag its partition's newest event time and still alert.
     pub allowed_lateness_secs: u64,
-    /// Seconds without messages after which a partition's clock follows the wall clock.
+    /// Seconds a partition must be fetched successfully, caught up (lag 0)
+    /// and without messages before its clock follows the wall clock (the
+    /// idle rule). Never counts during an outage, a fetch error, a restore or
+    /// while a backlog is read.
     pub idle_timeout_secs: u64,
+    /// Seconds an event may be stamped ahead of the worker's wall clock; an
+    /// event further ahead is dead-lettered as `timestamp_in_future` and
+    /// touches no state. Also bounds how far a partition's clock may run.
+    pub max_future_skew_secs: u64,
     /// Days of silence after which a customer is evicted; 0 disables eviction.
     pub eviction_horizon_days: f64,
     /// Seconds between eviction scans of each partition.
     pub eviction_interval_secs: u64,
+}
+
+impl EngineConfig {
+    /// `allowed_lateness_secs` in milliseconds.
+    pub fn allowed_lateness_ms(&self) -> i64 {
+        secs_to_ms(self.allowed_lateness_secs)
+    }
+
+    /// `max_future_skew_secs` in milliseconds.
+    pub fn max_future_skew_ms(&self) -> i64 {
+        secs_to_ms(self.max_future_skew_secs)
+    }
+}
+
+fn secs_to_ms(secs: u64) -> i64 {
+    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
 impl Default for EngineConfig {
@@ -202,6 +239,7 @@ impl Default for EngineConfig {
         EngineConfig {
             allowed_lateness_secs: 3600,
             idle_timeout_secs: 60,
+            max_future_skew_secs: 300,
             eviction_horizon_days: 0.0,
             eviction_interval_secs: 30,
         }
@@ -379,6 +417,15 @@ impl WorkerConfig {
                 return Err(invalid(
                     format!("kafka.consumer.{key}"),
                     "is set by the worker itself (use kafka.group_id / kafka.bootstrap_servers)",
+                ));
+            }
+        }
+        for key in self.kafka.producer.keys() {
+            if RESERVED_PRODUCER_KEYS.contains(&key.as_str()) {
+                return Err(invalid(
+                    format!("kafka.producer.{key}"),
+                    "is set by the worker itself: the delivery guarantee depends on it \
+                     (see docs/operations.md, \"Failure policy\")",
                 ));
             }
         }
@@ -572,6 +619,17 @@ mod tests {
             .expect_err("reserved")),
             "kafka.consumer.enable.auto.commit"
         );
+        for (k, v) in [
+            ("enable.idempotence", "false"),
+            ("acks", "0"),
+            ("transactional.id", "x"),
+            ("max.in.flight.requests.per.connection", "50"),
+        ] {
+            let file = format!("[kafka.producer]\n\"{k}\" = \"{v}\"\n");
+            let e = load(&file, &[], &o).expect_err("reserved producer key");
+            assert!(e.to_string().contains("delivery guarantee"), "{e}");
+            assert_eq!(key(e), format!("kafka.producer.{k}"));
+        }
         assert_eq!(
             key(load("[topics]\ninput = \"churn-alerts\"\n", &[], &o).expect_err("same topic")),
             "topics.input"

@@ -23,8 +23,11 @@ const MS_PER_HOUR: f64 = 3_600_000.0;
 const MS_PER_YEAR: f64 = 365.25 * 86_400_000.0;
 /// "No offset applied yet."
 const NO_OFFSET: i64 = -1;
-/// "No timer scheduled" / "no alert yet".
+/// "No timer scheduled" (the model has no inactivity steps) / "no alert yet".
 const NEVER: i64 = i64::MIN;
+/// Every inactivity step after the latest event has fired. Kept apart from
+/// [`NEVER`] so that a restored state does not fire its steps a second time.
+const STEPS_DONE: i64 = i64::MAX;
 
 /// Everything the engine remembers about one customer.
 ///
@@ -44,6 +47,9 @@ pub struct CustomerState {
     pub(crate) last_risk: f32,
     pub(crate) events: u32,
     pub(crate) alert_open: bool,
+    /// The open at-risk alert was opened by silence (an inactivity step), so
+    /// a late event from before it can show it was false.
+    pub(crate) alert_by_inactivity: bool,
     pub(crate) type_mask: u64,
     pub(crate) type_counts: Box<[f64]>,
 }
@@ -62,6 +68,7 @@ impl Default for CustomerState {
             last_risk: 0.0,
             events: 0,
             alert_open: false,
+            alert_by_inactivity: false,
             type_mask: 0,
             type_counts: Box::new([]),
         }
@@ -165,6 +172,37 @@ pub enum AlertKind {
     Recovered,
 }
 
+/// What made the engine decide an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertCause {
+    /// An event arrived (on time) and re-scored the customer.
+    Event,
+    /// The customer stayed silent past an inactivity step.
+    Inactivity,
+    /// A late event showed the customer was active before an inactivity
+    /// alert's time: that alert was false and is closed.
+    LateActivity,
+}
+
+impl AlertCause {
+    /// Every cause, for docs and tests.
+    pub const ALL: [AlertCause; 3] = [
+        AlertCause::Event,
+        AlertCause::Inactivity,
+        AlertCause::LateActivity,
+    ];
+
+    /// Stable label.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AlertCause::Event => "event",
+            AlertCause::Inactivity => "inactivity",
+            AlertCause::LateActivity => "late_activity",
+        }
+    }
+}
+
 impl AlertKind {
     /// Every kind, for metrics and docs.
     pub const ALL: [AlertKind; 2] = [AlertKind::AtRisk, AlertKind::Recovered];
@@ -191,6 +229,8 @@ pub struct AlertDecision {
     pub threshold: f64,
     /// Event time of the scoring that triggered it.
     pub event_time_ms: i64,
+    /// What triggered it.
+    pub cause: AlertCause,
 }
 
 impl CustomerState {
@@ -456,6 +496,18 @@ impl CustomerState {
         as_of_ms: i64,
         may_alert: bool,
     ) -> Option<AlertDecision> {
+        let cause = AlertCause::Event;
+        self.decide_with(policy, risk, as_of_ms, may_alert, cause)
+    }
+
+    fn decide_with(
+        &mut self,
+        policy: &AlertPolicy,
+        risk: f64,
+        as_of_ms: i64,
+        may_alert: bool,
+        cause: AlertCause,
+    ) -> Option<AlertDecision> {
         let previous = f64::from(self.last_risk);
         self.last_risk = risk as f32;
         if !may_alert {
@@ -468,10 +520,13 @@ impl CustomerState {
             previous_score: previous,
             threshold,
             event_time_ms: as_of_ms,
+            cause,
         };
         if self.alert_open {
-            if risk <= policy.recovery_threshold {
+            // A recovery is never stamped before the alert it closes.
+            if risk <= policy.recovery_threshold && as_of_ms >= self.last_alert_ms {
                 self.alert_open = false;
+                self.alert_by_inactivity = false;
                 return Some(decision(AlertKind::Recovered, policy.recovery_threshold));
             }
         } else if risk >= policy.at_risk_threshold
@@ -479,10 +534,42 @@ impl CustomerState {
                 || as_of_ms.saturating_sub(self.last_alert_ms) >= cooldown_ms)
         {
             self.alert_open = true;
+            self.alert_by_inactivity = cause == AlertCause::Inactivity;
             self.last_alert_ms = as_of_ms;
             return Some(decision(AlertKind::AtRisk, policy.at_risk_threshold));
         }
         None
+    }
+
+    /// After a late event: if it shows the customer active before the time of
+    /// the open inactivity alert, re-scores at that time and, if the customer
+    /// was not at risk after all, closes the alert (stamped at the alert's
+    /// own time, so its id is the same however often the event is replayed).
+    fn reconsider_open_alert(
+        &mut self,
+        model: &RiskModel,
+        late_event_ms: i64,
+    ) -> Option<AlertDecision> {
+        let policy = model.alert_policy();
+        if !self.alert_open || !self.alert_by_inactivity || late_event_ms > self.last_alert_ms {
+            return None;
+        }
+        let at = self.last_alert_ms;
+        let risk = self.risk(model, at);
+        if risk >= policy.at_risk_threshold {
+            return None;
+        }
+        let previous = f64::from(self.last_risk);
+        self.alert_open = false;
+        self.alert_by_inactivity = false;
+        Some(AlertDecision {
+            kind: AlertKind::Recovered,
+            risk_score: risk,
+            previous_score: previous,
+            threshold: policy.at_risk_threshold,
+            event_time_ms: at,
+            cause: AlertCause::LateActivity,
+        })
     }
 }
 
@@ -571,6 +658,28 @@ pub struct TimerFiring {
     pub risk_score: f64,
     /// An alert to publish, if any.
     pub decision: Option<AlertDecision>,
+}
+
+/// The event-time clock of one ordered stream of events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamClock {
+    /// Timers up to here have fired; events before it are late.
+    pub watermark_ms: i64,
+    /// Newest event time seen.
+    pub max_event_ms: Option<i64>,
+    /// How far behind the newest event the watermark stays.
+    pub lateness_ms: i64,
+}
+
+impl StreamClock {
+    /// A clock that has seen nothing yet.
+    pub fn new(lateness_ms: i64) -> Self {
+        StreamClock {
+            watermark_ms: i64::MIN,
+            max_event_ms: None,
+            lateness_ms,
+        }
+    }
 }
 
 /// Width of a timer bucket: timers due within the same minute share one.
@@ -673,16 +782,35 @@ impl CustomerStore {
     }
 
     /// Rebuilds the timer index from the states: each customer's restored
-    /// next timer, or the first inactivity step after its latest event.
-    pub fn rebuild_timers(&mut self, model: &RiskModel) {
+    /// next timer exactly as it was saved, so nothing that fired before the
+    /// restore fires again. A state saved with no timer at all (written by an
+    /// older release, where "done" and "none" were not told apart) resumes at
+    /// the first step after `watermark_ms`, the point the writer had reached.
+    pub fn rebuild_timers(&mut self, model: &RiskModel, watermark_ms: i64) {
         self.timers.clear();
         for i in 0..self.states.len() {
             if self.ids[i].is_empty() {
                 continue;
             }
             let due = self.states[i].timer_due_ms;
+            if due == STEPS_DONE {
+                continue;
+            }
             if due == NEVER {
-                self.schedule_after_event(model, i as CustomerIndex);
+                let last = self.states[i].last_event_ms;
+                let next = model
+                    .inactivity_steps_ms()
+                    .iter()
+                    .map(|&(at, _)| last.saturating_add(at))
+                    .find(|&d| d > watermark_ms);
+                let state = &mut self.states[i];
+                state.timer_due_ms = next.unwrap_or(STEPS_DONE);
+                if let Some(next) = next {
+                    self.timers
+                        .entry(next.div_euclid(TIMER_BUCKET_MS))
+                        .or_default()
+                        .push(i as CustomerIndex);
+                }
             } else {
                 self.timers
                     .entry(due.div_euclid(TIMER_BUCKET_MS))
@@ -716,7 +844,7 @@ impl CustomerStore {
             .zip(&self.states)
             .filter(|(id, s)| {
                 !id.is_empty()
-                    && s.timer_due_ms == NEVER
+                    && (s.timer_due_ms == STEPS_DONE || s.timer_due_ms == NEVER)
                     && watermark_ms.saturating_sub(s.last_event_ms) >= horizon_ms
             })
             .map(|(id, _)| id.clone())
@@ -732,8 +860,9 @@ impl CustomerStore {
     ///
     /// `offset` is the event's input offset, if it has one: an event at or
     /// below the customer's last applied offset is a redelivery and changes
-    /// nothing. `may_alert = false` applies the event without alerting (late
-    /// events).
+    /// nothing. `may_alert = false` (a late event) applies the event without
+    /// opening an alert; it may still close an inactivity alert that it shows
+    /// to have been false ([`AlertCause::LateActivity`]).
     pub fn apply(
         &mut self,
         model: &RiskModel,
@@ -750,11 +879,19 @@ impl CustomerStore {
             state.last_offset = offset;
         }
         let kind = model.kind_of(&event.event_type);
+        let last_before = (state.events > 0).then_some(state.last_event_ms);
         state.apply(model, kind, event.timestamp_ms, event.amount);
         let as_of = state.last_event_ms;
         let risk = state.risk(model, as_of);
-        let decision = state.decide(model.alert_policy(), risk, as_of, may_alert);
-        self.schedule_after_event(model, i);
+        let mut decision = state.decide(model.alert_policy(), risk, as_of, may_alert);
+        if !may_alert && model.is_activity(kind) {
+            decision = state.reconsider_open_alert(model, event.timestamp_ms);
+        }
+        // Only a newer latest event starts a new run of inactivity steps: a
+        // late event must not re-arm steps that already fired.
+        if last_before.is_none_or(|before| state.last_event_ms > before) {
+            self.schedule_after_event(model, i);
+        }
         ApplyOutcome::Scored {
             customer: i,
             risk_score: risk,
@@ -771,6 +908,7 @@ impl CustomerStore {
         };
         let state = &mut self.states[i as usize];
         let due = state.last_event_ms.saturating_add(first_step);
+        // STEPS_DONE is i64::MAX: every new due time is earlier.
         if state.timer_due_ms == NEVER || due < state.timer_due_ms {
             state.timer_due_ms = due;
             self.timers
@@ -803,6 +941,7 @@ impl CustomerStore {
                 let state = &mut self.states[i as usize];
                 // Stale entries: the customer was rescheduled or removed.
                 if state.timer_due_ms == NEVER
+                    || state.timer_due_ms == STEPS_DONE
                     || state.timer_due_ms.div_euclid(TIMER_BUCKET_MS) != bucket
                 {
                     continue;
@@ -814,7 +953,7 @@ impl CustomerStore {
                     .map(|&(at, _)| last.saturating_add(at))
                     .find(|&d| d >= from)
                 else {
-                    state.timer_due_ms = NEVER;
+                    state.timer_due_ms = STEPS_DONE;
                     continue;
                 };
                 if due > watermark_ms {
@@ -830,7 +969,13 @@ impl CustomerStore {
                     continue;
                 }
                 let risk = state.risk(model, due);
-                let decision = state.decide(model.alert_policy(), risk, due, true);
+                let decision = state.decide_with(
+                    model.alert_policy(),
+                    risk,
+                    due,
+                    true,
+                    AlertCause::Inactivity,
+                );
                 fired.push(TimerFiring {
                     customer: i,
                     as_of_ms: due,
@@ -851,7 +996,7 @@ impl CustomerStore {
                             self.timers.entry(b).or_default().push(i);
                         }
                     }
-                    None => state.timer_due_ms = NEVER,
+                    None => state.timer_due_ms = STEPS_DONE,
                 }
             }
             fired.sort_by_key(|f| (f.as_of_ms, f.customer));
@@ -863,6 +1008,35 @@ impl CustomerStore {
                 }
             }
         }
+    }
+
+    /// Applies one event of an ordered stream (a partition, or an offline
+    /// replay of one) in event time: first the stream's clock moves to what
+    /// this event makes it (its time less the allowed lateness), and every
+    /// inactivity timer due by then fires into `firings`; then the event is
+    /// applied, alerting only if it is not older than the clock was.
+    ///
+    /// Firing before applying makes inactivity alerts depend on event times
+    /// alone, never on how the stream was cut into batches: a backlog read
+    /// at once alerts exactly as the same events read live.
+    pub fn apply_in_stream(
+        &mut self,
+        model: &RiskModel,
+        clock: &mut StreamClock,
+        event: &CustomerEvent<'_>,
+        offset: Option<i64>,
+        firings: &mut Vec<TimerFiring>,
+    ) -> (ApplyOutcome, bool) {
+        let late = event.timestamp_ms < clock.watermark_ms;
+        if clock.max_event_ms.is_none_or(|m| event.timestamp_ms > m) {
+            clock.max_event_ms = Some(event.timestamp_ms);
+            let wm = event.timestamp_ms.saturating_sub(clock.lateness_ms);
+            if wm > clock.watermark_ms {
+                clock.watermark_ms = wm;
+                self.fire_due_timers(model, wm, firings);
+            }
+        }
+        (self.apply(model, event, offset, !late), late)
     }
 
     /// Entries in the timer index (for tests and memory accounting).
@@ -999,6 +1173,138 @@ mod tests {
         store.fire_due_timers(&m, i64::MAX / 4, &mut out);
         assert_eq!(out.len(), 2 * steps.len() - 3);
         assert_eq!(store.timer_entries(), 0);
+    }
+
+    /// Copies a store as a restore would see it: every state through the
+    /// changelog encoding, then the timer index rebuilt.
+    fn restored(m: &RiskModel, store: &CustomerStore, watermark: i64) -> CustomerStore {
+        let mut back = CustomerStore::new();
+        for (id, state) in store.iter() {
+            let mut bytes = Vec::new();
+            crate::changelog::encode_state(m, state, &mut bytes);
+            let decoded = crate::changelog::decode_state(m, &bytes).expect("decodes");
+            back.insert_state(id, decoded);
+        }
+        back.rebuild_timers(m, watermark);
+        back
+    }
+
+    #[test]
+    fn a_restored_store_fires_nothing_that_fired_before() {
+        let m = RiskModel::default_model();
+        let steps: Vec<i64> = m.inactivity_steps_ms().iter().map(|s| s.0).collect();
+        let mut store = CustomerStore::new();
+        store.apply(&m, &ev("done", "login", 0, None), None, true);
+        store.apply(&m, &ev("half", "login", steps[2], None), None, true);
+        let watermark = steps[2] + steps[1];
+        let mut first = Vec::new();
+        store.fire_due_timers(&m, watermark, &mut first);
+        // "done" went through every step; "half" through its first two.
+        store.fire_due_timers(&m, steps[steps.len() - 1], &mut first);
+        let mut again = restored(&m, &store, watermark);
+        let mut refired = Vec::new();
+        again.fire_due_timers(&m, steps[steps.len() - 1], &mut refired);
+        assert!(refired.is_empty(), "{refired:?}");
+        // Later steps still fire, exactly once, at the same moments as
+        // without the restore.
+        let end = steps[2] + steps[steps.len() - 1];
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        store.fire_due_timers(&m, end, &mut a);
+        again.fire_due_timers(&m, end, &mut b);
+        let at = |v: &[TimerFiring]| v.iter().map(|f| f.as_of_ms).collect::<Vec<_>>();
+        assert_eq!(at(&a), at(&b));
+        assert!(!a.is_empty());
+        let done = again.get("done").expect("done");
+        assert!(done.alert_open(), "the open alert survives the restore");
+    }
+
+    #[test]
+    fn a_late_event_does_not_rearm_steps_that_fired() {
+        let m = RiskModel::default_model();
+        let mut store = CustomerStore::new();
+        store.apply(&m, &ev("c", "login", 100 * DAY, None), None, true);
+        let mut out = Vec::new();
+        store.fire_due_timers(&m, 400 * DAY, &mut out);
+        let fired = out.len();
+        assert!(fired > 0);
+        store.apply(&m, &ev("c", "login", 50 * DAY, None), None, false);
+        out.clear();
+        store.fire_due_timers(&m, 800 * DAY, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        assert!(fired >= m.inactivity_steps_ms().len());
+    }
+
+    #[test]
+    fn a_late_event_from_before_an_inactivity_alert_closes_it() {
+        let m = RiskModel::default_model();
+        let mut store = CustomerStore::new();
+        for d in 0..30 {
+            store.apply(&m, &ev("c", "login", d * DAY, None), None, true);
+        }
+        let mut out = Vec::new();
+        store.fire_due_timers(&m, 400 * DAY, &mut out);
+        let opened = out
+            .iter()
+            .filter_map(|f| f.decision)
+            .find(|d| d.kind == AlertKind::AtRisk)
+            .expect("silence opens an alert");
+        assert_eq!(opened.cause, AlertCause::Inactivity);
+        // The customer was in fact active just before that alert: the event
+        // only arrives now, late.
+        let late = ev("c", "login", opened.event_time_ms - DAY, None);
+        let ApplyOutcome::Scored { decision, .. } = store.apply(&m, &late, None, false) else {
+            panic!("applied");
+        };
+        let closed = decision.expect("the false alert is closed");
+        assert_eq!(closed.kind, AlertKind::Recovered);
+        assert_eq!(closed.cause, AlertCause::LateActivity);
+        assert_eq!(closed.event_time_ms, opened.event_time_ms);
+        assert!(!store.get("c").expect("c").alert_open());
+        // A late event from long before the alert changes nothing.
+        let mut other = CustomerStore::new();
+        for d in 0..30 {
+            other.apply(&m, &ev("c", "login", d * DAY, None), None, true);
+        }
+        other.fire_due_timers(&m, 400 * DAY, &mut out);
+        let old = ev("c", "login", 5 * DAY, None);
+        let ApplyOutcome::Scored { decision, .. } = other.apply(&m, &old, None, false) else {
+            panic!("applied");
+        };
+        assert_eq!(decision, None);
+    }
+
+    #[test]
+    fn stream_alerts_do_not_depend_on_batching() {
+        let m = RiskModel::default_model();
+        // "q" goes silent; "b" keeps the clock moving and logs in again
+        // long after q's steps are due.
+        let mut events = Vec::new();
+        for d in 0..200 {
+            if d < 10 {
+                events.push(ev("q", "login", d * DAY, None));
+            }
+            events.push(ev("b", "login", d * DAY + 1, None));
+        }
+        let run = |close_every: usize| {
+            let mut store = CustomerStore::new();
+            let mut clock = StreamClock::new(3_600_000);
+            let mut firings = Vec::new();
+            let mut times = Vec::new();
+            for (i, e) in events.iter().enumerate() {
+                store.apply_in_stream(&m, &mut clock, e, Some(i as i64), &mut firings);
+                if i % close_every == 0 {
+                    store.fire_due_timers(&m, clock.watermark_ms, &mut firings);
+                }
+            }
+            for f in firings.iter().filter(|f| f.decision.is_some()) {
+                times.push((f.customer, f.as_of_ms));
+            }
+            times
+        };
+        let one = run(1);
+        assert!(!one.is_empty());
+        assert_eq!(one, run(7));
+        assert_eq!(one, run(1000));
     }
 
     #[test]

@@ -72,6 +72,17 @@ pub enum EventError {
     /// `properties` is present but not an object.
     #[error("bad properties: must be a JSON object")]
     BadProperties,
+    /// `timestamp` is further ahead of the worker's wall clock than
+    /// `engine.max_future_skew_secs` allows: a clock that cannot be trusted.
+    #[error(
+        "timestamp in the future: {ahead_secs} s ahead of the worker's clock (at most {max_skew_secs} s allowed)"
+    )]
+    TimestampInFuture {
+        /// How far ahead of the wall clock the event is stamped.
+        ahead_secs: i64,
+        /// The configured bound.
+        max_skew_secs: i64,
+    },
 }
 
 impl EventError {
@@ -86,6 +97,7 @@ impl EventError {
         "bad_timestamp",
         "bad_amount",
         "bad_properties",
+        "timestamp_in_future",
     ];
 
     /// Short, stable label for metrics and dead-letter headers.
@@ -100,6 +112,7 @@ impl EventError {
             EventError::BadTimestamp(_) => "bad_timestamp",
             EventError::BadAmount(_) => "bad_amount",
             EventError::BadProperties => "bad_properties",
+            EventError::TimestampInFuture { .. } => "timestamp_in_future",
         }
     }
 }
@@ -265,7 +278,30 @@ fn parse_amount(raw: &RawValue) -> Result<f64, EventError> {
             "must not be negative (refunds are their own event type)",
         ));
     }
+    // Decayed spend adds amounts up: a bound far above any real payment
+    // keeps every sum finite, so the score can never turn into NaN or null.
+    if value > MAX_AMOUNT {
+        return Err(EventError::BadAmount("larger than 1e15"));
+    }
     Ok(value)
+}
+
+/// Largest accepted `amount`. Any number of such amounts, decayed and
+/// summed, stays far from overflowing an `f64`.
+pub const MAX_AMOUNT: f64 = 1e15;
+
+/// Checks an event's time against the receiving worker's wall clock: an
+/// event stamped more than `max_skew_ms` ahead of `now_ms` comes from a clock
+/// that cannot be trusted and must not move event time forward.
+pub fn check_not_in_future(event_ms: i64, now_ms: i64, max_skew_ms: i64) -> Result<(), EventError> {
+    let ahead = event_ms.saturating_sub(now_ms);
+    if ahead > max_skew_ms {
+        return Err(EventError::TimestampInFuture {
+            ahead_secs: ahead / 1000,
+            max_skew_secs: max_skew_ms / 1000,
+        });
+    }
+    Ok(())
 }
 
 fn truncate(text: &str, max_chars: usize) -> String {
@@ -393,6 +429,10 @@ mod tests {
             EventError::BadTimestamp(String::new()),
             EventError::BadAmount(""),
             EventError::BadProperties,
+            EventError::TimestampInFuture {
+                ahead_secs: 0,
+                max_skew_secs: 0,
+            },
         ];
         let reasons: Vec<_> = errors.iter().map(EventError::reason).collect();
         assert_eq!(reasons, EventError::REASONS);
@@ -427,5 +467,37 @@ mod tests {
     fn timestamps_round_trip() {
         let ms = parse_timestamp_ms("2024-05-06T07:08:09.123Z").expect("valid");
         assert_eq!(format_timestamp_ms(ms), "2024-05-06T07:08:09.123Z");
+    }
+
+    #[test]
+    fn amounts_that_could_overflow_a_decayed_sum_are_rejected() {
+        let line = |a: &str| {
+            format!(
+                r#"{{"customer_id":"a","event_type":"purchase","timestamp":"2024-01-01T00:00:00Z","amount":{a}}}"#
+            )
+        };
+        assert_eq!(
+            parse_event(line("1.5e308").as_bytes()).map_err(|e| e.reason()),
+            Err("bad_amount")
+        );
+        assert_eq!(
+            parse_event(line("1e16").as_bytes()).map_err(|e| e.reason()),
+            Err("bad_amount")
+        );
+        let bound = line("1e15");
+        let ok = parse_event(bound.as_bytes()).expect("the bound itself is accepted");
+        assert_eq!(ok.amount, Some(1e15));
+    }
+
+    #[test]
+    fn events_stamped_past_the_skew_bound_are_in_the_future() {
+        let now = 1_700_000_000_000;
+        assert_eq!(check_not_in_future(now + 300_000, now, 300_000), Ok(()));
+        assert_eq!(check_not_in_future(now - 86_400_000, now, 300_000), Ok(()));
+        let err = check_not_in_future(now + 300_001, now, 300_000).expect_err("ahead");
+        assert_eq!(err.reason(), "timestamp_in_future");
+        assert!(err.to_string().contains("300 s"), "{err}");
+        let far = check_not_in_future(MAX_TIMESTAMP_MS, now, 300_000).expect_err("year 9999");
+        assert_eq!(far.reason(), "timestamp_in_future");
     }
 }

@@ -364,7 +364,8 @@ fn run_worker(args: RunArgs) -> Result<()> {
     let metrics = churn_scorer::telemetry::Metrics::new();
     let http_addr = config.http.addr.clone();
     let bootstrap = config.kafka.bootstrap_servers.clone();
-    runtime()?.block_on(async move {
+    let rt = runtime()?;
+    let result = rt.block_on(async move {
         let token = tokio_util::sync::CancellationToken::new();
         tokio::spawn(cancel_on_signal(token.clone()));
         let worker = churn_scorer::worker::Worker::bind(config.clone(), model, metrics)
@@ -387,7 +388,11 @@ fn run_worker(args: RunArgs) -> Result<()> {
             other => other.into(),
         })?;
         Ok(())
-    })
+    });
+    // The pipeline has already bounded its own shutdown: do not wait for
+    // stray blocking tasks (e.g. an HTTP lookup) beyond a moment.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 fn broker(args: BrokerArgs) -> Result<()> {

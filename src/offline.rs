@@ -134,6 +134,59 @@ pub fn replay(
     Ok(stats)
 }
 
+/// An alert decision of an offline replay, with its customer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplayedAlert {
+    /// The customer.
+    pub customer_id: String,
+    /// The engine's decision.
+    pub decision: crate::engine::AlertDecision,
+}
+
+/// Replays events in the order given as the live worker applies one
+/// partition's stream ([`CustomerStore::apply_in_stream`]): the clock is the
+/// newest event time less `lateness_ms`, and inactivity timers fire as it
+/// passes them. Returns every alert decision in order; lines that are not
+/// valid events are skipped. Timers after the last event do not fire: only
+/// the worker's idle rule (wall clock) would fire them.
+pub fn replay_alerts<'a>(
+    model: &RiskModel,
+    lines: impl IntoIterator<Item = &'a [u8]>,
+    lateness_ms: i64,
+) -> Vec<ReplayedAlert> {
+    use crate::engine::{ApplyOutcome, StreamClock};
+    let mut store = CustomerStore::new();
+    let mut clock = StreamClock::new(lateness_ms);
+    let mut firings = Vec::new();
+    let mut out = Vec::new();
+    for line in lines {
+        let Ok(event) = parse_event(line) else {
+            continue;
+        };
+        firings.clear();
+        let (outcome, _late) = store.apply_in_stream(model, &mut clock, &event, None, &mut firings);
+        for f in &firings {
+            if let Some(decision) = f.decision {
+                out.push(ReplayedAlert {
+                    customer_id: store.id(f.customer).to_string(),
+                    decision,
+                });
+            }
+        }
+        if let ApplyOutcome::Scored {
+            decision: Some(decision),
+            ..
+        } = outcome
+        {
+            out.push(ReplayedAlert {
+                customer_id: event.customer_id.to_string(),
+                decision,
+            });
+        }
+    }
+    out
+}
+
 /// Calls `f` with each line of `input` (1-based number, line ending
 /// removed), reusing one buffer: memory does not grow with the input.
 pub fn for_each_line<E: From<std::io::Error>>(

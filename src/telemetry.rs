@@ -11,6 +11,9 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+/// Reason labels of `events_dropped_total`.
+pub const DROP_REASONS: [&str; 3] = ["alert_rejected", "dead_letter_rejected", "state_rejected"];
+
 /// Prefix of every metric this program exports.
 pub const METRIC_PREFIX: &str = "churn_scorer_";
 
@@ -59,6 +62,13 @@ pub struct Metrics {
     pub customers_evicted: IntCounter,
     /// Event-time watermark of each partition, as Unix seconds.
     pub partition_watermark_seconds: IntGaugeVec,
+    /// Events whose message key is not their `customer_id` (still applied).
+    pub events_misrouted: IntCounter,
+    /// Outputs given up on by the failure policy, by reason; their partition
+    /// moved on without them.
+    pub events_dropped: IntCounterVec,
+    /// 1 while a partition's clock follows the wall clock (the idle rule), by partition.
+    pub partition_idle_rule_active: IntGaugeVec,
 }
 
 impl Metrics {
@@ -196,6 +206,30 @@ impl Metrics {
                 &["partition"],
             )
             .expect("valid metric"),
+            events_misrouted: IntCounter::with_opts(opts(
+                "events_misrouted_total",
+                "Events whose message key is not their customer_id (applied, but that \
+                 customer's state may be split across partitions).",
+            ))
+            .expect("valid metric"),
+            events_dropped: IntCounterVec::new(
+                opts(
+                    "events_dropped_total",
+                    "Outputs the failure policy gave up on (rejected by the broker even \
+                     truncated), by reason.",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            partition_idle_rule_active: IntGaugeVec::new(
+                opts(
+                    "partition_idle_rule_active",
+                    "1 while a partition is fetched, caught up and quiet, so that its \
+                     event-time clock follows the wall clock.",
+                ),
+                &["partition"],
+            )
+            .expect("valid metric"),
             registry,
         };
         for collector in m.collectors() {
@@ -210,6 +244,9 @@ impl Metrics {
         for reason in crate::event::EventError::REASONS {
             m.events_invalid.with_label_values(&[reason]);
             m.dead_letters.with_label_values(&[reason]);
+        }
+        for reason in DROP_REASONS {
+            m.events_dropped.with_label_values(&[reason]);
         }
         m
     }
@@ -235,6 +272,9 @@ impl Metrics {
             Box::new(self.state_changelog_records.clone()),
             Box::new(self.customers_evicted.clone()),
             Box::new(self.partition_watermark_seconds.clone()),
+            Box::new(self.events_misrouted.clone()),
+            Box::new(self.events_dropped.clone()),
+            Box::new(self.partition_idle_rule_active.clone()),
         ]
     }
 

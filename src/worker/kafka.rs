@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use rdkafka::ClientConfig;
 use rdkafka::ClientContext;
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 
@@ -38,8 +39,6 @@ pub fn consumer_config(config: &WorkerConfig, group_id: &str) -> ClientConfig {
 /// user's pass-through properties.
 pub fn producer_config(config: &WorkerConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("enable.idempotence", "true");
-    c.set("acks", "all");
     c.set("linger.ms", "5");
     c.set(
         "queue.buffering.max.messages",
@@ -48,6 +47,10 @@ pub fn producer_config(config: &WorkerConfig) -> ClientConfig {
     for (k, v) in &config.kafka.producer {
         c.set(k, v);
     }
+    // Set last, so nothing above can weaken them (the configuration also
+    // refuses these keys with a message naming them).
+    c.set("enable.idempotence", "true");
+    c.set("acks", "all");
     c.set("bootstrap.servers", &config.kafka.bootstrap_servers);
     c
 }
@@ -83,8 +86,8 @@ pub struct OutputRecord {
     pub topic: String,
     /// Explicit partition, if any (state records go to their input partition).
     pub partition: Option<i32>,
-    /// Message key.
-    pub key: Vec<u8>,
+    /// Message key (`None`: no key, as the input message had none).
+    pub key: Option<Vec<u8>>,
     /// Message value (`None` is a tombstone).
     pub payload: Option<Vec<u8>>,
     /// Headers, as (name, value).
@@ -110,8 +113,9 @@ impl OutputRecord {
 pub enum Delivery {
     /// The broker acknowledged the message.
     Acked(DeliveryTag),
-    /// Delivery failed after librdkafka's own retries; the record is to be sent again.
-    Failed(DeliveryTag, String, Box<OutputRecord>),
+    /// Delivery failed after librdkafka's own retries; the sink decides what
+    /// happens to the record (see [`super::sink::FailureClass`]).
+    Failed(DeliveryTag, KafkaError, Box<OutputRecord>),
 }
 
 /// Collects delivery reports; they are acted on by the pipeline at points of
@@ -146,11 +150,11 @@ impl ProducerContext for DeliveryContext {
                     .unwrap_or_default();
                 Delivery::Failed(
                     tag,
-                    err.to_string(),
+                    err.clone(),
                     Box::new(OutputRecord {
                         topic: msg.topic().to_string(),
                         partition: explicit_partition,
-                        key: msg.key().unwrap_or_default().to_vec(),
+                        key: msg.key().map(<[u8]>::to_vec),
                         payload: msg.payload().map(<[u8]>::to_vec),
                         headers,
                     }),

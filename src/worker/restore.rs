@@ -6,7 +6,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::changelog::decode_state;
+use crate::changelog::{PartitionClock, WATERMARK_KEY, decode_clock, decode_state};
 use crate::config::WorkerConfig;
 use crate::engine::CustomerStore;
 use crate::model::RiskModel;
@@ -17,6 +17,10 @@ use super::WorkerError;
 pub struct Restored {
     /// The customers, with their timers rebuilt.
     pub store: CustomerStore,
+    /// The partition's event-time clock, as the previous owner left it (or,
+    /// if it left none, derived from the newest event restored), never ahead
+    /// of the wall clock plus the allowed skew.
+    pub clock: PartitionClock,
     /// State records read.
     pub records: u64,
     /// Records that could not be decoded (logged and skipped).
@@ -47,6 +51,7 @@ pub fn restore_partition(
     let mut store = CustomerStore::new();
     let mut records = 0_u64;
     let mut undecodable = 0_u64;
+    let mut saved_clock: Option<PartitionClock> = None;
     if high > low {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition, Offset::Offset(low))?;
@@ -57,6 +62,20 @@ pub fn restore_partition(
                 Some(Ok(msg)) => {
                     last_progress = Instant::now();
                     records += 1;
+                    if msg.key() == Some(WATERMARK_KEY) {
+                        match msg.payload().map(decode_clock) {
+                            Some(Ok(clock)) => saved_clock = Some(clock),
+                            Some(Err(e)) => {
+                                undecodable += 1;
+                                tracing::warn!(partition, offset = msg.offset(), error = %e, "skipping undecodable partition clock");
+                            }
+                            None => saved_clock = None,
+                        }
+                        if msg.offset() >= high - 1 {
+                            break;
+                        }
+                        continue;
+                    }
                     let key = msg.key().and_then(|k| std::str::from_utf8(k).ok());
                     match (key, msg.payload()) {
                         (Some(id), None) | (Some(id), Some([])) => {
@@ -84,11 +103,48 @@ pub fn restore_partition(
             }
         }
     }
-    store.rebuild_timers(model);
+    let clock = resume_clock(config, &store, saved_clock, wall_clock_ms());
+    store.rebuild_timers(model, clock.watermark_ms);
     Ok(Restored {
+        clock,
         store,
         records,
         undecodable,
         elapsed: started.elapsed(),
     })
+}
+
+/// The clock a restored partition resumes with: the saved one if the previous
+/// owner left one, else the newest restored event less the allowed lateness.
+/// Either is capped at `now_ms` plus the allowed skew, so a clock poisoned by
+/// an older release (which accepted events from the far future) heals.
+fn resume_clock(
+    config: &WorkerConfig,
+    store: &CustomerStore,
+    saved: Option<PartitionClock>,
+    now_ms: i64,
+) -> PartitionClock {
+    let cap = now_ms.saturating_add(config.engine.max_future_skew_ms());
+    let max_event = store
+        .iter()
+        .map(|(_, s)| s.last_event_ms())
+        .max()
+        .map(|m| m.min(cap));
+    let derived = max_event.map_or(i64::MIN, |m| {
+        m.saturating_sub(config.engine.allowed_lateness_ms())
+    });
+    let watermark = saved
+        .map_or(derived, |c| c.watermark_ms.max(derived))
+        .min(cap);
+    PartitionClock {
+        watermark_ms: watermark,
+        max_event_ms: max_event,
+    }
+}
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub(crate) fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

@@ -337,6 +337,13 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     pub fn start(bootstrap: &str) -> Self {
+        Self::start_with(bootstrap, "", "")
+    }
+
+    /// `consumer_extra`: lines added under `[kafka.consumer]`; `sections`:
+    /// whole TOML sections appended (any but `[kafka]`, `[kafka.consumer]`,
+    /// `[http]`, `[model]` and `[pipeline]`).
+    pub fn start_with(bootstrap: &str, consumer_extra: &str, sections: &str) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
@@ -349,9 +356,11 @@ impl WorkerProcess {
             config,
             "[kafka]\nbootstrap_servers = \"{bootstrap}\"\n\
              [kafka.consumer]\n\"session.timeout.ms\" = \"6000\"\n\"auto.commit.interval.ms\" = \"200\"\n\
+             {consumer_extra}\n\
              [http]\naddr = \"127.0.0.1:{port}\"\n\
              [model]\npath = \"config/model.toml\"\n\
-             [pipeline]\nbatch_size = 500\n"
+             [pipeline]\nbatch_size = 500\n\
+             {sections}\n"
         )
         .expect("write config");
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_churn-scorer"))
@@ -384,6 +393,25 @@ impl WorkerProcess {
             })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
+    }
+
+    /// SIGTERM, then waits (at most `limit`) for the process to exit.
+    /// Returns how long it took and its exit status (`None`: still running
+    /// at the limit; it is then killed).
+    pub fn terminate(mut self, limit: Duration) -> (Duration, Option<std::process::ExitStatus>) {
+        let started = Instant::now();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "SIGTERM delivered");
+        while started.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return (started.elapsed(), Some(status));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (started.elapsed(), None)
     }
 
     /// SIGKILL: no drain, no commit, no goodbye.
@@ -470,4 +498,43 @@ pub fn history(customers: usize, days: i64, seed: u64) -> Vec<String> {
         }
     }
     lines
+}
+
+/// The offset the worker's group has committed for `topic`/`partition`.
+pub fn committed_offset(bootstrap: &str, group: &str, topic: &str, partition: i32) -> Option<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .ok()?;
+    match committed.find_partition(topic, partition)?.offset() {
+        Offset::Offset(o) => Some(o),
+        _ => None,
+    }
+}
+
+/// The high watermark (next offset to be written) of `topic`/`partition`.
+pub fn high_watermark(bootstrap: &str, topic: &str, partition: i32) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("consumer");
+    consumer
+        .fetch_watermarks(topic, partition, Duration::from_secs(10))
+        .expect("watermarks")
+        .1
+}
+
+/// Alerts read back from the alerts topic.
+pub fn read_alerts(bootstrap: &str, timeout: Duration) -> Vec<churn_scorer::alert::Alert> {
+    read_topic(bootstrap, "churn-alerts", usize::MAX, timeout)
+        .iter()
+        .filter_map(|r| serde_json::from_slice(r.value.as_deref()?).ok())
+        .collect()
 }

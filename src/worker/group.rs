@@ -1,0 +1,244 @@
+//! The consumer's side of the group: rebalance callbacks, statistics and
+//! offset commits.
+//!
+//! librdkafka calls these from inside the pipeline thread's polls, so they
+//! reach the pipeline's [`Core`] through a mutex the run loop never holds
+//! across a poll.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::{ClientContext, Statistics, TopicPartitionList};
+
+use crate::telemetry::Metrics;
+
+use super::sink::LogLimiter;
+
+use super::WorkerShared;
+use super::pipeline::{Core, set_paused};
+
+/// A partition counts as fetched only if its leader answered this recently:
+/// a fetch request returns within `fetch.wait.max.ms` (500 ms by default)
+/// even when there is nothing to read.
+const MAX_RECEIVE_SILENCE_US: i64 = 5_000_000;
+
+/// The consumer's context: rebalance handling, statistics and commit results.
+pub struct GroupContext {
+    pub(super) core: Arc<Mutex<Core>>,
+    pub(super) shared: Arc<WorkerShared>,
+    pub(super) metrics: Metrics,
+    pub(super) input_topic: String,
+    pub(super) drain_timeout: Duration,
+    /// Background commits that failed (logged at a bounded rate).
+    pub(super) commit_failures: AtomicU64,
+    pub(super) commit_log: Mutex<LogLimiter>,
+}
+
+impl GroupContext {
+    fn input_partitions(&self, tpl: &TopicPartitionList) -> Vec<i32> {
+        tpl.elements()
+            .iter()
+            .filter(|e| e.topic() == self.input_topic)
+            .map(|e| e.partition())
+            .collect()
+    }
+}
+
+/// Whether a partition is fetched and caught up, from the consumer's
+/// statistics: its leader is up and answering, its fetcher is active, and
+/// everything up to the high watermark has been handed to the pipeline.
+fn caught_up(stats: &Statistics, p: &rdkafka::statistics::Partition) -> bool {
+    let leader_ok = stats.brokers.values().any(|b| {
+        b.nodeid == p.leader && b.state == "UP" && (0..MAX_RECEIVE_SILENCE_US).contains(&b.rxidle)
+    });
+    leader_ok
+        && p.fetch_state == "active"
+        && p.hi_offset >= 0
+        && p.next_offset >= p.hi_offset
+        && p.fetchq_cnt == 0
+}
+
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.input_topic) else {
+            return;
+        };
+        let owned: Vec<i32> = self
+            .shared
+            .partition_status()
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        let mut health = Vec::with_capacity(owned.len());
+        for (p, stats) in &topic.partitions {
+            if *p < 0 || !owned.contains(p) {
+                continue;
+            }
+            if stats.consumer_lag >= 0 {
+                self.metrics
+                    .consumer_lag
+                    .with_label_values(&[&p.to_string()])
+                    .set(stats.consumer_lag);
+            }
+            health.push((*p, caught_up(&statistics, stats)));
+        }
+        if let Ok(mut core) = self.core.lock() {
+            core.set_caught_up(&health);
+        }
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let partitions = self.input_partitions(tpl);
+            tracing::info!(?partitions, "partitions revoked: draining");
+            let Ok(mut core) = self.core.lock() else {
+                return;
+            };
+            let deadline = Instant::now() + self.drain_timeout;
+            if !core.drain(&partitions, deadline) {
+                tracing::warn!(
+                    ?partitions,
+                    "drain timed out; uncommitted events will be re-read by the next owner"
+                );
+            }
+            store_offsets(consumer, &self.input_topic, core.take_offsets());
+            // Asynchronous: a blocking commit here would hold up the member's
+            // rejoin; librdkafka also commits stored offsets on unassign.
+            commit(consumer, CommitMode::Async);
+            core.forget(&partitions);
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let partitions = self.input_partitions(tpl);
+                tracing::info!(?partitions, "partitions assigned: restoring state");
+                for &p in &partitions {
+                    if let Err(e) = set_paused(consumer, &self.input_topic, p, true) {
+                        tracing::warn!(partition = p, error = %e, "cannot pause partition during restore");
+                    }
+                }
+                if let Ok(mut core) = self.core.lock() {
+                    core.assign(&partitions);
+                }
+                self.shared.set_joined();
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::error!(error = %e, "rebalance error"),
+        }
+    }
+
+    /// Results of librdkafka's background (auto) commits.
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            // Expected while the group rebalances; the next commit catches up.
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::RebalanceInProgress)) => {
+                tracing::debug!("background offset commit deferred: rebalance in progress");
+            }
+            Err(e) => {
+                self.commit_failures.fetch_add(1, Ordering::Relaxed);
+                let allowed = self
+                    .commit_log
+                    .lock()
+                    .ok()
+                    .and_then(|mut l| l.allow(Duration::from_secs(10)));
+                if let Some(held_back) = allowed {
+                    tracing::warn!(error = %e, similar_not_logged = held_back, "background offset commit failed");
+                }
+            }
+        }
+    }
+}
+
+/// Stores offsets (the last fully handled offset per partition).
+pub fn store_offsets<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    offsets: Vec<(i32, i64)>,
+) {
+    for (p, offset) in offsets {
+        if let Err(e) = consumer.store_offset(topic, p, offset) {
+            tracing::debug!(partition = p, offset, error = %e, "offset not stored (partition no longer assigned)");
+        }
+    }
+}
+
+/// Commits the stored offsets without waiting for the result.
+pub fn commit<C: ConsumerContext>(consumer: &BaseConsumer<C>, mode: CommitMode) {
+    match consumer.commit_consumer_state(mode) {
+        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => tracing::warn!(error = %e, "offset commit failed"),
+    }
+}
+
+/// How a commit with a deadline ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// The broker confirmed it (or every stored offset was committed already).
+    Committed,
+    /// No answer before the deadline.
+    TimedOut,
+    /// The broker or librdkafka refused it.
+    Failed(String),
+}
+
+/// Commits the stored offsets and waits at most `timeout` for the result.
+///
+/// librdkafka's synchronous commit cannot be given a deadline, and its
+/// asynchronous one reports to nobody unless an `offset_commit_cb` is set
+/// (rust-rdkafka sets none), so the reply is sent to a queue of our own and
+/// polled with a deadline (`rd_kafka_commit_queue`).
+pub fn commit_with_deadline<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    timeout: Duration,
+) -> CommitOutcome {
+    use rdkafka::types::RDKafkaRespErr as E;
+    use rdkafka_sys as sys;
+    let rk = consumer.client().native_ptr();
+    // SAFETY: `rk` is the live handle of `consumer`, borrowed for this call.
+    // The queue is ours: created here and destroyed on every path below; a
+    // reply still pending keeps its own reference to the queue, so destroying
+    // our handle early is safe. Each event polled is destroyed after reading.
+    unsafe {
+        let queue = sys::rd_kafka_queue_new(rk);
+        if queue.is_null() {
+            return CommitOutcome::Failed("cannot create a reply queue".into());
+        }
+        let err =
+            sys::rd_kafka_commit_queue(rk, std::ptr::null(), queue, None, std::ptr::null_mut());
+        let outcome = match err {
+            E::RD_KAFKA_RESP_ERR_NO_ERROR => {
+                let deadline = Instant::now() + timeout;
+                loop {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break CommitOutcome::TimedOut;
+                    }
+                    let event = sys::rd_kafka_queue_poll(queue, left.as_millis().max(1) as i32);
+                    if event.is_null() {
+                        continue;
+                    }
+                    let result = sys::rd_kafka_event_error(event);
+                    sys::rd_kafka_event_destroy(event);
+                    break match result {
+                        E::RD_KAFKA_RESP_ERR_NO_ERROR | E::RD_KAFKA_RESP_ERR__NO_OFFSET => {
+                            CommitOutcome::Committed
+                        }
+                        other => CommitOutcome::Failed(RDKafkaErrorCode::from(other).to_string()),
+                    };
+                }
+            }
+            E::RD_KAFKA_RESP_ERR__NO_OFFSET => CommitOutcome::Committed,
+            other => CommitOutcome::Failed(RDKafkaErrorCode::from(other).to_string()),
+        };
+        sys::rd_kafka_queue_destroy(queue);
+        outcome
+    }
+}

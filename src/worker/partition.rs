@@ -1,0 +1,616 @@
+//! One assigned input partition: its customers, its event-time clock and
+//! inactivity timers, and the batch of work it has open.
+//!
+//! A [`PartitionTask`] turns messages into outputs (alerts, dead letters) and
+//! closed batches (those outputs plus the state records of the customers the
+//! batch changed). It does no I/O: the pipeline sends what it returns.
+//!
+//! The clock: the watermark is the newest accepted event time less the
+//! allowed lateness. Events stamped further ahead of the wall clock than the
+//! allowed skew are dead-lettered and never move it. While the partition is
+//! fetched successfully, caught up and quiet for `idle_timeout_secs` (the
+//! idle rule), the clock follows the wall clock; never during an outage, a
+//! fetch error, a restore or while a backlog is read. The clock is written to
+//! the changelog with the customers' states, so a restart resumes it.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use prometheus::IntGauge;
+use rustc_hash::FxHashSet;
+
+use crate::alert::{ALERT_SCHEMA_VERSION, Alert};
+use crate::changelog::{PartitionClock, WATERMARK_KEY, encode_clock, encode_state};
+use crate::config::WorkerConfig;
+use crate::engine::{
+    AlertDecision, ApplyOutcome, CustomerIndex, CustomerStore, StreamClock, TimerFiring,
+};
+use crate::event::{EventError, check_not_in_future, parse_event};
+use crate::model::RiskModel;
+use crate::telemetry::Metrics;
+
+use super::kafka::{OutputKind, OutputRecord};
+use super::pipeline::LocalMetrics;
+use super::sink::LogLimiter;
+
+/// A batch closes once its first event is this old, even if neither full nor
+/// drained: under a steady backlog, latency stays bounded by this plus one
+/// acknowledgement rather than by the time to fill `batch_size`.
+const MAX_BATCH_AGE: Duration = Duration::from_millis(20);
+
+/// What the HTTP API and the pipeline share about one partition.
+pub struct PartitionData {
+    /// The partition's customers.
+    pub store: CustomerStore,
+    /// Newest accepted event time (ms).
+    pub max_event_ms: Option<i64>,
+    /// Event-time watermark: timers up to it have fired; events before it are late.
+    pub watermark_ms: i64,
+}
+
+/// Settings every partition shares, read from the configuration once.
+pub struct PartitionSettings {
+    alerts_topic: String,
+    dead_letter_topic: String,
+    lateness_ms: i64,
+    max_skew_ms: i64,
+    idle_after: Duration,
+    batch_size: usize,
+    eviction_horizon_ms: Option<i64>,
+    eviction_interval: Duration,
+}
+
+impl PartitionSettings {
+    /// From the worker configuration.
+    pub fn new(config: &WorkerConfig) -> Self {
+        let days = config.engine.eviction_horizon_days;
+        PartitionSettings {
+            alerts_topic: config.topics.alerts.clone(),
+            dead_letter_topic: config.topics.dead_letter.clone(),
+            lateness_ms: config.engine.allowed_lateness_ms(),
+            max_skew_ms: config.engine.max_future_skew_ms(),
+            idle_after: Duration::from_secs(config.engine.idle_timeout_secs),
+            batch_size: config.pipeline.batch_size.max(1),
+            eviction_horizon_ms: (days > 0.0).then_some((days * 86_400_000.0) as i64),
+            eviction_interval: Duration::from_secs(config.engine.eviction_interval_secs),
+        }
+    }
+}
+
+/// What every partition reads while it works: settings, model and metrics.
+pub struct TaskContext<'a> {
+    /// Shared settings.
+    pub settings: &'a PartitionSettings,
+    /// The model.
+    pub model: &'a RiskModel,
+    /// The shared registry.
+    pub metrics: &'a Metrics,
+    /// The pipeline thread's hot-path metrics.
+    pub local: &'a LocalMetrics,
+}
+
+/// One consumed message, as a partition sees it.
+pub struct InputMessage<'a> {
+    /// Source topic.
+    pub topic: &'a str,
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+    /// Message key, if any.
+    pub key: Option<&'a [u8]>,
+    /// Message value (empty if none).
+    pub payload: &'a [u8],
+}
+
+/// A batch's state records in one buffer: each is a key followed by its
+/// value (empty for a tombstone).
+#[derive(Default)]
+pub struct Snapshots {
+    bytes: Vec<u8>,
+    /// (end of key, end of value) in `bytes`; each record starts where the previous ended.
+    ends: Vec<(u32, u32)>,
+}
+
+impl Snapshots {
+    fn with_capacity(records: usize) -> Self {
+        Snapshots {
+            bytes: Vec::with_capacity(records * 112),
+            ends: Vec::with_capacity(records),
+        }
+    }
+
+    /// Records held.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether no record is held.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Appends a record: the key, then whatever `value` writes (nothing: a tombstone).
+    fn push(&mut self, key: &[u8], value: impl FnOnce(&mut Vec<u8>)) {
+        self.bytes.extend_from_slice(key);
+        let key_end = self.bytes.len() as u32;
+        value(&mut self.bytes);
+        self.ends.push((key_end, self.bytes.len() as u32));
+    }
+
+    /// (key, value) of every record, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let mut start = 0;
+        self.ends.iter().map(move |&(key_end, end)| {
+            let (k, e) = (key_end as usize, end as usize);
+            let record = (&self.bytes[start..k], &self.bytes[k..e]);
+            start = e;
+            record
+        })
+    }
+}
+
+/// What a batch caused, handed to the pipeline when it closes.
+pub struct ClosedBatch {
+    /// Last input offset the batch covers (`None`: timers only).
+    pub last_offset: Option<i64>,
+    /// Alerts and dead letters, to send now.
+    pub outputs: Vec<(OutputKind, OutputRecord)>,
+    /// State records, to send once the ledger releases them.
+    pub snapshots: Snapshots,
+    /// When each of its messages was received.
+    pub received: Vec<Instant>,
+}
+
+enum Status {
+    /// Waiting for the changelog restore of this epoch.
+    Restoring { since: Instant },
+    /// Restored and processing.
+    Live,
+}
+
+/// One assigned partition; see the module documentation.
+pub struct PartitionTask {
+    id: i32,
+    epoch: u64,
+    data: Arc<RwLock<PartitionData>>,
+    status: Status,
+    dirty: FxHashSet<CustomerIndex>,
+    open_last_offset: Option<i64>,
+    open_outputs: Vec<(OutputKind, OutputRecord)>,
+    open_received: Vec<Instant>,
+    last_message_at: Instant,
+    /// Since when the partition is known to be fetched and caught up.
+    caught_up_since: Option<Instant>,
+    /// Earliest offset dropped while restoring, to seek back to on resume.
+    rewind_to: Option<i64>,
+    evict_due: bool,
+    last_eviction: Instant,
+    /// The clock as last put in a batch's state records.
+    written_clock: Option<PartitionClock>,
+    firings: Vec<TimerFiring>,
+    misrouted_log: LogLimiter,
+    watermark_gauge: IntGauge,
+    idle_gauge: IntGauge,
+}
+
+impl PartitionTask {
+    /// A newly assigned partition, waiting for its restore.
+    pub fn new(id: i32, epoch: u64, metrics: &Metrics) -> Self {
+        let label = id.to_string();
+        PartitionTask {
+            id,
+            epoch,
+            data: Arc::new(RwLock::new(PartitionData {
+                store: CustomerStore::new(),
+                max_event_ms: None,
+                watermark_ms: i64::MIN,
+            })),
+            status: Status::Restoring {
+                since: Instant::now(),
+            },
+            dirty: FxHashSet::default(),
+            open_last_offset: None,
+            open_outputs: Vec::new(),
+            open_received: Vec::new(),
+            last_message_at: Instant::now(),
+            caught_up_since: None,
+            rewind_to: None,
+            evict_due: false,
+            last_eviction: Instant::now(),
+            written_clock: None,
+            firings: Vec::new(),
+            misrouted_log: LogLimiter::default(),
+            watermark_gauge: metrics
+                .partition_watermark_seconds
+                .with_label_values(&[&label]),
+            idle_gauge: metrics
+                .partition_idle_rule_active
+                .with_label_values(&[&label]),
+        }
+    }
+
+    /// Assignment epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The data the HTTP API reads.
+    pub fn data(&self) -> Arc<RwLock<PartitionData>> {
+        Arc::clone(&self.data)
+    }
+
+    /// Whether the partition is restored and processing.
+    pub fn is_live(&self) -> bool {
+        matches!(self.status, Status::Live)
+    }
+
+    /// Whether the open batch holds anything.
+    pub fn has_open_work(&self) -> bool {
+        self.open_last_offset.is_some() || !self.open_outputs.is_empty()
+    }
+
+    /// Installs a restored store and clock; returns the offset to seek back
+    /// to (if messages were dropped while restoring).
+    pub fn install_restore(
+        &mut self,
+        store: CustomerStore,
+        clock: PartitionClock,
+    ) -> (Option<Duration>, Option<i64>) {
+        if let Ok(mut data) = self.data.write() {
+            data.store = store;
+            data.max_event_ms = clock.max_event_ms;
+            data.watermark_ms = clock.watermark_ms;
+        }
+        let waited = match self.status {
+            Status::Restoring { since } => Some(since.elapsed()),
+            Status::Live => None,
+        };
+        self.status = Status::Live;
+        self.written_clock = Some(clock);
+        self.last_message_at = Instant::now();
+        self.caught_up_since = None;
+        (waited, self.rewind_to.take())
+    }
+
+    /// Records whether the partition is fetched and caught up, as the
+    /// consumer's statistics (or an error) just told.
+    pub fn set_caught_up(&mut self, caught_up: bool, now: Instant) {
+        if !caught_up || !self.is_live() {
+            self.caught_up_since = None;
+        } else if self.caught_up_since.is_none() {
+            self.caught_up_since = Some(now);
+        }
+    }
+
+    /// Handles one message; returns true if the open batch is now full.
+    pub fn process(
+        &mut self,
+        cx: &TaskContext<'_>,
+        msg: &InputMessage<'_>,
+        received: Instant,
+        wall_clock_ms: i64,
+    ) -> bool {
+        let TaskContext {
+            settings,
+            model,
+            metrics,
+            local,
+        } = *cx;
+        if !self.is_live() {
+            // Fetched before the pause took effect: read it again once restored.
+            self.rewind_to = Some(self.rewind_to.map_or(msg.offset, |r| r.min(msg.offset)));
+            return false;
+        }
+        self.last_message_at = received;
+        let parsed = parse_event(msg.payload).and_then(|event| {
+            check_not_in_future(event.timestamp_ms, wall_clock_ms, settings.max_skew_ms)
+                .map(|()| event)
+        });
+        match parsed {
+            Err(error) => {
+                metrics
+                    .events_invalid
+                    .with_label_values(&[error.reason()])
+                    .inc();
+                let record = dead_letter(&settings.dead_letter_topic, msg, &error);
+                self.open_outputs
+                    .push((OutputKind::DeadLetter(error.reason()), record));
+            }
+            Ok(event) => {
+                if msg.key != Some(event.customer_id.as_bytes()) {
+                    metrics.events_misrouted.inc();
+                    if let Some(held_back) = self.misrouted_log.allow(Duration::from_secs(10)) {
+                        tracing::warn!(
+                            partition = self.id,
+                            offset = msg.offset,
+                            customer_id = %event.customer_id,
+                            key = ?msg.key.map(String::from_utf8_lossy),
+                            similar_not_logged = held_back,
+                            "message key is not the event's customer_id: that customer's \
+                             state may be split across partitions (see docs/events.md)"
+                        );
+                    }
+                }
+                let Ok(mut data) = self.data.write() else {
+                    return false;
+                };
+                let data = &mut *data;
+                let mut clock = StreamClock {
+                    watermark_ms: data.watermark_ms,
+                    max_event_ms: data.max_event_ms,
+                    lateness_ms: settings.lateness_ms,
+                };
+                self.firings.clear();
+                let (outcome, late) = data.store.apply_in_stream(
+                    model,
+                    &mut clock,
+                    &event,
+                    Some(msg.offset),
+                    &mut self.firings,
+                );
+                data.watermark_ms = clock.watermark_ms;
+                data.max_event_ms = clock.max_event_ms;
+                for firing in &self.firings {
+                    self.open_outputs.extend(on_firing(
+                        settings,
+                        model,
+                        local,
+                        &data.store,
+                        &mut self.dirty,
+                        firing,
+                    ));
+                }
+                match outcome {
+                    ApplyOutcome::Duplicate => local.events_duplicate.inc(),
+                    ApplyOutcome::Scored {
+                        customer,
+                        risk_score,
+                        decision,
+                    } => {
+                        if late {
+                            local.events_late.inc();
+                        }
+                        local.risk_score.observe(risk_score);
+                        self.dirty.insert(customer);
+                        if let Some(decision) = decision {
+                            self.open_outputs.push(alert_output(
+                                &settings.alerts_topic,
+                                model,
+                                &data.store,
+                                customer,
+                                &decision,
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        self.open_last_offset = Some(msg.offset);
+        self.open_received.push(received);
+        self.open_received.len() >= settings.batch_size
+            || self
+                .open_received
+                .first()
+                .is_some_and(|&first| received.duration_since(first) >= MAX_BATCH_AGE)
+    }
+
+    /// The idle rule and the eviction schedule, checked about once a second.
+    /// Returns true if the batch should be closed now (the clock moved or an
+    /// eviction is due).
+    pub fn tick(&mut self, settings: &PartitionSettings, now: Instant, wall_clock_ms: i64) -> bool {
+        if !self.is_live() {
+            self.idle_gauge.set(0);
+            return false;
+        }
+        let mut close = false;
+        if settings.eviction_horizon_ms.is_some()
+            && now.duration_since(self.last_eviction) >= settings.eviction_interval
+        {
+            self.last_eviction = now;
+            self.evict_due = true;
+            close = true;
+        }
+        // Silence counts only from when the partition was last seen caught up
+        // and fetching: an outage or a backlog is not a customer's silence.
+        let quiet = self
+            .caught_up_since
+            .map(|since| now.duration_since(since.max(self.last_message_at)));
+        let active = quiet.is_some_and(|q| q >= settings.idle_after);
+        self.idle_gauge.set(i64::from(active));
+        if let (true, Some(quiet)) = (active, quiet)
+            && let Ok(mut data) = self.data.write()
+            && let Some(max) = data.max_event_ms
+        {
+            let cap = wall_clock_ms.saturating_add(settings.max_skew_ms);
+            let clock = max
+                .saturating_add(i64::try_from(quiet.as_millis()).unwrap_or(i64::MAX))
+                .min(cap);
+            let wm = clock.saturating_sub(settings.lateness_ms);
+            if wm > data.watermark_ms {
+                data.watermark_ms = wm;
+                close = true;
+            }
+        }
+        close
+    }
+
+    /// Fires due timers, snapshots the customers changed since the last
+    /// close (and the clock, if it moved) and closes the open batch. `None`
+    /// if there is nothing to close.
+    pub fn close(
+        &mut self,
+        cx: &TaskContext<'_>,
+        scratch: &mut CloseScratch,
+    ) -> Option<ClosedBatch> {
+        let TaskContext {
+            settings,
+            model,
+            metrics,
+            local,
+        } = *cx;
+        if !self.is_live() {
+            return None;
+        }
+        let Ok(mut data) = self.data.write() else {
+            return None;
+        };
+        let data = &mut *data;
+        let watermark = data.watermark_ms;
+        scratch.firings.clear();
+        data.store
+            .fire_due_timers(model, watermark, &mut scratch.firings);
+        for firing in &scratch.firings {
+            self.open_outputs.extend(on_firing(
+                settings,
+                model,
+                local,
+                &data.store,
+                &mut self.dirty,
+                firing,
+            ));
+        }
+        let mut snapshots = Snapshots::with_capacity(self.dirty.len() + 1);
+        if let Some(horizon) = settings.eviction_horizon_ms
+            && std::mem::take(&mut self.evict_due)
+        {
+            // Changes since the last snapshot are written first, then the tombstone.
+            for &customer in &self.dirty {
+                snapshots.push(data.store.id(customer).as_bytes(), |out| {
+                    encode_state(model, data.store.state(customer), out)
+                });
+            }
+            self.dirty.clear();
+            let evicted = data.store.evict_silent(watermark, horizon);
+            metrics.customers_evicted.inc_by(evicted.len() as u64);
+            for id in &evicted {
+                snapshots.push(id.as_bytes(), |_| {});
+            }
+        }
+        // In store order: neighbouring states share cache lines and pages.
+        scratch.customers.clear();
+        scratch.customers.extend(self.dirty.drain());
+        scratch.customers.sort_unstable();
+        for &customer in &scratch.customers {
+            snapshots.push(data.store.id(customer).as_bytes(), |out| {
+                encode_state(model, data.store.state(customer), out)
+            });
+        }
+        let clock = PartitionClock {
+            watermark_ms: data.watermark_ms,
+            max_event_ms: data.max_event_ms,
+        };
+        if self.written_clock != Some(clock) {
+            snapshots.push(WATERMARK_KEY, |out| encode_clock(&clock, out));
+            self.written_clock = Some(clock);
+        }
+        self.watermark_gauge.set(watermark.div_euclid(1000));
+        if self.open_last_offset.is_none() && self.open_outputs.is_empty() && snapshots.is_empty() {
+            return None;
+        }
+        Some(ClosedBatch {
+            last_offset: self.open_last_offset.take(),
+            outputs: std::mem::take(&mut self.open_outputs),
+            snapshots,
+            received: std::mem::take(&mut self.open_received),
+        })
+    }
+
+    /// Removes this partition's per-partition metric series.
+    pub fn remove_metrics(&self, metrics: &Metrics) {
+        let label = self.id.to_string();
+        for vec in [
+            &metrics.consumer_lag,
+            &metrics.partition_watermark_seconds,
+            &metrics.partition_idle_rule_active,
+        ] {
+            vec.remove_label_values(&[&label]).ok();
+        }
+    }
+}
+
+/// Buffers reused across batch closes.
+#[derive(Default)]
+pub struct CloseScratch {
+    firings: Vec<TimerFiring>,
+    customers: Vec<CustomerIndex>,
+}
+
+/// Counts a fired timer, marks its customer changed, and returns its alert.
+fn on_firing(
+    settings: &PartitionSettings,
+    model: &RiskModel,
+    local: &LocalMetrics,
+    store: &CustomerStore,
+    dirty: &mut FxHashSet<CustomerIndex>,
+    firing: &TimerFiring,
+) -> Option<(OutputKind, OutputRecord)> {
+    local.inactivity_timers_fired.inc();
+    local.risk_score.observe(firing.risk_score);
+    dirty.insert(firing.customer);
+    let decision = firing.decision?;
+    Some(alert_output(
+        &settings.alerts_topic,
+        model,
+        store,
+        firing.customer,
+        &decision,
+    ))
+}
+
+fn alert_output(
+    topic: &str,
+    model: &RiskModel,
+    store: &CustomerStore,
+    customer: CustomerIndex,
+    decision: &AlertDecision,
+) -> (OutputKind, OutputRecord) {
+    let explanation = store.state(customer).explain(model, decision.event_time_ms);
+    let alert = Alert::new(store.id(customer), decision, &explanation, model);
+    let record = OutputRecord {
+        topic: topic.to_string(),
+        partition: None,
+        key: Some(alert.customer_id.as_bytes().to_vec()),
+        payload: Some(alert.to_json()),
+        headers: vec![
+            (
+                "schema_version".into(),
+                ALERT_SCHEMA_VERSION.to_string().into_bytes(),
+            ),
+            ("kind".into(), alert.kind.as_bytes().to_vec()),
+            ("content-type".into(), b"application/json".to_vec()),
+        ],
+    };
+    (OutputKind::Alert(decision.kind), record)
+}
+
+fn dead_letter(topic: &str, msg: &InputMessage<'_>, error: &EventError) -> OutputRecord {
+    OutputRecord {
+        topic: topic.to_string(),
+        partition: None,
+        // A message without a key keeps having none.
+        key: msg.key.map(<[u8]>::to_vec),
+        payload: Some(msg.payload.to_vec()),
+        headers: vec![
+            ("reason".into(), error.reason().as_bytes().to_vec()),
+            ("error".into(), error.to_string().into_bytes()),
+            ("source_topic".into(), msg.topic.as_bytes().to_vec()),
+            (
+                "source_partition".into(),
+                msg.partition.to_string().into_bytes(),
+            ),
+            ("source_offset".into(), msg.offset.to_string().into_bytes()),
+        ],
+    }
+}
+
+/// Batches closed but whose state records wait for the ledger, and the
+/// receive times of batches whose offsets are not yet stored.
+#[derive(Default)]
+pub struct PartitionBacklog {
+    /// (batch seq, its state records), oldest first.
+    pub waiting_state: VecDeque<(u64, Snapshots)>,
+    /// (last offset, receive times) of batches not yet stored, oldest first.
+    pub received: VecDeque<(i64, Vec<Instant>)>,
+}
