@@ -419,10 +419,12 @@ fn install(format: LogFormat, capturable: bool) {
 ///
 /// librdkafka reports every failed connection attempt as an error and then
 /// retries on its own, once a second per broker. Those per-attempt reports
-/// are logged at DEBUG; what an operator acts on stays visible: "all brokers
-/// are down" is a WARN, a broker unreachable at startup stops `run` with an
-/// error naming `kafka.bootstrap_servers`, and `/readyz` turns 503. Every
-/// other record keeps its level.
+/// are logged at DEBUG, and its "all brokers are down" summaries at INFO
+/// (visible with the default filter). The worker reports what an operator
+/// acts on itself: a broker unreachable at startup stops `run` with an error
+/// naming `kafka.bootstrap_servers`, `/readyz` turns 503, and the outputs'
+/// delivery failures are counted and logged. TLS and SASL failures and every
+/// other record keep their level.
 pub struct LogBridge;
 
 /// The level a librdkafka record is logged at (see [`LogBridge`]).
@@ -430,8 +432,12 @@ pub fn librdkafka_level(target: &str, level: log::Level, message: &str) -> log::
     if level > log::Level::Warn || !(target == "librdkafka" || target.starts_with("rdkafka")) {
         return level;
     }
+    let security = ["SSL handshake", "certificate", "SASL", "Authentication"];
+    if security.iter().any(|m| message.contains(m)) {
+        return level;
+    }
     if message.contains("AllBrokersDown") || message.contains("brokers are down") {
-        return log::Level::Warn;
+        return log::Level::Info;
     }
     let per_attempt = [
         "Connection refused",
@@ -440,10 +446,7 @@ pub fn librdkafka_level(target: &str, level: log::Level, message: &str) -> log::
         "Disconnected",
         "Connection reset",
     ];
-    let security = ["SSL handshake", "certificate", "SASL", "Authentication"];
-    if per_attempt.iter().any(|m| message.contains(m))
-        && !security.iter().any(|m| message.contains(m))
-    {
+    if per_attempt.iter().any(|m| message.contains(m)) {
         return log::Level::Debug;
     }
     level
@@ -474,4 +477,32 @@ impl log::Log for LogBridge {
     }
 
     fn flush(&self) {}
+}
+
+#[cfg(test)]
+mod log_bridge_tests {
+    use super::*;
+
+    #[test]
+    fn librdkafka_connection_noise_is_lowered_and_security_errors_are_kept() {
+        let e = log::Level::Error;
+        let refused = "librdkafka: Global error: BrokerTransportFailure (Local: Broker transport failure): 127.0.0.1:9/bootstrap: Connect to ipv4#127.0.0.1:9 failed: Connection refused";
+        assert_eq!(
+            librdkafka_level("rdkafka::client", e, refused),
+            log::Level::Debug
+        );
+        let down =
+            "librdkafka: Global error: AllBrokersDown (Local: All broker connections are down)";
+        assert_eq!(
+            librdkafka_level("rdkafka::client", e, down),
+            log::Level::Info
+        );
+        let tls = "FAIL ssl://h:1/bootstrap: SSL handshake failed: Disconnected: certificate verify failed";
+        assert_eq!(librdkafka_level("librdkafka", e, tls), e);
+        assert_eq!(
+            librdkafka_level("churn_scorer", e, refused),
+            e,
+            "only librdkafka's"
+        );
+    }
 }
