@@ -14,10 +14,11 @@
 FROM rust:1-bookworm AS builder
 
 # rdkafka-sys compiles the bundled librdkafka with its own configure script +
-# make (no cmake): it needs a C toolchain, perl, python3 and zlib headers.
+# make (no cmake): it needs a C toolchain, perl, python3, zlib headers, and
+# OpenSSL and Cyrus SASL headers for TLS and SASL (PLAIN, SCRAM, OAUTHBEARER, GSSAPI).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      build-essential perl python3 pkg-config zlib1g-dev \
+      build-essential perl python3 pkg-config zlib1g-dev libssl-dev libsasl2-dev \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /build
@@ -55,10 +56,12 @@ RUN find src -name '*.rs' -exec touch {} + \
 # ---------------------------------------------------------------------------
 FROM debian:bookworm-slim
 
-# ca-certificates: TLS to managed Kafka; curl: the HEALTHCHECK below.
+# ca-certificates: TLS to managed Kafka; libssl3, libsasl2-2 (+ the GSSAPI
+# module for Kerberos): librdkafka's TLS and SASL; curl: the HEALTHCHECK below.
 # zlib (used by librdkafka) is part of the base image.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \
+      libssl3 libsasl2-2 libsasl2-modules-gssapi-mit \
  && rm -rf /var/lib/apt/lists/*
 
 # Fixed numeric uid/gid so Kubernetes `runAsNonRoot` can verify it.

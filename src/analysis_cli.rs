@@ -12,8 +12,8 @@ use churn_scorer::analysis::fit::{FitOptions, describe, model_toml, run_fit};
 use churn_scorer::analysis::labels::{Labels, read_labels};
 use churn_scorer::analysis::report::render_html;
 use churn_scorer::analysis::{backtest::evaluate_store, fit::FitSummary};
-use churn_scorer::event::parse_timestamp_ms;
 use churn_scorer::offline::BadLine;
+use churn_scorer::offline::parse_date_arg;
 
 use crate::load_model;
 
@@ -28,7 +28,7 @@ pub struct BacktestArgs {
     /// Labels CSV: `customer_id,churned` (1 = churned), header optional.
     #[arg(long)]
     labels: PathBuf,
-    /// Score at this moment (RFC 3339); only events strictly before it are used.
+    /// Score at this moment (2025-06-01 = midnight UTC, or RFC 3339); only events strictly before it are used.
     #[arg(long)]
     cutoff: String,
     /// Print one JSON object instead of tables.
@@ -50,7 +50,7 @@ pub struct FitArgs {
     /// Labels CSV: `customer_id,churned` (1 = churned), header optional.
     #[arg(long)]
     labels: PathBuf,
-    /// Fit on the state at this moment (RFC 3339); only events strictly before it are used.
+    /// Fit on the state at this moment (2025-06-01 = midnight UTC, or RFC 3339); only events strictly before it are used.
     #[arg(long)]
     cutoff: String,
     /// Where to write the fitted model (TOML).
@@ -107,7 +107,7 @@ fn write_file(path: &Path, text: &str) -> Result<()> {
 /// `churn-scorer backtest`.
 pub fn backtest(args: BacktestArgs) -> Result<()> {
     let model = load_model(args.model.as_ref())?;
-    let cutoff_ms = parse_timestamp_ms(&args.cutoff).context("--cutoff")?;
+    let cutoff_ms = parse_date_arg(&args.cutoff).map_err(|e| anyhow::anyhow!("--cutoff: {e}"))?;
     let labels = load_labels(&args.labels)?;
     let input: Box<dyn BufRead> = if args.events == "-" {
         Box::new(std::io::stdin().lock())
@@ -163,7 +163,7 @@ pub fn fit(args: FitArgs) -> Result<()> {
         .base
         .as_ref()
         .map_or("built-in default".to_string(), |p| p.display().to_string());
-    let cutoff_ms = parse_timestamp_ms(&args.cutoff).context("--cutoff")?;
+    let cutoff_ms = parse_date_arg(&args.cutoff).map_err(|e| anyhow::anyhow!("--cutoff: {e}"))?;
     let labels = load_labels(&args.labels)?;
     let mut options = FitOptions::new(cutoff_ms);
     options.folds = args.folds;

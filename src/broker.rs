@@ -24,11 +24,20 @@ pub enum BrokerError {
     /// The broker thread is gone.
     #[error("mock broker thread stopped")]
     Stopped,
+    /// The requested port could not be bound.
+    #[error("cannot listen on {addr} (set by --port): {source}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 enum Command {
     CreateTopic(String, i32, mpsc::Sender<Result<(), BrokerError>>),
     SetBrokerUp(i32, bool, mpsc::Sender<Result<(), BrokerError>>),
+    Advertise(i32, String, i32, mpsc::Sender<Result<(), BrokerError>>),
     SetBrokerRtt(
         i32,
         std::time::Duration,
@@ -69,6 +78,38 @@ impl EmbeddedBroker {
             commands,
             thread: Some(thread),
         })
+    }
+
+    /// Starts a one-broker mock cluster reachable on `127.0.0.1:port`.
+    ///
+    /// The mock cluster always listens on a port of its own choosing; a
+    /// forwarding listener on `port` relays connections to it, and the broker
+    /// advertises `port` in its metadata, so clients only ever use `port`.
+    pub fn start_on_port(port: u16) -> Result<Self, BrokerError> {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let listener = std::net::TcpListener::bind(addr).map_err(|e| BrokerError::Listen {
+            addr: addr.to_string(),
+            source: e,
+        })?;
+        let mut broker = Self::start(1)?;
+        let target = broker.bootstrap.clone();
+        let (tx, rx) = mpsc::channel();
+        broker
+            .commands
+            .send(Command::Advertise(
+                1,
+                "127.0.0.1".into(),
+                i32::from(port),
+                tx,
+            ))
+            .map_err(|_| BrokerError::Stopped)?;
+        rx.recv().map_err(|_| BrokerError::Stopped)??;
+        std::thread::Builder::new()
+            .name("broker-port".into())
+            .spawn(move || forward(listener, target))
+            .map_err(|_| BrokerError::Stopped)?;
+        broker.bootstrap = addr.to_string();
+        Ok(broker)
     }
 
     /// `bootstrap.servers` for clients.
@@ -212,6 +253,32 @@ fn run_cluster(
                 };
                 let _ = reply.send(result.map_err(BrokerError::from));
             }
+            Command::Advertise(id, host, port, reply) => {
+                let result = match std::ffi::CString::new(host) {
+                    Ok(host) => {
+                        // SAFETY: as above; the cluster outlives this call and
+                        // librdkafka copies the host string.
+                        unsafe {
+                            let raw = rdkafka_sys::rd_kafka_handle_mock_cluster(
+                                producer.client().native_ptr(),
+                            );
+                            if raw.is_null() {
+                                Err(BrokerError::Stopped)
+                            } else {
+                                rdkafka_sys::rd_kafka_mock_broker_set_host_port(
+                                    raw,
+                                    id,
+                                    host.as_ptr(),
+                                    port,
+                                );
+                                Ok(())
+                            }
+                        }
+                    }
+                    Err(_) => Err(BrokerError::Stopped),
+                };
+                let _ = reply.send(result);
+            }
             Command::SetBrokerRtt(id, rtt, reply) => {
                 let result = cluster.broker_round_trip_time(id, rtt);
                 let _ = reply.send(result.map_err(BrokerError::from));
@@ -229,4 +296,27 @@ fn run_cluster(
     }
     drop(cluster);
     producer.flush(std::time::Duration::from_millis(100)).ok();
+}
+
+/// Relays every connection on `listener` to `target` (the mock broker).
+fn forward(listener: std::net::TcpListener, target: String) {
+    for client in listener.incoming() {
+        let Ok(client) = client else { continue };
+        let Ok(upstream) = std::net::TcpStream::connect(&target) else {
+            continue;
+        };
+        let _ = client.set_nodelay(true);
+        let _ = upstream.set_nodelay(true);
+        let (Ok(client2), Ok(upstream2)) = (client.try_clone(), upstream.try_clone()) else {
+            continue;
+        };
+        let pipe = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
+            move || {
+                let _ = std::io::copy(&mut from, &mut to);
+                let _ = to.shutdown(std::net::Shutdown::Both);
+            }
+        };
+        std::thread::spawn(pipe(client, upstream));
+        std::thread::spawn(pipe(upstream2, client2));
+    }
 }

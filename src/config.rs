@@ -40,13 +40,21 @@ const RESERVED_PRODUCER_KEYS: &[&str] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file or environment could not be read or has the wrong shape.
-    #[error("configuration key `{key}`: {message}")]
+    #[error("{}", describe_invalid(key, message))]
     Invalid {
         /// Dotted key (empty if the whole source is unreadable).
         key: String,
         /// What is wrong.
         message: String,
     },
+}
+
+fn describe_invalid(key: &str, message: &str) -> String {
+    if key.is_empty() {
+        format!("configuration: {message}")
+    } else {
+        format!("configuration key `{key}`: {message}")
+    }
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -181,18 +189,40 @@ impl Default for HttpConfig {
 }
 
 /// `[model]`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// Model file path.
-    pub path: PathBuf,
+    /// Model file path; `None`: the built-in default model. A relative path
+    /// in a configuration file is resolved against that file's directory.
+    pub path: Option<PathBuf>,
 }
 
-impl Default for ModelConfig {
-    fn default() -> Self {
-        ModelConfig {
-            path: PathBuf::from("config/model.toml"),
+/// librdkafka properties that name files: relative values in a configuration
+/// file are resolved against that file's directory.
+const PATH_PROPERTIES: &[&str] = &[
+    "ssl.ca.location",
+    "ssl.certificate.location",
+    "ssl.key.location",
+    "ssl.keystore.location",
+    "ssl.crl.location",
+    "sasl.kerberos.keytab",
+];
+
+/// Resolves a relative `path` found in a configuration file against the
+/// file's directory `base`. For configurations written before paths were
+/// file-relative, a path that exists only relative to the working directory
+/// is kept as is.
+pub fn resolve_path(base: Option<&Path>, path: &Path) -> PathBuf {
+    match base {
+        Some(base) if path.is_relative() => {
+            let joined = base.join(path);
+            if joined.exists() || !path.exists() {
+                joined
+            } else {
+                path.to_path_buf()
+            }
         }
+        _ => path.to_path_buf(),
     }
 }
 
@@ -303,7 +333,7 @@ impl WorkerConfig {
     ) -> Result<Self, ConfigError> {
         let mut builder = config::Config::builder();
         if let Some(path) = path {
-            if !path.exists() {
+            if !path.is_file() {
                 return Err(invalid(
                     "",
                     format!("configuration file {} not found", path.display()),
@@ -313,9 +343,11 @@ impl WorkerConfig {
                 config::File::from(path.to_path_buf()).format(config::FileFormat::Toml),
             );
         }
-        let env: config::Map<String, String> = env
-            .into_iter()
+        let all_env: BTreeMap<String, String> = env.into_iter().collect();
+        let env: config::Map<String, String> = all_env
+            .iter()
             .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         builder = builder.add_source(
             config::Environment::with_prefix(ENV_PREFIX)
@@ -339,12 +371,66 @@ impl WorkerConfig {
         builder = set(builder, "http.addr", &overrides.http_addr)
             .map_err(|e| invalid("http.addr", e.to_string()))?;
         let raw = builder.build().map_err(|e| invalid("", e.to_string()))?;
-        let config: WorkerConfig = serde_path_to_error::deserialize(raw).map_err(|e| {
+        let mut config: WorkerConfig = serde_path_to_error::deserialize(raw).map_err(|e| {
             let key = e.path().to_string();
             invalid(key, e.into_inner().to_string())
         })?;
+        let base = path.map(|p| match p.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        });
+        config.resolve_paths(base.as_deref());
+        config.expand_env_references(&all_env)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Replaces librdkafka property values written `${NAME}` with the
+    /// environment variable `NAME` (secrets such as `sasl.password` stay out
+    /// of the file). An unset variable is an error naming key and variable.
+    pub fn expand_env_references(
+        &mut self,
+        env: &BTreeMap<String, String>,
+    ) -> Result<(), ConfigError> {
+        for (section, map) in [
+            ("consumer", &mut self.kafka.consumer),
+            ("producer", &mut self.kafka.producer),
+        ] {
+            for (key, value) in map.iter_mut() {
+                let Some(name) = value.strip_prefix("${").and_then(|v| v.strip_suffix('}')) else {
+                    continue;
+                };
+                match env.get(name) {
+                    Some(v) => *value = v.clone(),
+                    None => {
+                        return Err(invalid(
+                            format!("kafka.{section}.{key}"),
+                            format!("refers to environment variable {name}, which is not set"),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves relative file paths (`model.path`, librdkafka `*.location`
+    /// properties) against `base`, the configuration file's directory.
+    pub fn resolve_paths(&mut self, base: Option<&Path>) {
+        if let Some(p) = &self.model.path {
+            self.model.path = Some(resolve_path(base, p));
+        }
+        for map in [&mut self.kafka.consumer, &mut self.kafka.producer] {
+            for (key, value) in map.iter_mut() {
+                // `probe` is librdkafka's "search the system's CA locations".
+                if PATH_PROPERTIES.contains(&key.as_str()) && !value.is_empty() && value != "probe"
+                {
+                    *value = resolve_path(base, Path::new(value.as_str()))
+                        .display()
+                        .to_string();
+                }
+            }
+        }
     }
 
     /// Checks values the types alone cannot.
@@ -459,7 +545,7 @@ mod tests {
         assert_eq!(c.topics, TopicsConfig::default());
         assert_eq!(c.kafka.group_id, "churn-scorer");
         assert_eq!(c.http.addr, "0.0.0.0:9464");
-        assert_eq!(c.model.path, PathBuf::from("config/model.toml"));
+        assert_eq!(c.model.path, Some(std::env::temp_dir().join("model.toml")));
         assert_eq!(
             c.kafka
                 .consumer
@@ -467,6 +553,21 @@ mod tests {
                 .map(String::as_str),
             Some("earliest")
         );
+    }
+
+    #[test]
+    fn built_in_defaults_match_the_shipped_file() {
+        // `run` without any file uses the built-in defaults: they are what
+        // config/worker.toml documents, except the model (built in) and
+        // producer tuning the worker also sets itself.
+        let text = std::fs::read_to_string("config/worker.toml").expect("shipped config");
+        let mut shipped = load(&text, &[], &Overrides::default()).expect("valid");
+        let builtin =
+            WorkerConfig::load_with_env(None, &Overrides::default(), Vec::new()).expect("defaults");
+        shipped.model.path = None;
+        shipped.kafka.producer.clear();
+        shipped.kafka.consumer.remove("auto.offset.reset");
+        assert_eq!(shipped, builtin);
     }
 
     #[test]
@@ -487,6 +588,43 @@ mod tests {
         let c = load(text, &env, &o).expect("valid");
         assert_eq!(c.kafka.bootstrap_servers, "flag:3");
         assert_eq!(c.http.addr, "127.0.0.1:1");
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_file_and_secrets_come_from_the_environment() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("worker.toml");
+        std::fs::write(
+            &file,
+            "[model]\npath = \"m/model.toml\"\n[kafka.consumer]\n\"ssl.ca.location\" = \"ca.pem\"\n\
+             \"sasl.password\" = \"${KAFKA_PASSWORD}\"\n[kafka.producer]\n\"ssl.ca.location\" = \"/abs/ca.pem\"\n",
+        )
+        .expect("write");
+        let env = vec![("KAFKA_PASSWORD".to_string(), "s3cret".to_string())];
+        let c =
+            WorkerConfig::load_with_env(Some(&file), &Overrides::default(), env).expect("valid");
+        assert_eq!(c.model.path, Some(dir.path().join("m/model.toml")));
+        assert_eq!(
+            c.kafka.consumer["ssl.ca.location"],
+            dir.path().join("ca.pem").display().to_string()
+        );
+        assert_eq!(c.kafka.consumer["sasl.password"], "s3cret");
+        assert_eq!(c.kafka.producer["ssl.ca.location"], "/abs/ca.pem");
+        let e = WorkerConfig::load_with_env(Some(&file), &Overrides::default(), Vec::new())
+            .expect_err("unset variable");
+        let text = e.to_string();
+        assert!(
+            text.contains("kafka.consumer.sasl.password") && text.contains("KAFKA_PASSWORD"),
+            "{text}"
+        );
+        let missing = dir.path().join("nope.toml");
+        let e = WorkerConfig::load_with_env(Some(&missing), &Overrides::default(), Vec::new())
+            .expect_err("missing file");
+        assert!(!e.to_string().contains("``"), "{e}");
+        assert!(e.to_string().contains("nope.toml"), "{e}");
+        let c =
+            WorkerConfig::load_with_env(None, &Overrides::default(), Vec::new()).expect("defaults");
+        assert_eq!(c.model.path, None, "built-in model by default");
     }
 
     #[test]

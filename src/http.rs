@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
-use crate::event::parse_timestamp_ms;
+use crate::offline::parse_date_arg;
 use crate::worker::WorkerShared;
 
 #[derive(Clone)]
@@ -147,7 +147,7 @@ async fn customer(
     Path(id): Path<String>,
     Query(query): Query<CustomerQuery>,
 ) -> Response {
-    let as_of = match query.as_of.as_deref().map(parse_timestamp_ms).transpose() {
+    let as_of = match query.as_of.as_deref().map(parse_date_arg).transpose() {
         Ok(t) => t,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("as_of: {e}")),
     };
@@ -155,12 +155,31 @@ async fn customer(
     // Scoring takes read locks the pipeline also takes: keep it off the async workers.
     let view = tokio::task::spawn_blocking(move || shared.lookup(&id, as_of)).await;
     match view {
-        Ok(Some(view)) => Json(view).into_response(),
+        Ok(Some(view)) => {
+            let mut body = serde_json::to_value(&view).unwrap_or_default();
+            label_reasons(&mut body, state.shared.model());
+            Json(body).into_response()
+        }
         Ok(None) => error(
             StatusCode::NOT_FOUND,
             "unknown customer (not in this instance's partitions)",
         ),
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "lookup failed"),
+    }
+}
+
+/// Adds each reason's `label` (the model file's, or the default) next to its `factor`.
+fn label_reasons(body: &mut serde_json::Value, model: &crate::model::RiskModel) {
+    if let Some(reasons) = body.get_mut("reasons").and_then(|r| r.as_array_mut()) {
+        for reason in reasons {
+            let label = reason
+                .get("factor")
+                .and_then(|f| f.as_str())
+                .map(|f| model.label(f));
+            if let (Some(label), Some(obj)) = (label, reason.as_object_mut()) {
+                obj.insert("label".into(), serde_json::Value::String(label));
+            }
+        }
     }
 }
 
@@ -202,6 +221,15 @@ mod tests {
         let (s, body) = get_status(app(None), "/metrics", None).await;
         assert_eq!(s, StatusCode::OK);
         assert!(body.contains("churn_scorer_events_consumed_total"));
+    }
+
+    #[test]
+    fn v1_reasons_carry_labels() {
+        let model = RiskModel::default_model();
+        let mut body =
+            serde_json::json!({"reasons": [{"factor": "event:payment_failed", "points": 12.0}]});
+        label_reasons(&mut body, &model);
+        assert_eq!(body["reasons"][0]["label"], "Payment failed");
     }
 
     #[tokio::test]

@@ -6,18 +6,32 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use churn_scorer::event::parse_timestamp_ms;
 use churn_scorer::model::RiskModel;
-use churn_scorer::offline::{ScoreOptions, run_score};
+use churn_scorer::offline::{ScoreOptions, parse_date_arg, run_score};
+use churn_scorer::telemetry::LogFormat;
 
 mod analysis_cli;
+mod kafka_check;
 
 /// Live churn-risk scoring of customer event streams.
+///
+/// Logs go to stderr: human-readable text (coloured only on a terminal), or
+/// JSON lines with `--log-format json` / `CHURN_SCORER_LOG_FORMAT=json`;
+/// `RUST_LOG` sets the level (default `info`).
 #[derive(Parser)]
-#[command(name = "churn-scorer", version, about, long_about = None)]
+#[command(name = "churn-scorer", about, long_about)]
 struct Cli {
+    /// Log format on stderr: `text` or `json` (one object per line; fatal errors too).
+    #[arg(
+        long,
+        global = true,
+        env = "CHURN_SCORER_LOG_FORMAT",
+        default_value = "text",
+        value_parser = ["text", "json"]
+    )]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -50,17 +64,19 @@ struct ScoreArgs {
     /// JSON-lines events, or `-` for standard input.
     #[arg(long)]
     events: String,
-    /// Score at this time (RFC 3339); default: the latest event time. Later events are ignored.
+    /// Score at this time: 2025-06-01 (midnight UTC), 2025-06-01T12:30:00 (UTC) or RFC 3339;
+    /// default: the latest event time. Later events are ignored.
     #[arg(long)]
     as_of: Option<String>,
-    /// Stop with an error at the first bad line.
+    /// Stop with an error at the first bad line, or when no event can be scored.
     #[arg(long)]
     strict: bool,
 }
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Worker configuration (TOML); default `config/worker.toml` if present, else built-in defaults.
+    /// Worker configuration (TOML); default `config/worker.toml` if present, else built-in
+    /// defaults. Relative paths in the file are resolved against its directory.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Kafka bootstrap servers (overrides `kafka.bootstrap_servers`).
@@ -69,6 +85,12 @@ struct RunArgs {
     /// HTTP listen address (overrides `http.addr`).
     #[arg(long)]
     http_addr: Option<String>,
+    /// Model file (TOML; overrides `model.path`); default: the built-in model.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Seconds to wait for the Kafka brokers at startup before giving up.
+    #[arg(long, default_value_t = 30)]
+    connect_timeout: u64,
 }
 
 #[derive(clap::Args)]
@@ -76,18 +98,96 @@ struct BrokerArgs {
     /// Partitions of each default topic.
     #[arg(long, default_value_t = 6)]
     partitions: i32,
+    /// Listen on 127.0.0.1:PORT (default: a free port chosen at each start).
+    #[arg(long)]
+    port: Option<u16>,
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    churn_scorer::telemetry::init_tracing();
+    let cli = match Cli::from_arg_matches(&command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let format: LogFormat = cli.log_format.parse().unwrap_or_default();
+    churn_scorer::telemetry::init_tracing_with(format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // `score … | head`: the reader is gone, which is how such pipes end.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let message = render_error(&e);
+            match format {
+                LogFormat::Json => tracing::error!(error = %message, "fatal"),
+                LogFormat::Text => eprintln!("error: {message}"),
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// The command, with `--version` showing the librdkafka build.
+fn command() -> clap::Command {
+    let version = format!(
+        "{}\nlibrdkafka {} (builtin.features: {})",
+        env!("CARGO_PKG_VERSION"),
+        rdkafka::util::get_rdkafka_version().1,
+        librdkafka_builtin_features()
+    );
+    // Built once per process: clap keeps the version for the program's lifetime.
+    Cli::command().version(&*Box::leak(version.into_boxed_str()))
+}
+
+/// librdkafka's `builtin.features` (ssl, sasl_scram, …) of this build.
+fn librdkafka_builtin_features() -> String {
+    use std::ffi::{CStr, c_char};
+    let mut buf = vec![0 as c_char; 1024];
+    let mut size = buf.len();
+    // SAFETY: a fresh configuration object is read into a buffer of `size`
+    // bytes, then destroyed; librdkafka NUL-terminates what it writes.
+    unsafe {
+        let conf = rdkafka_sys::rd_kafka_conf_new();
+        let res = rdkafka_sys::rd_kafka_conf_get(
+            conf,
+            c"builtin.features".as_ptr(),
+            buf.as_mut_ptr(),
+            &mut size,
+        );
+        rdkafka_sys::rd_kafka_conf_destroy(conf);
+        if res != rdkafka_sys::rd_kafka_conf_res_t::RD_KAFKA_CONF_OK {
+            return "unknown".into();
+        }
+        CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
+    }
+}
+
+/// Whether the error is a write to a closed pipe.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<churn_scorer::offline::ScoreError>()
+                .is_some_and(|s| {
+                    matches!(s, churn_scorer::offline::ScoreError::Output(io)
+                        if io.kind() == std::io::ErrorKind::BrokenPipe)
+                })
+    })
+}
+
+/// The error and its causes on one line, each cause once (library errors
+/// often repeat their source in their own message).
+fn render_error(e: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -152,9 +252,9 @@ fn score(args: ScoreArgs) -> Result<()> {
     let as_of_ms = args
         .as_of
         .as_deref()
-        .map(parse_timestamp_ms)
+        .map(parse_date_arg)
         .transpose()
-        .context("--as-of")?;
+        .map_err(|e| anyhow::anyhow!("--as-of: {e}"))?;
     let options = ScoreOptions {
         as_of_ms,
         strict: args.strict,
@@ -219,27 +319,74 @@ async fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
 fn run_worker(args: RunArgs) -> Result<()> {
     use churn_scorer::config::{Overrides, WorkerConfig};
     let default_path = PathBuf::from("config/worker.toml");
-    let path = args
-        .config
-        .or_else(|| default_path.exists().then_some(default_path));
+    let (path, path_source) = match args.config {
+        Some(p) => {
+            anyhow::ensure!(
+                p.is_file(),
+                "configuration file {} (given by --config) not found",
+                p.display()
+            );
+            (Some(p), "--config")
+        }
+        None if default_path.is_file() => (Some(default_path), "the default config/worker.toml"),
+        None => (None, "built-in defaults"),
+    };
     let overrides = Overrides {
         bootstrap_servers: args.bootstrap_servers,
         http_addr: args.http_addr,
     };
-    let config = WorkerConfig::load(path.as_deref(), &overrides)?;
-    let model = RiskModel::load(&config.model.path).with_context(|| {
-        format!(
-            "configuration key `model.path` ({})",
-            config.model.path.display()
-        )
-    })?;
+    let mut config = WorkerConfig::load(path.as_deref(), &overrides)?;
+    let model = match (&args.model, &config.model.path) {
+        (Some(p), _) => RiskModel::load(p)
+            .with_context(|| format!("model file {} (given by --model)", p.display()))?,
+        (None, Some(p)) => RiskModel::load(p).with_context(|| {
+            format!(
+                "model file {} (configuration key `model.path`{})",
+                p.display(),
+                path.as_ref()
+                    .map(|c| format!(" in {}", c.display()))
+                    .unwrap_or_default()
+            )
+        })?,
+        (None, None) => RiskModel::default_model(),
+    };
+    if let Some(p) = args.model {
+        config.model.path = Some(p);
+    }
+    tracing::info!(
+        config = %path.as_ref().map_or_else(|| "built-in defaults".to_string(), |p| p.display().to_string()),
+        source = path_source,
+        model = %config.model.path.as_ref().map_or_else(|| "built-in default model".to_string(), |p| p.display().to_string()),
+        model_version = model.version(),
+        bootstrap_servers = %config.kafka.bootstrap_servers,
+        "starting worker"
+    );
     let metrics = churn_scorer::telemetry::Metrics::new();
+    let http_addr = config.http.addr.clone();
+    let bootstrap = config.kafka.bootstrap_servers.clone();
     let rt = runtime()?;
     let result = rt.block_on(async move {
         let token = tokio_util::sync::CancellationToken::new();
         tokio::spawn(cancel_on_signal(token.clone()));
-        let worker = churn_scorer::worker::Worker::bind(config, model, metrics).await?;
-        worker.run(token).await?;
+        let worker = churn_scorer::worker::Worker::bind(config.clone(), model, metrics)
+            .await
+            .with_context(|| {
+                format!("cannot listen on {http_addr} (set by --http-addr or `http.addr`)")
+            })?;
+        let check_config = config.clone();
+        let check_token = token.clone();
+        let deadline = std::time::Duration::from_secs(args.connect_timeout);
+        tokio::task::spawn_blocking(move || {
+            kafka_check::check(&check_config, &check_token, deadline)
+        })
+            .await
+            .context("kafka connection check")??;
+        worker.run(token).await.map_err(|e| match e {
+            churn_scorer::worker::WorkerError::Kafka(k) => anyhow::anyhow!(
+                "kafka at {bootstrap} (set by --bootstrap-servers or `kafka.bootstrap_servers`): {k}"
+            ),
+            other => other.into(),
+        })?;
         Ok(())
     });
     // The pipeline has already bounded its own shutdown: do not wait for
@@ -252,7 +399,10 @@ fn broker(args: BrokerArgs) -> Result<()> {
     use churn_scorer::broker::EmbeddedBroker;
     use churn_scorer::config::TopicsConfig;
     anyhow::ensure!(args.partitions >= 1, "--partitions must be at least 1");
-    let broker = EmbeddedBroker::start(1)?;
+    let broker = match args.port {
+        Some(port) => EmbeddedBroker::start_on_port(port)?,
+        None => EmbeddedBroker::start(1)?,
+    };
     broker.create_default_topics(&TopicsConfig::default(), args.partitions)?;
     println!("bootstrap: {}", broker.bootstrap_servers());
     eprintln!(
@@ -284,7 +434,7 @@ struct GenerateArgs {
     /// Seed: the same seed and settings always give the same bytes.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Start of the period (RFC 3339).
+    /// Start of the period: a date (midnight UTC) or RFC 3339.
     #[arg(long, default_value = "2025-01-01T00:00:00Z")]
     start: String,
     /// Length of the period in days.
@@ -353,7 +503,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
     use churn_scorer::generate::{GenerateConfig, Generator};
     use std::io::Write;
 
-    let start_ms = parse_timestamp_ms(&args.start).context("--start")?;
+    let start_ms = parse_date_arg(&args.start).map_err(|e| anyhow::anyhow!("--start: {e}"))?;
     let config = GenerateConfig {
         customers: args.customers,
         seed: args.seed,

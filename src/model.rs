@@ -114,6 +114,10 @@ pub struct FrequencySpec {
     pub points_per_event: f64,
     /// At most this many decayed events count.
     pub cap: f64,
+    /// Human-readable text shown next to the factor in alerts and `/v1`
+    /// (default: a built-in label, see [`default_label`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
 /// `[trend]`.
@@ -125,6 +129,10 @@ pub struct TrendSpec {
     pub points: f64,
     /// The trend counts only once the long-run counter holds this many events.
     pub min_events: f64,
+    /// Human-readable text shown next to the factor in alerts and `/v1`
+    /// (default: a built-in label, see [`default_label`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
 /// `[inactivity]`.
@@ -135,6 +143,10 @@ pub struct InactivitySpec {
     /// points at 0 days) and constant after the last. Each step is also a
     /// moment at which the live worker re-scores a quiet customer.
     pub steps: Vec<InactivityStep>,
+    /// Human-readable text shown next to the factor in alerts and `/v1`
+    /// (default: a built-in label, see [`default_label`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
 /// One `[[inactivity.steps]]` entry.
@@ -155,6 +167,10 @@ pub struct SpendSpec {
     pub half_life_days: f64,
     /// Points per unit of ln(1 + decayed spend).
     pub points_per_log_amount: f64,
+    /// Human-readable text shown next to the factor in alerts and `/v1`
+    /// (default: a built-in label, see [`default_label`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
 /// `[tenure]`.
@@ -165,6 +181,10 @@ pub struct TenureSpec {
     pub points_per_year: f64,
     /// Years beyond this count no more.
     pub max_years: f64,
+    /// Human-readable text shown next to the factor in alerts and `/v1`
+    /// (default: a built-in label, see [`default_label`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
 /// One `[events.<type>]` entry: lead-scoring points for an event type.
@@ -182,6 +202,10 @@ pub struct EventRule {
     /// (default: true for types with points ≤ 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activity: Option<bool>,
+    /// Human-readable text shown next to the factor in alerts and `/v1`
+    /// (default: a built-in label, see [`default_label`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
 fn default_cap() -> f64 {
@@ -320,6 +344,24 @@ impl RiskModel {
         &self.spec.alert
     }
 
+    /// The human-readable label of a factor (`inactivity`, `event:complaint`, …):
+    /// the model file's `label`, else the built-in default.
+    pub fn label(&self, factor: &str) -> String {
+        let spec = &self.spec;
+        let custom = match factor {
+            "frequency" => spec.frequency.label.as_deref(),
+            "trend" => spec.trend.label.as_deref(),
+            "inactivity" => spec.inactivity.label.as_deref(),
+            "spend" => spec.spend.label.as_deref(),
+            "tenure" => spec.tenure.label.as_deref(),
+            other => other
+                .strip_prefix("event:")
+                .and_then(|name| spec.events.get(name))
+                .and_then(|rule| rule.label.as_deref()),
+        };
+        custom.map_or_else(|| default_label(factor), str::to_string)
+    }
+
     /// The event types the model names, in index order.
     pub fn kinds(&self) -> &[EventKind] {
         &self.kinds
@@ -378,6 +420,30 @@ impl RiskModel {
     pub fn risk_from_points(&self, points: f64) -> f64 {
         let s = &self.spec.score;
         100.0 / (1.0 + (-(points - s.midpoint) / s.scale).exp())
+    }
+}
+
+/// The built-in label of a factor, used when the model file gives none:
+/// fixed texts for the behavioural factors, and the event type in words
+/// (`plan_downgrade` → "Plan downgrade") for event factors.
+pub fn default_label(factor: &str) -> String {
+    match factor {
+        "base" => "Baseline risk".into(),
+        "frequency" => "Usual level of activity".into(),
+        "trend" => "Activity dropping below the customer's usual level".into(),
+        "inactivity" => "No activity for a while".into(),
+        "spend" => "Recent spending".into(),
+        "tenure" => "Time as a customer".into(),
+        other => {
+            let name = other.strip_prefix("event:").unwrap_or(other);
+            let words = name.replace(['_', '-', '.'], " ");
+            let words = words.split_whitespace().collect::<Vec<_>>().join(" ");
+            let mut chars = words.chars();
+            match chars.next() {
+                Some(first) => first.to_uppercase().chain(chars).collect(),
+                None => other.to_string(),
+            }
+        }
     }
 }
 
@@ -514,8 +580,29 @@ fn validate(spec: &ModelSpec) -> Result<(), ModelError> {
         check_finite(&format!("{key}.points"), rule.points)?;
         check_positive(&format!("{key}.half_life_days"), rule.half_life_days)?;
         check_non_negative(&format!("{key}.cap"), rule.cap)?;
+        check_label(&format!("{key}.label"), rule.label.as_deref())?;
+    }
+    for (key, label) in [
+        ("frequency.label", spec.frequency.label.as_deref()),
+        ("trend.label", spec.trend.label.as_deref()),
+        ("inactivity.label", spec.inactivity.label.as_deref()),
+        ("spend.label", spec.spend.label.as_deref()),
+        ("tenure.label", spec.tenure.label.as_deref()),
+    ] {
+        check_label(key, label)?;
     }
     Ok(())
+}
+
+fn check_label(key: &str, label: Option<&str>) -> Result<(), ModelError> {
+    match label {
+        Some(l) if l.trim().is_empty() => Err(invalid(
+            key,
+            "must not be empty (remove it for the default)",
+        )),
+        Some(l) if l.chars().count() > 200 => Err(invalid(key, "at most 200 characters")),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -607,6 +694,32 @@ mod tests {
         }
         let (last_at, last_points) = *steps.last().expect("steps");
         assert_eq!(m.inactivity_points(last_at * 10), last_points);
+    }
+
+    #[test]
+    fn labels_come_from_the_file_or_the_defaults() {
+        let m = with_default(|t| {
+            t["events"]["purchase"]
+                .as_table_mut()
+                .expect("table")
+                .insert(
+                    "label".into(),
+                    toml::Value::String("Bought something".into()),
+                );
+        })
+        .expect("valid");
+        assert_eq!(m.label("event:purchase"), "Bought something");
+        assert_eq!(default_label("event:plan_downgrade"), "Plan downgrade");
+        assert_eq!(m.label("event:no-such_type"), "No such type");
+        assert!(!m.label("inactivity").is_empty());
+        let e = with_default(|t| {
+            t["inactivity"]
+                .as_table_mut()
+                .expect("table")
+                .insert("label".into(), toml::Value::String(" ".into()));
+        })
+        .expect_err("blank label");
+        assert_eq!(key_of(e), "inactivity.label");
     }
 
     #[test]

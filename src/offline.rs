@@ -71,6 +71,14 @@ pub struct ReplayStats {
 }
 
 impl ReplayStats {
+    /// Lines read that were neither accepted, rejected nor ignored (blank).
+    pub fn blank_lines(&self) -> u64 {
+        self.lines_read
+            .saturating_sub(self.accepted)
+            .saturating_sub(self.rejected_total())
+            .saturating_sub(self.ignored_after_limit)
+    }
+
     /// Total rejected lines.
     pub fn rejected_total(&self) -> u64 {
         self.rejected.values().sum()
@@ -290,10 +298,28 @@ pub fn run_score(
     if let Some(e) = report_err {
         return Err(ScoreError::Output(e));
     }
-    let as_of = options.as_of_ms.or(stats.max_event_ms).unwrap_or(0);
+    if stats.accepted == 0 {
+        let why = if stats.lines_read == 0 || stats.lines_read == stats.blank_lines() {
+            "the input is empty".to_string()
+        } else if stats.rejected_total() > 0 && stats.ignored_after_limit == 0 {
+            format!("all {} non-blank lines are invalid", stats.rejected_total())
+        } else {
+            format!(
+                "{} invalid, {} after --as-of",
+                stats.rejected_total(),
+                stats.ignored_after_limit
+            )
+        };
+        if options.strict {
+            return Err(ScoreError::NoEvents(why));
+        }
+        writeln!(report, "warning: no events scored: {why}").map_err(ScoreError::Output)?;
+    }
+    let as_of = options.as_of_ms.or(stats.max_event_ms);
     let mut customers: Vec<(&str, &CustomerState)> = store.iter().collect();
     customers.sort_unstable_by(|a, b| a.0.cmp(b.0));
     for (id, state) in customers {
+        let as_of = as_of.unwrap_or_else(|| state.last_event_ms());
         let line = serde_json::to_string(&score_customer(model, id, state, as_of))
             .map_err(|e| ScoreError::Output(e.into()))?;
         writeln!(out, "{line}").map_err(ScoreError::Output)?;
@@ -317,7 +343,7 @@ pub fn run_score(
         },
         stats.ignored_after_limit,
         store.len(),
-        format_timestamp_ms(as_of)
+        as_of.map_or_else(|| "none".to_string(), format_timestamp_ms)
     )
     .map_err(ScoreError::Output)?;
     Ok(stats)
@@ -332,4 +358,61 @@ pub enum ScoreError {
     /// Writing the output failed.
     #[error("writing output: {0}")]
     Output(std::io::Error),
+    /// `--strict` and no event could be scored.
+    #[error("no events scored: {0}")]
+    NoEvents(String),
+}
+
+/// Parses a date argument (`--as-of`, `--start`, `--cutoff`): RFC 3339 with
+/// an offset, a date-time without one (taken as UTC), or a plain date
+/// (midnight UTC). The error shows the accepted formats.
+pub fn parse_date_arg(text: &str) -> Result<i64, String> {
+    use chrono::{NaiveDate, NaiveDateTime};
+    let t = text.trim();
+    if let Ok(ms) = crate::event::parse_timestamp_ms(t) {
+        return Ok(ms);
+    }
+    let naive = NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S%.f")
+        .or_else(|_| NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.f"))
+        .or_else(|_| NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M"));
+    let parsed = match naive {
+        Ok(dt) => Ok(dt),
+        Err(_) => NaiveDate::parse_from_str(t, "%Y-%m-%d")
+            .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight exists")),
+    };
+    match parsed {
+        Ok(dt) => {
+            let ms = dt.and_utc().timestamp_millis();
+            crate::event::parse_timestamp_ms(&format_timestamp_ms(ms))
+                .map_err(|e| format!("{e}; {DATE_FORMATS}"))
+        }
+        Err(e) => Err(format!(
+            "cannot read {text:?} as a date ({e}); {DATE_FORMATS}"
+        )),
+    }
+}
+
+/// The formats [`parse_date_arg`] accepts, for error messages and `--help`.
+pub const DATE_FORMATS: &str = "accepted formats: 2025-06-01 (midnight UTC), \
+     2025-06-01T12:30:00 (UTC), 2025-06-01T12:30:00Z or 2025-06-01T14:30:00+02:00 (RFC 3339)";
+
+#[cfg(test)]
+mod date_arg_tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_midnight_utc_and_errors_list_the_formats() {
+        let midnight = parse_date_arg("2025-06-01").expect("plain date");
+        assert_eq!(format_timestamp_ms(midnight), "2025-06-01T00:00:00.000Z");
+        assert_eq!(parse_date_arg("2025-06-01T00:00:00"), Ok(midnight));
+        assert_eq!(parse_date_arg("2025-06-01T00:00:00Z"), Ok(midnight));
+        assert_eq!(parse_date_arg("2025-06-01T02:00:00+02:00"), Ok(midnight));
+        for bad in ["2025-13-01", "tomorrow", ""] {
+            let e = parse_date_arg(bad).expect_err(bad);
+            assert!(
+                e.contains("accepted formats") && e.contains("2025-06-01"),
+                "{e}"
+            );
+        }
+    }
 }

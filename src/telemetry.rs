@@ -345,20 +345,176 @@ fn opts(name: &str, help: &str) -> Opts {
     Opts::new(format!("{METRIC_PREFIX}{name}"), help)
 }
 
-/// Installs the global tracing subscriber: human-readable by default, JSON
-/// lines with `CHURN_SCORER_LOG_FORMAT=json`; the filter comes from `RUST_LOG`
-/// (default `info`).
+/// Log line format (`--log-format`, `CHURN_SCORER_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines; coloured only when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "unknown log format {other:?} (expected `text` or `json`)"
+            )),
+        }
+    }
+}
+
+impl LogFormat {
+    /// The format chosen by `CHURN_SCORER_LOG_FORMAT` (text when unset or unknown).
+    pub fn from_env() -> Self {
+        std::env::var("CHURN_SCORER_LOG_FORMAT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default()
+    }
+}
+
+/// Installs the global tracing subscriber in the format of
+/// `CHURN_SCORER_LOG_FORMAT` (see [`init_tracing_with`]), for tests and
+/// programs embedding the worker: lines go through the standard library's
+/// `eprint!`, so a test harness captures them (shown only for failing tests).
 pub fn init_tracing() {
+    install(LogFormat::from_env(), true);
+}
+
+/// Installs the global tracing subscriber: human-readable lines (ANSI colours
+/// only when stderr is a terminal and `NO_COLOR` is unset) or JSON lines; the
+/// filter comes from `RUST_LOG` (default `info`). Log records of librdkafka
+/// pass through [`LogBridge`].
+pub fn init_tracing_with(format: LogFormat) {
+    install(format, false);
+}
+
+fn install(format: LogFormat, capturable: bool) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::fmt::writer::{BoxMakeWriter, TestWriter};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("CHURN_SCORER_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let max_level = filter.max_level_hint();
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let writer = if capturable {
+        BoxMakeWriter::new(TestWriter::with_stderr)
+    } else {
+        BoxMakeWriter::new(std::io::stderr)
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(ansi)
+        .with_writer(writer);
     // A second init (tests) is harmless: keep the first subscriber.
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
+    let installed = match format {
+        LogFormat::Json => tracing::subscriber::set_global_default(builder.json().finish()).is_ok(),
+        LogFormat::Text => tracing::subscriber::set_global_default(builder.finish()).is_ok(),
     };
+    if installed && log::set_boxed_logger(Box::new(LogBridge)).is_ok() {
+        log::set_max_level(match max_level {
+            Some(l) if l == tracing::level_filters::LevelFilter::OFF => log::LevelFilter::Off,
+            Some(l) if l == tracing::level_filters::LevelFilter::ERROR => log::LevelFilter::Error,
+            Some(l) if l == tracing::level_filters::LevelFilter::WARN => log::LevelFilter::Warn,
+            Some(l) if l == tracing::level_filters::LevelFilter::INFO => log::LevelFilter::Info,
+            Some(l) if l == tracing::level_filters::LevelFilter::DEBUG => log::LevelFilter::Debug,
+            _ => log::LevelFilter::Trace,
+        });
+    }
+}
+
+/// Forwards `log` records (librdkafka's, through rdkafka) to tracing.
+///
+/// librdkafka reports every failed connection attempt as an error and then
+/// retries on its own, once a second per broker. Those per-attempt reports
+/// are logged at DEBUG, and its "all brokers are down" summaries at INFO
+/// (visible with the default filter). The worker reports what an operator
+/// acts on itself: a broker unreachable at startup stops `run` with an error
+/// naming `kafka.bootstrap_servers`, `/readyz` turns 503, and the outputs'
+/// delivery failures are counted and logged. TLS and SASL failures and every
+/// other record keep their level.
+pub struct LogBridge;
+
+/// The level a librdkafka record is logged at (see [`LogBridge`]).
+pub fn librdkafka_level(target: &str, level: log::Level, message: &str) -> log::Level {
+    if level > log::Level::Warn || !(target == "librdkafka" || target.starts_with("rdkafka")) {
+        return level;
+    }
+    let security = ["SSL handshake", "certificate", "SASL", "Authentication"];
+    if security.iter().any(|m| message.contains(m)) {
+        return level;
+    }
+    if message.contains("AllBrokersDown") || message.contains("brokers are down") {
+        return log::Level::Info;
+    }
+    let per_attempt = [
+        "Connection refused",
+        "BrokerTransportFailure",
+        "Broker transport failure",
+        "Disconnected",
+        "Connection reset",
+    ];
+    if per_attempt.iter().any(|m| message.contains(m)) {
+        return log::Level::Debug;
+    }
+    level
+}
+
+impl log::Log for LogBridge {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        tracing_log::LogTracer::new().enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let mut level = record.level();
+        if level <= log::Level::Warn {
+            let message = record.args().to_string();
+            level = librdkafka_level(record.target(), level, &message);
+        }
+        let relevelled = log::Record::builder()
+            .level(level)
+            .target(record.target())
+            .args(*record.args())
+            .module_path(record.module_path())
+            .file(record.file())
+            .line(record.line())
+            .build();
+        if tracing_log::LogTracer::new().enabled(relevelled.metadata()) {
+            let _ = tracing_log::format_trace(&relevelled);
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+#[cfg(test)]
+mod log_bridge_tests {
+    use super::*;
+
+    #[test]
+    fn librdkafka_connection_noise_is_lowered_and_security_errors_are_kept() {
+        let e = log::Level::Error;
+        let refused = "librdkafka: Global error: BrokerTransportFailure (Local: Broker transport failure): 127.0.0.1:9/bootstrap: Connect to ipv4#127.0.0.1:9 failed: Connection refused";
+        assert_eq!(
+            librdkafka_level("rdkafka::client", e, refused),
+            log::Level::Debug
+        );
+        let down =
+            "librdkafka: Global error: AllBrokersDown (Local: All broker connections are down)";
+        assert_eq!(
+            librdkafka_level("rdkafka::client", e, down),
+            log::Level::Info
+        );
+        let tls = "FAIL ssl://h:1/bootstrap: SSL handshake failed: Disconnected: certificate verify failed";
+        assert_eq!(librdkafka_level("librdkafka", e, tls), e);
+        assert_eq!(
+            librdkafka_level("churn_scorer", e, refused),
+            e,
+            "only librdkafka's"
+        );
+    }
 }

@@ -375,6 +375,7 @@ fn skeleton(
                     cap: 20.0,
                     // Unknown types already count as activity: naming one keeps that.
                     activity: Some(true),
+                    label: None,
                 },
             );
         }

@@ -571,7 +571,7 @@ fn alert_output(
     decision: &AlertDecision,
 ) -> (OutputKind, OutputRecord) {
     let explanation = store.state(customer).explain(model, decision.event_time_ms);
-    let alert = Alert::new(store.id(customer), decision, &explanation, model.version());
+    let alert = Alert::new(store.id(customer), decision, &explanation, model);
     let record = OutputRecord {
         topic: topic.to_string(),
         partition: None,
