@@ -34,10 +34,12 @@ fn restores(w: &RunningWorker) -> u64 {
     w.metrics().state_restore_seconds.get_sample_count()
 }
 
-/// Samples the group-wide consumed count every 100 ms.
-#[derive(Default)]
+/// Samples the group-wide consumed count every 100 ms, with how many events
+/// had been fed by then.
 struct Sampler {
-    samples: Vec<(Instant, u64)>,
+    fed: Arc<AtomicUsize>,
+    /// (when, consumed, fed)
+    samples: Vec<(Instant, u64, u64)>,
     /// Last count read from a process member (kept once it is gone).
     process_count: u64,
 }
@@ -50,7 +52,8 @@ impl Sampler {
         let total = a.metrics().events_consumed.get()
             + b.map_or(0, |b| b.metrics().events_consumed.get())
             + self.process_count;
-        self.samples.push((Instant::now(), total));
+        let fed = self.fed.load(Ordering::Acquire) as u64;
+        self.samples.push((Instant::now(), total, fed));
     }
 
     fn run_for(
@@ -85,13 +88,15 @@ impl Sampler {
         started.elapsed()
     }
 
-    /// The longest stretch so far in which the count did not move.
+    /// The longest stretch so far in which the consumed count did not move
+    /// although events were waiting (a stretch with nothing to read is no
+    /// pause).
     fn longest_pause(&self) -> Duration {
         let mut longest = Duration::ZERO;
         let mut since: Option<(Instant, u64)> = None;
-        for &(t, n) in &self.samples {
+        for &(t, n, fed) in &self.samples {
             match since {
-                Some((t0, n0)) if n == n0 => longest = longest.max(t - t0),
+                Some((t0, n0)) if n == n0 && fed > n => longest = longest.max(t - t0),
                 _ => since = Some((t, n)),
             }
         }
@@ -140,7 +145,11 @@ fn members_joining_leaving_and_crashing_never_stop_the_group() {
     let started = Instant::now();
     let a = RunningWorker::start(group_config(&bootstrap), model.clone());
     a.wait_until("a ready", Duration::from_secs(30), |a| a.shared.is_ready());
-    let mut sampler = Sampler::default();
+    let mut sampler = Sampler {
+        fed: Arc::clone(&fed),
+        samples: Vec::new(),
+        process_count: 0,
+    };
     sampler.run_for(Duration::from_secs(3), &a, None, None);
 
     // Two members join at once: with cooperative rebalancing, the
