@@ -281,7 +281,9 @@ impl Default for EngineConfig {
 pub struct PipelineConfig {
     /// Most messages per processing batch.
     pub batch_size: usize,
-    /// Most unacknowledged outputs before consumption pauses.
+    /// Most outputs and state records handed to the producer and not yet
+    /// acknowledged before consumption pauses; state records waiting for
+    /// their partition's turn count against four times this.
     pub max_in_flight: usize,
 }
 

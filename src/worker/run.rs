@@ -227,7 +227,15 @@ pub fn run_pipeline(
             }
         }
         since_cancel_check += 1;
-        restores.step(&core, &consumer, &config, &model, &metrics)?;
+        // Restore requests come from rebalance callbacks: while busy, look
+        // every 64 messages (the core's lock is not free).
+        if state != LoopState::Busy
+            || since_cancel_check == 1
+            || restores.running > 0
+            || !restores.retry.is_empty()
+        {
+            restores.step(&core, &consumer, &config, &model, &metrics)?;
+        }
 
         state = match state {
             LoopState::Backpressured => {
