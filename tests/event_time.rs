@@ -338,6 +338,19 @@ fn a_broker_outage_fires_no_inactivity_alert_for_customers_who_stay_active() {
     assert_eq!(quiet[0].event_time, format_timestamp_ms(quiet_due));
 }
 
+/// Alerts of every kind the broker has acknowledged.
+fn alerts_acknowledged(w: &RunningWorker) -> u64 {
+    churn_scorer::engine::AlertKind::ALL
+        .iter()
+        .map(|k| {
+            w.metrics()
+                .alerts_published
+                .with_label_values(&[k.as_str()])
+                .get()
+        })
+        .sum()
+}
+
 /// (customer, kind, event time, cause) of alerts, sorted.
 type AlertKey = (String, String, String, String);
 
@@ -406,15 +419,7 @@ fn a_backlog_alerts_at_the_same_event_times_as_a_live_run_and_offline_replay() {
         w.metrics().events_consumed.get() >= lines.len() as u64
     });
     w.wait_until("alerts acknowledged", Duration::from_secs(30), |w| {
-        w.metrics()
-            .alerts_published
-            .with_label_values(&["at_risk"])
-            .get()
-            + w.metrics()
-                .alerts_published
-                .with_label_values(&["recovered"])
-                .get()
-            >= offline.len() as u64
+        alerts_acknowledged(w) >= offline.len() as u64
     });
     let backlog = keys(&read_alerts(&bootstrap, Duration::from_secs(3)));
     w.stop().expect("clean stop");
@@ -433,15 +438,7 @@ fn a_backlog_alerts_at_the_same_event_times_as_a_live_run_and_offline_replay() {
         });
     }
     w.wait_until("alerts acknowledged", Duration::from_secs(30), |w| {
-        w.metrics()
-            .alerts_published
-            .with_label_values(&["at_risk"])
-            .get()
-            + w.metrics()
-                .alerts_published
-                .with_label_values(&["recovered"])
-                .get()
-            >= offline.len() as u64
+        alerts_acknowledged(w) >= offline.len() as u64
     });
     let live = keys(&read_alerts(&bootstrap, Duration::from_secs(3)));
     w.stop().expect("clean stop");
