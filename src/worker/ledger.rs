@@ -244,6 +244,51 @@ impl AckLedger {
         Some(id)
     }
 
+    /// The partition's newest batch, if its state records still wait to be
+    /// released (it can then absorb a newer batch, see
+    /// [`extend_last`](Self::extend_last)).
+    pub fn last_waiting(&self, partition: i32) -> Option<BatchId> {
+        let part = self.partitions.get(&partition)?;
+        let batch = part.batches.back()?;
+        (!batch.state_released && batch.state_pending > 0).then(|| BatchId {
+            partition,
+            epoch: part.epoch,
+            seq: part.next_seq().saturating_sub(1),
+        })
+    }
+
+    /// Folds a newly closed batch into the partition's newest batch while
+    /// that batch's state records still wait for their turn: its outputs grow
+    /// by `outputs` (sent tagged with the returned id), its last offset moves
+    /// to `last_offset` (if any), and its state records become
+    /// `state_records` (the caller merged the new records into the waiting
+    /// ones, newest per key, so there are at least as many). A customer
+    /// changed in many batches while the partition waits then costs one
+    /// record. Returns `None`, changing nothing, if the newest batch is not
+    /// waiting (close a new batch instead).
+    pub fn extend_last(
+        &mut self,
+        partition: i32,
+        last_offset: Option<i64>,
+        outputs: u32,
+        state_records: u32,
+    ) -> Option<BatchId> {
+        let id = self.last_waiting(partition)?;
+        let part = self.partitions.get_mut(&partition)?;
+        let batch = part.batches.back_mut()?;
+        if let Some(offset) = last_offset {
+            batch.last_offset = Some(batch.last_offset.map_or(offset, |o| o.max(offset)));
+        }
+        let state_records = state_records.max(batch.state_pending);
+        let added =
+            (outputs as usize).saturating_add((state_records - batch.state_pending) as usize);
+        batch.outputs_pending = batch.outputs_pending.saturating_add(outputs);
+        batch.state_pending = state_records;
+        part.unacked = part.unacked.saturating_add(added);
+        self.unacked = self.unacked.saturating_add(added);
+        Some(id)
+    }
+
     /// Records the acknowledgement of one output of batch `id`. Returns false
     /// (and changes nothing) for an unknown partition, a stale epoch, a batch
     /// already complete, or more acknowledgements than outputs.
@@ -606,6 +651,12 @@ mod tests {
                 state: u32,
                 offset_step: Option<i64>,
             },
+            Extend {
+                partition: i32,
+                outputs: u32,
+                extra_state: u32,
+                offset_step: Option<i64>,
+            },
             Release,
             Ack(usize),
             Fail(usize),
@@ -625,6 +676,14 @@ mod tests {
                         partition,
                         outputs,
                         state,
+                        offset_step,
+                    }
+                ),
+                2 => (0..PARTITIONS, 0..3u32, 0..3u32, proptest::option::of(1..4i64)).prop_map(
+                    |(partition, outputs, extra_state, offset_step)| Op::Extend {
+                        partition,
+                        outputs,
+                        extra_state,
                         offset_step,
                     }
                 ),
@@ -775,6 +834,46 @@ mod tests {
                         });
                         self.in_flight
                             .extend((0..outputs).map(|_| (id, Kind::Output)));
+                    }
+                    Op::Extend {
+                        partition,
+                        outputs,
+                        extra_state,
+                        offset_step,
+                    } => {
+                        let waiting = self.parts.get(&partition).and_then(|part| {
+                            part.batches
+                                .last()
+                                .filter(|b| !b.released && b.state > b.state_acked)
+                                .map(|b| (b.id, b.state))
+                        });
+                        let Some((expected, state)) = waiting else {
+                            assert_eq!(self.ledger.last_waiting(partition), None);
+                            assert_eq!(
+                                self.ledger.extend_last(partition, Some(i64::MAX), 1, 9),
+                                None
+                            );
+                            return;
+                        };
+                        assert_eq!(self.ledger.last_waiting(partition), Some(expected));
+                        let last_offset = offset_step.map(|step| {
+                            let next = self.next_offset.entry(partition).or_insert(0);
+                            *next += step;
+                            *next
+                        });
+                        let total = state + extra_state;
+                        let got = self
+                            .ledger
+                            .extend_last(partition, last_offset, outputs, total);
+                        assert_eq!(got, Some(expected));
+                        let b = self.batch(expected);
+                        if last_offset.is_some() {
+                            b.last_offset = last_offset;
+                        }
+                        b.outputs += outputs;
+                        b.state = total;
+                        self.in_flight
+                            .extend((0..outputs).map(|_| (expected, Kind::Output)));
                     }
                     Op::Release => {
                         let mut out = Vec::new();

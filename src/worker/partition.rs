@@ -139,6 +139,23 @@ impl Snapshots {
         self.ends.push((key_end, self.bytes.len() as u32));
     }
 
+    /// Merges `newer` into these records: a key `newer` also holds keeps
+    /// only `newer`'s record (the newest state of that customer, or its
+    /// tombstone, or the partition's newest clock).
+    pub fn merge_newer(&mut self, newer: Snapshots) {
+        let keys: FxHashSet<&[u8]> = newer.iter().map(|(k, _)| k).collect();
+        let mut merged = Snapshots::with_capacity(self.len() + newer.len());
+        for (key, value) in self.iter() {
+            if !keys.contains(key) {
+                merged.push(key, |out| out.extend_from_slice(value));
+            }
+        }
+        for (key, value) in newer.iter() {
+            merged.push(key, |out| out.extend_from_slice(value));
+        }
+        *self = merged;
+    }
+
     /// (key, value) of every record, in order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         let mut start = 0;

@@ -53,6 +53,10 @@ pub use super::partition::PartitionData;
 /// 25 % instead of 29-33 % in `churn-scorer bench`).
 const WAITING_STATE_FACTOR: usize = 4;
 
+/// A waiting batch absorbs newer ones only up to this many state records, so
+/// that merging (which copies the waiting records) stays cheap.
+const MAX_MERGED_STATE_RECORDS: usize = 65_536;
+
 /// A partition whose restore should start.
 pub struct RestoreRequest {
     /// Input partition.
@@ -292,20 +296,42 @@ impl Core {
         let Some(closed) = owned.task.close(&cx, &mut self.scratch) else {
             return;
         };
-        let Some(id) = self.ledger.close_batch(
-            partition,
-            closed.last_offset,
-            closed.outputs.len() as u32,
-            closed.snapshots.len() as u32,
-        ) else {
+        let outputs = closed.outputs.len() as u32;
+        // While the partition's newest batch still waits for its state's
+        // turn, fold this batch into it: a customer changed again meanwhile
+        // then costs one state record, not one per batch.
+        let waiting = self.ledger.last_waiting(partition).and_then(|id| {
+            let (seq, records) = owned.backlog.waiting_state.back_mut()?;
+            (*seq == id.seq && records.len() < MAX_MERGED_STATE_RECORDS).then_some(records)
+        });
+        let id = match waiting {
+            Some(records) => {
+                records.merge_newer(closed.snapshots);
+                let total = records.len() as u32;
+                self.ledger
+                    .extend_last(partition, closed.last_offset, outputs, total)
+            }
+            None => {
+                let id = self.ledger.close_batch(
+                    partition,
+                    closed.last_offset,
+                    outputs,
+                    closed.snapshots.len() as u32,
+                );
+                if let Some(id) = id
+                    && !closed.snapshots.is_empty()
+                {
+                    owned
+                        .backlog
+                        .waiting_state
+                        .push_back((id.seq, closed.snapshots));
+                }
+                id
+            }
+        };
+        let Some(id) = id else {
             return;
         };
-        if !closed.snapshots.is_empty() {
-            owned
-                .backlog
-                .waiting_state
-                .push_back((id.seq, closed.snapshots));
-        }
         if let Some(offset) = closed.last_offset {
             owned.backlog.received.push_back((offset, closed.received));
         }
