@@ -1219,6 +1219,51 @@ mod tests {
     }
 
     #[test]
+    fn firings_that_decide_nothing_are_recomputed_by_a_restore() {
+        let m = RiskModel::default_model();
+        let steps: Vec<i64> = m.inactivity_steps_ms().iter().map(|s| s.0).collect();
+        let mut store = CustomerStore::new();
+        for d in 0..60 {
+            store.apply(&m, &ev("c", "login", d * DAY, None), None, true);
+        }
+        // The state as last written: after the events, before any firing.
+        let written = restored(&m, &store, 0);
+        let last = 59 * DAY;
+        let mut fired = Vec::new();
+        // Fire only the steps that decide nothing.
+        let quiet_until = steps
+            .iter()
+            .map(|s| last + s)
+            .take_while(|&t| {
+                store.get("c").expect("c").risk(&m, t) < m.alert_policy().at_risk_threshold
+            })
+            .last()
+            .expect("some step decides nothing");
+        store.fire_due_timers(&m, quiet_until, &mut fired);
+        assert!(!fired.is_empty() && fired.iter().all(|f| f.decision.is_none()));
+        // A restore of the written state at the same watermark fires the same
+        // steps again, deciding nothing again, and ends in the same state.
+        let mut again = written;
+        again.rebuild_timers(&m, i64::MIN);
+        let mut refired = Vec::new();
+        again.fire_due_timers(&m, quiet_until, &mut refired);
+        let at = |v: &[TimerFiring]| {
+            v.iter()
+                .map(|f| (f.as_of_ms, f.decision))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(at(&refired), at(&fired));
+        assert_eq!(again.get("c"), store.get("c"));
+        // And later steps decide the same.
+        let end = last + steps[steps.len() - 1];
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        store.fire_due_timers(&m, end, &mut a);
+        again.fire_due_timers(&m, end, &mut b);
+        assert_eq!(at(&a), at(&b));
+        assert!(a.iter().any(|f| f.decision.is_some()));
+    }
+
+    #[test]
     fn a_late_event_does_not_rearm_steps_that_fired() {
         let m = RiskModel::default_model();
         let mut store = CustomerStore::new();

@@ -104,27 +104,28 @@ impl Sampler {
     }
 }
 
-#[test]
-fn members_joining_leaving_and_crashing_never_stop_the_group() {
-    let broker = broker(PARTITIONS);
-    let bootstrap = broker.bootstrap_servers().to_string();
-    let model = RiskModel::default_model();
-    let lines = history(400, 90, 17);
+/// A steady stream of `lines` into the input topic, `per_tick` events every
+/// 100 ms, keyed by customer, on a thread of its own.
+struct Feed {
+    stop: Arc<AtomicBool>,
+    fed: Arc<AtomicUsize>,
+    thread: std::thread::JoinHandle<()>,
+}
 
-    // A steady stream, about 300 events a second, keyed by customer.
-    let stop_feed = Arc::new(AtomicBool::new(false));
-    let fed = Arc::new(AtomicUsize::new(0));
-    let feeder = {
-        let (lines, bootstrap) = (lines.clone(), bootstrap.clone());
-        let (stop, fed) = (Arc::clone(&stop_feed), Arc::clone(&fed));
-        std::thread::spawn(move || {
+impl Feed {
+    fn start(bootstrap: &str, lines: &[String], per_tick: usize) -> Feed {
+        let stop = Arc::new(AtomicBool::new(false));
+        let fed = Arc::new(AtomicUsize::new(0));
+        let (lines, bootstrap) = (lines.to_vec(), bootstrap.to_string());
+        let (stop_flag, fed_count) = (Arc::clone(&stop), Arc::clone(&fed));
+        let thread = std::thread::spawn(move || {
             let producer: BaseProducer = ClientConfig::new()
                 .set("bootstrap.servers", &bootstrap)
                 .set("linger.ms", "5")
                 .create()
                 .expect("producer");
-            for chunk in lines.chunks(30) {
-                if stop.load(Ordering::Acquire) {
+            for chunk in lines.chunks(per_tick) {
+                if stop_flag.load(Ordering::Acquire) {
                     break;
                 }
                 for line in chunk {
@@ -135,12 +136,32 @@ fn members_joining_leaving_and_crashing_never_stop_the_group() {
                         .map_err(|(e, _)| e)
                         .expect("queued");
                 }
-                fed.fetch_add(chunk.len(), Ordering::AcqRel);
+                fed_count.fetch_add(chunk.len(), Ordering::AcqRel);
                 producer.poll(Duration::from_millis(100));
             }
             producer.flush(Duration::from_secs(30)).expect("flushed");
-        })
-    };
+        });
+        Feed { stop, fed, thread }
+    }
+
+    /// Stops the stream; returns how many events were fed (all delivered).
+    fn stop(self) -> usize {
+        self.stop.store(true, Ordering::Release);
+        self.thread.join().expect("feeder");
+        self.fed.load(Ordering::Acquire)
+    }
+}
+
+#[test]
+fn members_joining_leaving_and_crashing_never_stop_the_group() {
+    let broker = broker(PARTITIONS);
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let model = RiskModel::default_model();
+    let lines = history(400, 90, 17);
+
+    // A steady stream, about 300 events a second, keyed by customer.
+    let feed = Feed::start(&bootstrap, &lines, 30);
+    let fed = Arc::clone(&feed.fed);
 
     let started = Instant::now();
     let a = RunningWorker::start(group_config(&bootstrap), model.clone());
@@ -192,9 +213,7 @@ fn members_joining_leaving_and_crashing_never_stop_the_group() {
     let recovered = sampler.run_until(Duration::from_secs(90), &a, None, None, || {
         a.metrics().partitions_assigned.get() == i64::from(PARTITIONS) && a.shared.is_ready()
     });
-    stop_feed.store(true, Ordering::Release);
-    feeder.join().expect("feeder");
-    let sent = fed.load(Ordering::Acquire);
+    let sent = feed.stop();
     eprintln!(
         "scale: 2 joined in {joined:?}, 1 left in {left:?}, longest group-wide pause {graceful_pause:?}; \
          after kill -9 all partitions back in {recovered:?}; {sent} events fed over {:?}",
@@ -265,5 +284,62 @@ fn eager_rebalancing_still_hands_partitions_over() {
         as_of,
         Duration::from_secs(60),
     );
+    a.stop().expect("clean stop");
+}
+
+/// The same with librdkafka's default session timeout (45 s), as deployed:
+/// on the development broker each join waits most of a minute, during which
+/// the members keep consuming the partitions they hold.
+#[test]
+fn a_member_joining_and_leaving_with_default_timeouts_never_stops_the_group() {
+    let broker = broker(PARTITIONS);
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let model = RiskModel::default_model();
+    let defaults = |bootstrap: &str| {
+        let mut c = worker_config(bootstrap);
+        c.kafka.consumer.remove("session.timeout.ms");
+        c
+    };
+    let lines = history(300, 150, 29);
+    let feed = Feed::start(&bootstrap, &lines, 15);
+    let a = RunningWorker::start(defaults(&bootstrap), model.clone());
+    a.wait_until("a ready", Duration::from_secs(30), |a| a.shared.is_ready());
+    let mut sampler = Sampler {
+        fed: Arc::clone(&feed.fed),
+        samples: Vec::new(),
+        process_count: 0,
+    };
+    sampler.run_for(Duration::from_secs(2), &a, None, None);
+    let a_restores_before = restores(&a);
+    let b = RunningWorker::start(defaults(&bootstrap), model.clone());
+    let joined = sampler.run_until(Duration::from_secs(180), &a, Some(&b), None, || {
+        b.metrics().partitions_assigned.get() > 0
+            && a.metrics().partitions_assigned.get() + b.metrics().partitions_assigned.get()
+                == i64::from(PARTITIONS)
+            && a.shared.is_ready()
+            && b.shared.is_ready()
+    });
+    assert_eq!(
+        restores(&a),
+        a_restores_before,
+        "a's kept partitions were restored"
+    );
+    b.stop().expect("b leaves cleanly");
+    let left = sampler.run_until(Duration::from_secs(180), &a, None, None, || {
+        a.metrics().partitions_assigned.get() == i64::from(PARTITIONS) && a.shared.is_ready()
+    });
+    let pause = sampler.longest_pause();
+    let sent = feed.stop();
+    eprintln!(
+        "scale (default timeouts): joined in {joined:?}, left in {left:?}, \
+         longest group-wide pause {pause:?}, {sent} events fed"
+    );
+    assert!(
+        pause <= Duration::from_secs(5),
+        "the group stalled for {pause:?}"
+    );
+    let as_of = T0_MS + 151 * DAY_MS;
+    let expected = offline_scores(&model, &lines[..sent], as_of);
+    assert_matches_offline(a.http, &expected, as_of, Duration::from_secs(120));
     a.stop().expect("clean stop");
 }

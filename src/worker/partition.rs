@@ -558,7 +558,11 @@ pub struct CloseScratch {
     customers: Vec<CustomerIndex>,
 }
 
-/// Counts a fired timer, marks its customer changed, and returns its alert.
+/// Counts a fired timer and returns its alert. Only a firing that decided
+/// something marks its customer for a state record: one that decided
+/// nothing changes only what a restore recomputes (the restored timer fires
+/// the same steps again, deciding nothing again, since the watermark is
+/// restored too), so writing it would cost a record for nothing.
 fn on_firing(
     settings: &PartitionSettings,
     model: &RiskModel,
@@ -569,8 +573,8 @@ fn on_firing(
 ) -> Option<(OutputKind, OutputRecord)> {
     local.inactivity_timers_fired.inc();
     local.risk_score.observe(firing.risk_score);
-    dirty.insert(firing.customer);
     let decision = firing.decision?;
+    dirty.insert(firing.customer);
     Some(alert_output(
         &settings.alerts_topic,
         model,

@@ -533,7 +533,12 @@ impl Core {
             customers,
             records = restored.records,
             undecodable = restored.undecodable,
-            watermark = %crate::event::format_timestamp_ms(restored.clock.watermark_ms.max(0)),
+            watermark = %restored
+                .clock
+                .max_event_ms
+                .map_or_else(|| "none".to_string(), |_| {
+                    crate::event::format_timestamp_ms(restored.clock.watermark_ms)
+                }),
             restore_ms = restored.elapsed.as_millis() as u64,
             waited_ms = waited.map_or(0, |w| w.as_millis() as u64),
             "partition restored"
