@@ -24,7 +24,8 @@ pub const METRIC_PREFIX: &str = "churn_scorer_";
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    /// Events read from the input topic (valid or not).
+    /// Events read from the input topic and processed (valid or not); a
+    /// message set aside while its partition restores counts when read again.
     pub events_consumed: IntCounter,
     /// Events rejected by the parser, by stable reason label.
     pub events_invalid: IntCounterVec,
@@ -88,7 +89,7 @@ impl Metrics {
         let m = Metrics {
             events_consumed: IntCounter::with_opts(opts(
                 "events_consumed_total",
-                "Events read from the input topic, valid or not.",
+                "Events read from the input topic and processed, valid or not.",
             ))
             .expect("valid metric"),
             events_invalid: IntCounterVec::new(

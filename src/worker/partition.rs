@@ -320,6 +320,9 @@ impl PartitionTask {
             self.rewind_to = Some(self.rewind_to.map_or(msg.offset, |r| r.min(msg.offset)));
             return false;
         }
+        // Counted here, once processed: a message dropped while restoring is
+        // read again and must not count twice.
+        local.events_consumed.inc();
         self.last_message_at = received;
         let parsed = parse_event(msg.payload).and_then(|event| {
             check_not_in_future(event.timestamp_ms, wall_clock_ms, settings.max_skew_ms)

@@ -202,7 +202,6 @@ impl Core {
     /// Handles one consumed message.
     pub fn process(&mut self, msg: &BorrowedMessage<'_>) {
         let received = Instant::now();
-        self.local.events_consumed.inc();
         if self.shutdown_deadline.is_some() {
             // Read after the final drain: the next owner (or restart) reads it.
             return;
