@@ -5,7 +5,6 @@
 //! reach the pipeline's [`Core`] through a mutex the run loop never holds
 //! across a poll.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,8 +34,7 @@ pub struct GroupContext {
     pub(super) metrics: Metrics,
     pub(super) input_topic: String,
     pub(super) drain_timeout: Duration,
-    /// Background commits that failed (logged at a bounded rate).
-    pub(super) commit_failures: AtomicU64,
+    /// Background commit failures are logged at a bounded rate.
     pub(super) commit_log: Mutex<LogLimiter>,
 }
 
@@ -155,7 +153,6 @@ impl ConsumerContext for GroupContext {
                 tracing::debug!("background offset commit deferred: rebalance in progress");
             }
             Err(e) => {
-                self.commit_failures.fetch_add(1, Ordering::Relaxed);
                 let allowed = self
                     .commit_log
                     .lock()

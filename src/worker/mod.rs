@@ -45,6 +45,14 @@ pub(crate) fn consumer_client_config(
     kafka::consumer_config(config, group_id)
 }
 
+/// Milliseconds since the Unix epoch, from the system clock: the one place
+/// the worker reads wall time (skew bound, idle rule, restored clocks).
+pub(crate) fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// Errors that stop the worker.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -232,7 +240,7 @@ impl WorkerShared {
                 continue;
             };
             let as_of = as_of_ms
-                .unwrap_or(data.watermark_ms)
+                .unwrap_or(data.clock.watermark_ms)
                 .max(state.last_event_ms());
             let Explanation {
                 risk_score,

@@ -43,10 +43,9 @@ const MAX_BATCH_AGE: Duration = Duration::from_millis(20);
 pub struct PartitionData {
     /// The partition's customers.
     pub store: CustomerStore,
-    /// Newest accepted event time (ms).
-    pub max_event_ms: Option<i64>,
-    /// Event-time watermark: timers up to it have fired; events before it are late.
-    pub watermark_ms: i64,
+    /// The partition's event-time clock: newest accepted event time and the
+    /// watermark (timers up to it have fired; events before it are late).
+    pub clock: StreamClock,
 }
 
 /// Settings every partition shares, read from the configuration once.
@@ -207,6 +206,8 @@ pub struct PartitionTask {
     /// The clock as last put in a batch's state records.
     written_clock: Option<PartitionClock>,
     firings: Vec<TimerFiring>,
+    /// The dirty customers in store order, reused across closes.
+    sorted_dirty: Vec<CustomerIndex>,
     misrouted_log: LogLimiter,
     watermark_gauge: IntGauge,
     idle_gauge: IntGauge,
@@ -214,15 +215,14 @@ pub struct PartitionTask {
 
 impl PartitionTask {
     /// A newly assigned partition, waiting for its restore.
-    pub fn new(id: i32, epoch: u64, metrics: &Metrics) -> Self {
+    pub fn new(id: i32, epoch: u64, settings: &PartitionSettings, metrics: &Metrics) -> Self {
         let label = id.to_string();
         PartitionTask {
             id,
             epoch,
             data: Arc::new(RwLock::new(PartitionData {
                 store: CustomerStore::new(),
-                max_event_ms: None,
-                watermark_ms: i64::MIN,
+                clock: StreamClock::new(settings.lateness_ms),
             })),
             status: Status::Restoring {
                 since: Instant::now(),
@@ -238,6 +238,7 @@ impl PartitionTask {
             last_eviction: Instant::now(),
             written_clock: None,
             firings: Vec::new(),
+            sorted_dirty: Vec::new(),
             misrouted_log: LogLimiter::default(),
             watermark_gauge: metrics
                 .partition_watermark_seconds
@@ -277,8 +278,8 @@ impl PartitionTask {
     ) -> (Option<Duration>, Option<i64>) {
         if let Ok(mut data) = self.data.write() {
             data.store = store;
-            data.max_event_ms = clock.max_event_ms;
-            data.watermark_ms = clock.watermark_ms;
+            data.clock.max_event_ms = clock.max_event_ms;
+            data.clock.watermark_ms = clock.watermark_ms;
         }
         let waited = match self.status {
             Status::Restoring { since } => Some(since.elapsed()),
@@ -357,31 +358,21 @@ impl PartitionTask {
                     return false;
                 };
                 let data = &mut *data;
-                let mut clock = StreamClock {
-                    watermark_ms: data.watermark_ms,
-                    max_event_ms: data.max_event_ms,
-                    lateness_ms: settings.lateness_ms,
-                };
                 self.firings.clear();
                 let (outcome, late) = data.store.apply_in_stream(
                     model,
-                    &mut clock,
+                    &mut data.clock,
                     &event,
                     Some(msg.offset),
                     &mut self.firings,
                 );
-                data.watermark_ms = clock.watermark_ms;
-                data.max_event_ms = clock.max_event_ms;
-                for firing in &self.firings {
-                    self.open_outputs.extend(on_firing(
-                        settings,
-                        model,
-                        local,
-                        &data.store,
-                        &mut self.dirty,
-                        firing,
-                    ));
-                }
+                push_firing_alerts(
+                    cx,
+                    &data.store,
+                    &self.firings,
+                    &mut self.dirty,
+                    &mut self.open_outputs,
+                );
                 match outcome {
                     ApplyOutcome::Duplicate => local.events_duplicate.inc(),
                     ApplyOutcome::Scored {
@@ -441,15 +432,15 @@ impl PartitionTask {
         self.idle_gauge.set(i64::from(active));
         if let (true, Some(quiet)) = (active, quiet)
             && let Ok(mut data) = self.data.write()
-            && let Some(max) = data.max_event_ms
+            && let Some(max) = data.clock.max_event_ms
         {
             let cap = wall_clock_ms.saturating_add(settings.max_skew_ms);
             let clock = max
                 .saturating_add(i64::try_from(quiet.as_millis()).unwrap_or(i64::MAX))
                 .min(cap);
             let wm = clock.saturating_sub(settings.lateness_ms);
-            if wm > data.watermark_ms {
-                data.watermark_ms = wm;
+            if wm > data.clock.watermark_ms {
+                data.clock.watermark_ms = wm;
                 close = true;
             }
         }
@@ -459,16 +450,12 @@ impl PartitionTask {
     /// Fires due timers, snapshots the customers changed since the last
     /// close (and the clock, if it moved) and closes the open batch. `None`
     /// if there is nothing to close.
-    pub fn close(
-        &mut self,
-        cx: &TaskContext<'_>,
-        scratch: &mut CloseScratch,
-    ) -> Option<ClosedBatch> {
+    pub fn close(&mut self, cx: &TaskContext<'_>) -> Option<ClosedBatch> {
         let TaskContext {
             settings,
             model,
             metrics,
-            local,
+            ..
         } = *cx;
         if !self.is_live() {
             return None;
@@ -477,20 +464,17 @@ impl PartitionTask {
             return None;
         };
         let data = &mut *data;
-        let watermark = data.watermark_ms;
-        scratch.firings.clear();
+        let watermark = data.clock.watermark_ms;
+        self.firings.clear();
         data.store
-            .fire_due_timers(model, watermark, &mut scratch.firings);
-        for firing in &scratch.firings {
-            self.open_outputs.extend(on_firing(
-                settings,
-                model,
-                local,
-                &data.store,
-                &mut self.dirty,
-                firing,
-            ));
-        }
+            .fire_due_timers(model, watermark, &mut self.firings);
+        push_firing_alerts(
+            cx,
+            &data.store,
+            &self.firings,
+            &mut self.dirty,
+            &mut self.open_outputs,
+        );
         let mut snapshots = Snapshots::with_capacity(self.dirty.len() + 1);
         if let Some(horizon) = settings.eviction_horizon_ms
             && std::mem::take(&mut self.evict_due)
@@ -509,17 +493,17 @@ impl PartitionTask {
             }
         }
         // In store order: neighbouring states share cache lines and pages.
-        scratch.customers.clear();
-        scratch.customers.extend(self.dirty.drain());
-        scratch.customers.sort_unstable();
-        for &customer in &scratch.customers {
+        self.sorted_dirty.clear();
+        self.sorted_dirty.extend(self.dirty.drain());
+        self.sorted_dirty.sort_unstable();
+        for &customer in &self.sorted_dirty {
             snapshots.push(data.store.id(customer).as_bytes(), |out| {
                 encode_state(model, data.store.state(customer), out)
             });
         }
         let clock = PartitionClock {
-            watermark_ms: data.watermark_ms,
-            max_event_ms: data.max_event_ms,
+            watermark_ms: data.clock.watermark_ms,
+            max_event_ms: data.clock.max_event_ms,
         };
         if self.written_clock != Some(clock) {
             snapshots.push(WATERMARK_KEY, |out| encode_clock(&clock, out));
@@ -554,37 +538,32 @@ impl PartitionTask {
     }
 }
 
-/// Buffers reused across batch closes.
-#[derive(Default)]
-pub struct CloseScratch {
-    firings: Vec<TimerFiring>,
-    customers: Vec<CustomerIndex>,
-}
-
-/// Counts a fired timer and returns its alert. Only a firing that decided
+/// Counts fired timers and queues their alerts. Only a firing that decided
 /// something marks its customer for a state record: one that decided
 /// nothing changes only what a restore recomputes (the restored timer fires
 /// the same steps again, deciding nothing again, since the watermark is
 /// restored too), so writing it would cost a record for nothing.
-fn on_firing(
-    settings: &PartitionSettings,
-    model: &RiskModel,
-    local: &LocalMetrics,
+fn push_firing_alerts(
+    cx: &TaskContext<'_>,
     store: &CustomerStore,
+    firings: &[TimerFiring],
     dirty: &mut FxHashSet<CustomerIndex>,
-    firing: &TimerFiring,
-) -> Option<(OutputKind, OutputRecord)> {
-    local.inactivity_timers_fired.inc();
-    local.risk_score.observe(firing.risk_score);
-    let decision = firing.decision?;
-    dirty.insert(firing.customer);
-    Some(alert_output(
-        &settings.alerts_topic,
-        model,
-        store,
-        firing.customer,
-        &decision,
-    ))
+    outputs: &mut Vec<(OutputKind, OutputRecord)>,
+) {
+    for firing in firings {
+        cx.local.inactivity_timers_fired.inc();
+        cx.local.risk_score.observe(firing.risk_score);
+        if let Some(decision) = firing.decision {
+            dirty.insert(firing.customer);
+            outputs.push(alert_output(
+                &cx.settings.alerts_topic,
+                cx.model,
+                store,
+                firing.customer,
+                &decision,
+            ));
+        }
+    }
 }
 
 fn alert_output(

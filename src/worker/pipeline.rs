@@ -39,10 +39,11 @@ use super::WorkerShared;
 use super::kafka::{DeliveryContext, DeliveryTag, OutputKind};
 use super::ledger::{AckLedger, BatchId};
 use super::partition::{
-    CloseScratch, InputMessage, PartitionBacklog, PartitionSettings, PartitionTask, TaskContext,
+    InputMessage, PartitionBacklog, PartitionSettings, PartitionTask, TaskContext,
 };
-use super::restore::{Restored, wall_clock_ms};
+use super::restore::Restored;
 use super::sink::{OutputSink, Settled, SinkFatal};
+use super::wall_clock_ms;
 
 pub use super::partition::PartitionData;
 
@@ -122,7 +123,6 @@ pub struct Core {
     pub restore_requests: Vec<RestoreRequest>,
     offsets_to_store: Vec<(i32, i64)>,
     local: LocalMetrics,
-    scratch: CloseScratch,
     settled: Vec<Settled>,
     releasable: Vec<BatchId>,
     ledger_offsets: Vec<(i32, i64)>,
@@ -164,7 +164,6 @@ impl Core {
             next_epoch: 1,
             restore_requests: Vec::new(),
             offsets_to_store: Vec::new(),
-            scratch: CloseScratch::default(),
             settled: Vec::new(),
             releasable: Vec::new(),
             ledger_offsets: Vec::new(),
@@ -292,7 +291,7 @@ impl Core {
             metrics: &self.metrics,
             local: &self.local,
         };
-        let Some(closed) = owned.task.close(&cx, &mut self.scratch) else {
+        let Some(closed) = owned.task.close(&cx) else {
             return;
         };
         let outputs = closed.outputs.len() as u32;
@@ -492,7 +491,7 @@ impl Core {
         for &p in partitions {
             let epoch = self.next_epoch;
             self.next_epoch += 1;
-            let task = PartitionTask::new(p, epoch, &self.metrics);
+            let task = PartitionTask::new(p, epoch, &self.settings, &self.metrics);
             self.shared.insert_partition(p, task.data(), false);
             self.ledger.assign(p, epoch);
             self.partitions.insert(

@@ -11,7 +11,7 @@ use crate::config::WorkerConfig;
 use crate::engine::CustomerStore;
 use crate::model::RiskModel;
 
-use super::WorkerError;
+use super::{WorkerError, wall_clock_ms};
 
 /// A finished restore.
 pub struct Restored {
@@ -146,11 +146,4 @@ fn resume_clock(
         watermark_ms: watermark,
         max_event_ms: max_event,
     }
-}
-
-/// Milliseconds since the Unix epoch, from the system clock.
-pub(crate) fn wall_clock_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

@@ -202,7 +202,6 @@ pub fn run_pipeline(
         metrics: metrics.clone(),
         input_topic: input_topic.clone(),
         drain_timeout,
-        commit_failures: Default::default(),
         commit_log: Default::default(),
     };
     let consumer: BaseConsumer<GroupContext> =
