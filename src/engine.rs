@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 
 use crate::event::CustomerEvent;
-use crate::model::{AlertPolicy, GROUP_LONG, GROUP_SHORT, GROUP_SPEND, RiskModel};
+use crate::model::{AlertPolicy, GROUP_LONG, GROUP_SHORT, GROUP_SPEND, Rhythm, RiskModel};
 
 const MS_PER_HOUR: f64 = 3_600_000.0;
 const MS_PER_YEAR: f64 = 365.25 * 86_400_000.0;
@@ -86,8 +86,10 @@ pub enum Factor {
     Frequency,
     /// Recent activity against the customer's own long-run level.
     Trend,
-    /// Silence since the last event.
+    /// Silence since the last event, in days.
     Inactivity,
+    /// Silence since the last event, in the customer's usual gaps.
+    Rhythm,
     /// Decayed spend.
     Spend,
     /// Active tenure.
@@ -103,6 +105,7 @@ impl Factor {
             Factor::Frequency => "frequency",
             Factor::Trend => "trend",
             Factor::Inactivity => "inactivity",
+            Factor::Rhythm => "rhythm",
             Factor::Spend => "spend",
             Factor::Tenure => "tenure",
         }
@@ -148,6 +151,9 @@ pub struct Features {
     pub events: u32,
     /// Days since the last event.
     pub silence_days: f64,
+    /// The customer's usual gap between activity events, in days (when the
+    /// model scores rhythm).
+    pub usual_gap_days: Option<f64>,
     /// Years between first and last event.
     pub tenure_years: f64,
     /// Decayed activity events, recent counter.
@@ -382,6 +388,13 @@ impl CustomerState {
 
         // The steps carry the points; the weight 1 lets `fit` scale them as one factor.
         sink(Factor::Inactivity, model.inactivity_points(silence), 1.0);
+        if model.has_rhythm() {
+            sink(
+                Factor::Rhythm,
+                model.rhythm_points(silence, &self.rhythm(model)),
+                1.0,
+            );
+        }
 
         let sp = &spec.spend;
         let spend = held_or_faded(
@@ -398,6 +411,12 @@ impl CustomerState {
             tenure_years.min(spec.tenure.max_years),
             spec.tenure.points_per_year,
         );
+    }
+
+    /// The customer's pace as of its last event (see [`RiskModel::rhythm`]).
+    /// Fixed while the customer stays silent, so silence in gaps only grows.
+    pub fn rhythm(&self, model: &RiskModel) -> Rhythm {
+        model.rhythm(self.activity_long, self.last_event_ms - self.first_event_ms)
     }
 
     /// Total points at `as_of_ms` (the fast path: no allocation).
@@ -475,6 +494,9 @@ impl CustomerState {
         Features {
             events: self.events,
             silence_days: silence as f64 / 86_400_000.0,
+            usual_gap_days: model
+                .has_rhythm()
+                .then(|| self.rhythm(model).gap_ms / 86_400_000.0),
             tenure_years: (self.last_event_ms - self.first_event_ms) as f64 / MS_PER_YEAR,
             activity_recent: short,
             activity_long_run: long,
@@ -695,6 +717,9 @@ pub struct CustomerStore {
     states: Vec<CustomerState>,
     free: Vec<CustomerIndex>,
     timers: BTreeMap<i64, Vec<CustomerIndex>>,
+    /// The newest watermark timers have fired through (or a restore resumed
+    /// at): silence steps at or before it have had their turn.
+    fired_through_ms: Option<i64>,
 }
 
 impl CustomerStore {
@@ -788,6 +813,7 @@ impl CustomerStore {
     /// the first step after `watermark_ms`, the point the writer had reached.
     pub fn rebuild_timers(&mut self, model: &RiskModel, watermark_ms: i64) {
         self.timers.clear();
+        self.fired_through_ms = Some(watermark_ms);
         for i in 0..self.states.len() {
             if self.ids[i].is_empty() {
                 continue;
@@ -797,13 +823,12 @@ impl CustomerStore {
                 continue;
             }
             if due == NEVER {
-                let last = self.states[i].last_event_ms;
-                let next = model
-                    .inactivity_steps_ms()
-                    .iter()
-                    .map(|&(at, _)| last.saturating_add(at))
-                    .find(|&d| d > watermark_ms);
                 let state = &mut self.states[i];
+                let next = model.next_silence_step(
+                    state.last_event_ms,
+                    &state.rhythm(model),
+                    watermark_ms.saturating_add(1),
+                );
                 state.timer_due_ms = next.unwrap_or(STEPS_DONE);
                 if let Some(next) = next {
                     self.timers
@@ -887,11 +912,16 @@ impl CustomerStore {
         if !may_alert && model.is_activity(kind) {
             decision = state.reconsider_open_alert(model, event.timestamp_ms);
         }
-        // Only a newer latest event starts a new run of inactivity steps: a
-        // late event must not re-arm steps that already fired.
-        if last_before.is_none_or(|before| state.last_event_ms > before) {
-            self.schedule_after_event(model, i);
-        }
+        // A newer latest event starts a new run of silence steps. A late
+        // event changes the customer's pace, and with it the rhythm steps
+        // ahead, but must not re-arm steps the clock has already passed.
+        let last = state.last_event_ms;
+        let from = if last_before.is_none_or(|before| last > before) {
+            last
+        } else {
+            last.max(self.fired_through_ms.unwrap_or(i64::MIN))
+        };
+        self.schedule_after(model, i, from.saturating_add(1));
         ApplyOutcome::Scored {
             customer: i,
             risk_score: risk,
@@ -899,15 +929,15 @@ impl CustomerStore {
         }
     }
 
-    /// Makes sure the customer's first inactivity timer after its latest
-    /// event is scheduled. A later event only moves a timer later, so an
-    /// earlier entry is kept and corrected when it comes due.
-    fn schedule_after_event(&mut self, model: &RiskModel, i: CustomerIndex) {
-        let Some(&(first_step, _)) = model.inactivity_steps_ms().first() else {
+    /// Makes sure the customer's first silence step at or after `from_ms`
+    /// is scheduled. An earlier pending entry is kept and corrected when it
+    /// comes due (it re-reads the schedule then).
+    fn schedule_after(&mut self, model: &RiskModel, i: CustomerIndex, from_ms: i64) {
+        let state = &mut self.states[i as usize];
+        let Some(due) = model.next_silence_step(state.last_event_ms, &state.rhythm(model), from_ms)
+        else {
             return;
         };
-        let state = &mut self.states[i as usize];
-        let due = state.last_event_ms.saturating_add(first_step);
         // STEPS_DONE is i64::MAX: every new due time is earlier.
         if state.timer_due_ms == NEVER || due < state.timer_due_ms {
             state.timer_due_ms = due;
@@ -927,7 +957,10 @@ impl CustomerStore {
         watermark_ms: i64,
         out: &mut Vec<TimerFiring>,
     ) {
-        let steps = model.inactivity_steps_ms();
+        self.fired_through_ms = Some(
+            self.fired_through_ms
+                .map_or(watermark_ms, |f| f.max(watermark_ms)),
+        );
         let last_bucket = watermark_ms.div_euclid(TIMER_BUCKET_MS);
         while let Some(entry) = self.timers.first_entry() {
             let bucket = *entry.key();
@@ -947,12 +980,8 @@ impl CustomerStore {
                     continue;
                 }
                 let last = state.last_event_ms;
-                let from = state.timer_due_ms;
-                let Some(due) = steps
-                    .iter()
-                    .map(|&(at, _)| last.saturating_add(at))
-                    .find(|&d| d >= from)
-                else {
+                let rhythm = state.rhythm(model);
+                let Some(due) = model.next_silence_step(last, &rhythm, state.timer_due_ms) else {
                     state.timer_due_ms = STEPS_DONE;
                     continue;
                 };
@@ -982,11 +1011,7 @@ impl CustomerStore {
                     risk_score: risk,
                     decision,
                 });
-                match steps
-                    .iter()
-                    .map(|&(at, _)| last.saturating_add(at))
-                    .find(|&d| d > due)
-                {
+                match model.next_silence_step(last, &rhythm, due.saturating_add(1)) {
                     Some(next) => {
                         state.timer_due_ms = next;
                         let b = next.div_euclid(TIMER_BUCKET_MS);
@@ -1141,9 +1166,27 @@ mod tests {
         assert_eq!(store.get("a").map(CustomerState::events), Some(1));
     }
 
+    /// The default model without `[rhythm]`: silence steps in days only,
+    /// at the same instants for every customer.
+    fn days_only() -> RiskModel {
+        let mut spec = RiskModel::default_model().spec().clone();
+        spec.rhythm = None;
+        // Steps strong enough for silence alone to alert an active customer.
+        spec.inactivity.steps = [
+            (7.0, 4.0),
+            (14.0, 10.0),
+            (30.0, 20.0),
+            (60.0, 30.0),
+            (120.0, 38.0),
+        ]
+        .map(|(after_days, points)| crate::model::InactivityStep { after_days, points })
+        .to_vec();
+        RiskModel::from_spec(spec).expect("valid")
+    }
+
     #[test]
     fn timers_fire_at_each_inactivity_step_and_follow_new_events() {
-        let m = RiskModel::default_model();
+        let m = days_only();
         let steps: Vec<i64> = m.inactivity_steps_ms().iter().map(|s| s.0).collect();
         let mut store = CustomerStore::new();
         store.apply(&m, &ev("quiet", "login", 0, None), None, true);
@@ -1220,7 +1263,7 @@ mod tests {
 
     #[test]
     fn firings_that_decide_nothing_are_recomputed_by_a_restore() {
-        let m = RiskModel::default_model();
+        let m = days_only();
         let steps: Vec<i64> = m.inactivity_steps_ms().iter().map(|s| s.0).collect();
         let mut store = CustomerStore::new();
         for d in 0..60 {
@@ -1265,7 +1308,7 @@ mod tests {
 
     #[test]
     fn a_late_event_does_not_rearm_steps_that_fired() {
-        let m = RiskModel::default_model();
+        let m = days_only();
         let mut store = CustomerStore::new();
         store.apply(&m, &ev("c", "login", 100 * DAY, None), None, true);
         let mut out = Vec::new();
@@ -1277,6 +1320,31 @@ mod tests {
         store.fire_due_timers(&m, 800 * DAY, &mut out);
         assert!(out.is_empty(), "{out:?}");
         assert!(fired >= m.inactivity_steps_ms().len());
+    }
+
+    #[test]
+    fn a_late_event_moves_rhythm_steps_only_after_the_clock() {
+        let m = RiskModel::default_model();
+        let mut store = CustomerStore::new();
+        for d in [0, 10, 20, 30] {
+            store.apply(&m, &ev("c", "login", d * DAY, None), None, true);
+        }
+        let mut out = Vec::new();
+        store.fire_due_timers(&m, 60 * DAY, &mut out);
+        assert!(!out.is_empty(), "some steps fall within 30 days of silence");
+        // Late activity makes the customer's pace faster: its rhythm steps
+        // come sooner, but none at or before the clock fires (again).
+        let before = store.get("c").expect("c").rhythm(&m);
+        for d in [5, 15, 25] {
+            store.apply(&m, &ev("c", "login", d * DAY, None), None, false);
+        }
+        let after = store.get("c").expect("c").rhythm(&m);
+        assert!(after.gap_ms < before.gap_ms, "{before:?} -> {after:?}");
+        out.clear();
+        store.fire_due_timers(&m, 10_000 * DAY, &mut out);
+        assert!(!out.is_empty());
+        assert!(out.iter().all(|f| f.as_of_ms > 60 * DAY), "{out:?}");
+        assert!(out.windows(2).all(|w| w[0].as_of_ms < w[1].as_of_ms));
     }
 
     #[test]
@@ -1371,7 +1439,7 @@ mod tests {
 
     #[test]
     fn only_long_silent_customers_with_no_pending_timer_are_evicted() {
-        let m = RiskModel::default_model();
+        let m = days_only();
         let last_step = m.inactivity_steps_ms().last().expect("steps").0;
         let mut store = CustomerStore::new();
         store.apply(&m, &ev("old", "login", 0, None), None, true);

@@ -172,6 +172,13 @@ pub enum Shape {
     /// Customers of five rhythms in equal shares: about once every 1, 3, 7,
     /// 18 and 40 days.
     Mixed,
+    /// Purchases only, Pareto/NBD-like: customers arrive through the period
+    /// before the cutoff, buy at a gamma-distributed rate while alive and
+    /// leave after an exponential lifetime with a gamma-distributed mean;
+    /// most buy once or twice. Churned = no purchase at or after the cutoff
+    /// (use e.g. `--days 450 --cutoff-days 270`: 9 months of history, 6 to
+    /// see who came back).
+    Purchases,
 }
 
 /// Share of rhythm-shape customers who slow down.
@@ -201,8 +208,9 @@ impl FromStr for Shape {
             "journeys" => Ok(Shape::Journeys),
             "sparse" => Ok(Shape::Sparse),
             "mixed" => Ok(Shape::Mixed),
+            "purchases" => Ok(Shape::Purchases),
             other => Err(format!(
-                "unknown shape {other:?}: expected `journeys`, `sparse` or `mixed`"
+                "unknown shape {other:?}: expected `journeys`, `sparse`, `mixed` or `purchases`"
             )),
         }
     }
@@ -214,6 +222,7 @@ impl fmt::Display for Shape {
             Shape::Journeys => "journeys",
             Shape::Sparse => "sparse",
             Shape::Mixed => "mixed",
+            Shape::Purchases => "purchases",
         })
     }
 }
@@ -538,7 +547,7 @@ impl Generator {
             customer_id: Self::customer_id(i as u32),
             archetype: p.archetype,
             churned: match self.config.shape {
-                Shape::Journeys => p.forced == NO_DAY,
+                Shape::Journeys | Shape::Purchases => p.forced == NO_DAY,
                 Shape::Sparse | Shape::Mixed => p.archetype == Archetype::Drifting,
             },
         })
@@ -634,12 +643,13 @@ impl Generator {
             cutoff: self.config.cutoff_days as u16,
             seed: self.config.seed,
         };
-        let rhythm = self.config.shape != Shape::Journeys;
         for (c, plan) in self.plans.iter().enumerate() {
-            if rhythm {
-                rhythm_day(plan, c as u32, &ctx, &mut self.pending);
-            } else {
-                customer_day(plan, c as u32, &ctx, &mut self.pending);
+            match self.config.shape {
+                Shape::Journeys => customer_day(plan, c as u32, &ctx, &mut self.pending),
+                Shape::Sparse | Shape::Mixed => {
+                    rhythm_day(plan, c as u32, &ctx, &mut self.pending);
+                }
+                Shape::Purchases => purchase_day(plan, c as u32, &ctx, &mut self.pending),
             }
         }
         self.pending
@@ -684,8 +694,10 @@ fn to_day(d: i64) -> u16 {
 }
 
 fn draw_plan(config: &GenerateConfig, customer: u32) -> Plan {
-    if config.shape != Shape::Journeys {
-        return draw_rhythm_plan(config, customer);
+    match config.shape {
+        Shape::Journeys => {}
+        Shape::Sparse | Shape::Mixed => return draw_rhythm_plan(config, customer),
+        Shape::Purchases => return draw_purchase_plan(config, customer),
     }
     let mut rng = stream(config.seed, u64::from(customer), 0, DOMAIN_PLAN);
     let days = i64::from(config.days);
@@ -825,7 +837,7 @@ fn draw_rhythm_plan(config: &GenerateConfig, customer: u32) -> Plan {
     let mut rng = stream(config.seed, u64::from(customer), 0, DOMAIN_PLAN);
     let gap = match config.shape {
         Shape::Mixed => MIXED_GAPS_DAYS[rng.random_range(0..MIXED_GAPS_DAYS.len())],
-        Shape::Sparse | Shape::Journeys => SPARSE_GAP_DAYS,
+        Shape::Sparse | Shape::Journeys | Shape::Purchases => SPARSE_GAP_DAYS,
     };
     let slows = rng.random_bool(SLOWDOWN_SHARE);
     let days = i64::from(config.days);
@@ -912,6 +924,89 @@ fn rhythm_day(plan: &Plan, customer: u32, ctx: &DayContext, out: &mut Vec<Pendin
             seq,
             kind,
             detail,
+            cents,
+        });
+    }
+}
+
+/// A purchase-only plan (Pareto/NBD): `start` the first purchase, `rate`
+/// purchases a day while alive, `stop` the first day after death, and
+/// `forced` the first purchase at or after the cutoff (or none): the
+/// process's first arrival after the cutoff, drawn here so the label is
+/// known from the plan; days between the cutoff and it draw nothing.
+fn draw_purchase_plan(config: &GenerateConfig, customer: u32) -> Plan {
+    use rand_distr::{Exp, Gamma};
+    let mut rng = stream(config.seed, u64::from(customer), 0, DOMAIN_PLAN);
+    let cutoff = i64::from(config.cutoff_days);
+    let days = i64::from(config.days);
+    let start = day_in(&mut rng, 0, cutoff - 1);
+    // Heterogeneous rates (gamma, shape 0.6, mean one purchase per 60 days)
+    // and lifetimes (exponential, mean itself gamma, shape 1.2, mean 150 days).
+    let rate: f64 = Gamma::new(0.6, 1.0 / (60.0 * 0.6))
+        .map_or(1.0 / 60.0, |g: Gamma<f64>| g.sample(&mut rng))
+        .clamp(1e-4, 1.0);
+    let mean_life: f64 = Gamma::new(1.2, 150.0 / 1.2).map_or(150.0, |g| g.sample(&mut rng));
+    let life = Exp::new(1.0 / mean_life.max(1.0)).map_or(mean_life, |e| e.sample(&mut rng));
+    let stop = (start + 1 + life as i64).min(days);
+    // `start` is before the cutoff, so the first purchase after it is a new one.
+    let first_after = cutoff + Exp::new(rate).map_or(days, |e| e.sample(&mut rng) as i64);
+    let forced = if first_after < stop {
+        to_day(first_after)
+    } else {
+        NO_DAY
+    };
+    let spend = LogNormal::new(40.0_f64.ln(), 0.7)
+        .map(|d| d.sample(&mut rng))
+        .unwrap_or(40.0) as f32;
+    Plan {
+        archetype: if forced == NO_DAY {
+            Archetype::Churned
+        } else {
+            Archetype::Loyal
+        },
+        start: to_day(start),
+        drift: NO_DAY,
+        stop: to_day(stop),
+        resume: NO_DAY,
+        forced,
+        unsubscribe: NO_DAY,
+        downgrade: NO_DAY,
+        billing: NO_DAY,
+        annual: false,
+        cancels: false,
+        hour: rng.random_range(6..22_u8),
+        platform: rng.random_range(0..3_u8),
+        rate: rate as f32,
+        drift_tau: 0.0,
+        spend,
+        price_cents: 0,
+    }
+}
+
+/// Draws one purchase-only customer's purchases on one day.
+fn purchase_day(plan: &Plan, customer: u32, ctx: &DayContext, out: &mut Vec<Pending>) {
+    let day = ctx.day;
+    if day < plan.start || day >= plan.stop {
+        return;
+    }
+    let waiting = day >= ctx.cutoff && (plan.forced == NO_DAY || day < plan.forced);
+    if waiting {
+        return;
+    }
+    let mut rng = stream(ctx.seed, u64::from(customer), u64::from(day), DOMAIN_DAY);
+    let mut n = Poisson::new(f64::from(plan.rate)).map_or(0.0, |p| p.sample(&mut rng)) as u32;
+    if day == plan.start || day == plan.forced {
+        n = n.max(1);
+    }
+    for seq in 0..n.min(5) as u16 {
+        let t = ctx.day_start + rng.random_range(0..MS_PER_DAY);
+        let cents = amount_cents(&mut rng, plan.spend);
+        out.push(Pending {
+            t,
+            customer,
+            seq,
+            kind: Kind::Purchase,
+            detail: rng.random_range(0..100),
             cents,
         });
     }

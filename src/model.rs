@@ -61,8 +61,12 @@ pub struct ModelSpec {
     pub frequency: FrequencySpec,
     /// Points for activity falling below the customer's own long-run level.
     pub trend: TrendSpec,
-    /// Points for silence since the last event.
+    /// Points for silence since the last event, in days.
     pub inactivity: InactivitySpec,
+    /// Points for silence measured in the customer's own usual gaps
+    /// (optional: a model without it scores silence in days only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rhythm: Option<RhythmSpec>,
     /// Points for (decayed) spend.
     pub spend: SpendSpec,
     /// Points for the length of the customer's active life.
@@ -159,6 +163,58 @@ pub struct InactivityStep {
     pub points: f64,
 }
 
+/// `[rhythm]`: silence relative to the customer's own pace.
+///
+/// The engine estimates each customer's *usual gap* between activity events
+/// from its long-run activity counter (half-life `activity.long_half_life_days`)
+/// and the time it has been observed, shrunk towards `prior_gap_days` by
+/// `prior_events` events' worth of weight — so a customer seen once is assumed
+/// to come back about every `prior_gap_days`, and a customer with a long
+/// history is judged by its own pace. Silence is then counted in usual gaps:
+/// three gaps of silence mean the same for a daily user (three days) and a
+/// monthly buyer (three months).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RhythmSpec {
+    /// Points by usual gaps of silence, interpolated linearly between steps
+    /// (from 0 points at 0 gaps) and constant after the last. Each step is
+    /// also a moment at which the live worker re-scores a quiet customer.
+    pub steps: Vec<RhythmStep>,
+    /// The usual gap, in days, assumed for a customer with a single event.
+    pub prior_gap_days: f64,
+    /// Weight of that assumption, in events: the more events a customer has
+    /// beyond this, the more its own pace counts.
+    #[serde(default = "default_prior_events")]
+    pub prior_events: f64,
+    /// The usual gap is never taken as shorter than this, in days (default
+    /// 1): a visit often logs several activity events within minutes, and
+    /// a customer active many times a day is judged as a daily one.
+    #[serde(default = "default_min_gap_days")]
+    pub min_gap_days: f64,
+    /// Human-readable text shown next to the factor in alerts and `/v1`
+    /// (default: a built-in label, see [`default_label`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+fn default_prior_events() -> f64 {
+    1.0
+}
+
+fn default_min_gap_days() -> f64 {
+    1.0
+}
+
+/// One `[[rhythm.steps]]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RhythmStep {
+    /// Silence in usual gaps.
+    pub after_gaps: f64,
+    /// Points at that silence.
+    pub points: f64,
+}
+
 /// `[spend]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -239,6 +295,12 @@ pub struct RiskModel {
     rates: Vec<f64>,
     /// Inactivity step positions in milliseconds, with their points.
     steps_ms: Vec<(i64, f64)>,
+    /// `(after_gaps, points)` of the rhythm steps (empty without `[rhythm]`).
+    rhythm_steps: Vec<(f64, f64)>,
+    /// Prior of the usual gap: `(prior_events, prior_events × prior_gap in ms)`.
+    rhythm_prior: (f64, f64),
+    /// The shortest usual gap, in ms.
+    rhythm_min_gap_ms: f64,
     unknown_is_activity: bool,
 }
 
@@ -319,12 +381,26 @@ impl RiskModel {
             .iter()
             .map(|s| ((s.after_days * MS_PER_DAY).round() as i64, s.points))
             .collect();
+        let (rhythm_steps, rhythm_prior, rhythm_min_gap_ms) = match &spec.rhythm {
+            Some(r) => (
+                r.steps.iter().map(|s| (s.after_gaps, s.points)).collect(),
+                (
+                    r.prior_events,
+                    r.prior_events * r.prior_gap_days * MS_PER_DAY,
+                ),
+                r.min_gap_days * MS_PER_DAY,
+            ),
+            None => (Vec::new(), (1.0, 0.0), 0.0),
+        };
         Ok(RiskModel {
             spec,
             kinds,
             kind_index,
             rates,
             steps_ms,
+            rhythm_steps,
+            rhythm_prior,
+            rhythm_min_gap_ms,
             unknown_is_activity: true,
         })
     }
@@ -352,6 +428,7 @@ impl RiskModel {
             "frequency" => spec.frequency.label.as_deref(),
             "trend" => spec.trend.label.as_deref(),
             "inactivity" => spec.inactivity.label.as_deref(),
+            "rhythm" => spec.rhythm.as_ref().and_then(|r| r.label.as_deref()),
             "spend" => spec.spend.label.as_deref(),
             "tenure" => spec.tenure.label.as_deref(),
             other => other
@@ -416,6 +493,68 @@ impl RiskModel {
     }
 
     /// Maps total points to the 0–100 risk score.
+    /// Whether the model scores silence in usual gaps (`[rhythm]`).
+    pub fn has_rhythm(&self) -> bool {
+        !self.rhythm_steps.is_empty()
+    }
+
+    /// `(after_gaps, points)` of the rhythm steps.
+    pub fn rhythm_steps(&self) -> &[(f64, f64)] {
+        &self.rhythm_steps
+    }
+
+    /// A customer's pace (see [`Rhythm`]) from its long-run activity
+    /// counter at the last event and the time from its first to its last
+    /// event.
+    ///
+    /// Activity events after the first, weighted by the counter's decay,
+    /// over the decayed time they were observed in, shrunk towards the
+    /// prior: a Poisson rate's gamma posterior, with the same forgetting as
+    /// the counter so that a change of pace shows within a few half-lives.
+    pub fn rhythm(&self, activity_long: f64, observed_ms: i64) -> Rhythm {
+        let rate = self.rates[GROUP_LONG];
+        let observed = observed_ms.max(0) as f64;
+        let first_weight = (-rate * observed).exp();
+        let exposure = -(-rate * observed).exp_m1() / rate;
+        let gaps = (activity_long - first_weight).max(0.0);
+        let (prior_events, prior_ms) = self.rhythm_prior;
+        let evidence = gaps + prior_events;
+        Rhythm {
+            gap_ms: ((exposure + prior_ms) / evidence).max(self.rhythm_min_gap_ms),
+            evidence,
+        }
+    }
+
+    /// Rhythm points after `silence_ms` of silence: the steps interpolated
+    /// at the silence in usual gaps ([`Rhythm::gaps`]).
+    pub fn rhythm_points(&self, silence_ms: i64, rhythm: &Rhythm) -> f64 {
+        if self.rhythm_steps.is_empty() {
+            return 0.0;
+        }
+        interpolate(&self.rhythm_steps, rhythm.gaps(silence_ms))
+    }
+
+    /// The first moment at or after `from_ms` at which a customer whose last
+    /// event was at `last_ms` crosses an inactivity or rhythm step, if any
+    /// is left: when the live worker re-scores a quiet customer.
+    pub fn next_silence_step(&self, last_ms: i64, rhythm: &Rhythm, from_ms: i64) -> Option<i64> {
+        let absolute = self
+            .steps_ms
+            .iter()
+            .map(|&(at, _)| last_ms.saturating_add(at))
+            .find(|&d| d >= from_ms);
+        let relative = self
+            .rhythm_steps
+            .iter()
+            .map_while(|&(gaps, _)| rhythm.silence_ms(gaps))
+            .map(|silence| last_ms.saturating_add(silence))
+            .find(|&d| d >= from_ms);
+        match (absolute, relative) {
+            (Some(a), Some(r)) => Some(a.min(r)),
+            (a, r) => a.or(r),
+        }
+    }
+
     #[inline]
     pub fn risk_from_points(&self, points: f64) -> f64 {
         let s = &self.spec.score;
@@ -426,12 +565,72 @@ impl RiskModel {
 /// The built-in label of a factor, used when the model file gives none:
 /// fixed texts for the behavioural factors, and the event type in words
 /// (`plan_downgrade` → "Plan downgrade") for event factors.
+/// Silences beyond this (about 3,000 years) are never reached.
+const MAX_SILENCE_MS: f64 = 1e14;
+
+/// A customer's pace: its usual gap between activity events and how much
+/// evidence that estimate rests on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rhythm {
+    /// The usual gap (the posterior mean gap), in milliseconds.
+    pub gap_ms: f64,
+    /// Decayed gaps seen plus the prior's weight, in events (the gamma
+    /// posterior's shape).
+    pub evidence: f64,
+}
+
+impl Rhythm {
+    /// Silence counted in usual gaps, discounted for uncertainty: the `x`
+    /// for which a customer of exactly known pace would be as unlikely to
+    /// stay this silent while still active. With gamma-distributed
+    /// uncertainty of shape `a` about the rate, staying silent for `g`
+    /// usual gaps has probability `(1 + g/a)^-a`, against `e^-x` for a known
+    /// pace, so `x = a·ln(1 + g/a)`: close to `g` for a long history, much
+    /// less for a customer seen a few times. Grows with silence.
+    pub fn gaps(&self, silence_ms: i64) -> f64 {
+        if self.gap_ms <= 0.0 {
+            return 0.0;
+        }
+        let g = silence_ms.max(0) as f64 / self.gap_ms;
+        self.evidence * (g / self.evidence).ln_1p()
+    }
+
+    /// The silence, in milliseconds, at which [`Rhythm::gaps`] reaches `x`,
+    /// or `None` if that is beyond any time an event can carry (a customer
+    /// with almost no evidence and a step far out).
+    pub fn silence_ms(&self, x: f64) -> Option<i64> {
+        let g = self.evidence * (x / self.evidence).exp_m1();
+        let ms = (g * self.gap_ms).ceil();
+        (ms.is_finite() && ms < MAX_SILENCE_MS).then_some(ms as i64)
+    }
+}
+
+/// Piecewise-linear points at `x` over `(x, points)` knots, from 0 points at
+/// 0 and flat after the last knot.
+fn interpolate(knots: &[(f64, f64)], x: f64) -> f64 {
+    let mut prev = (0.0, 0.0);
+    for &(at, points) in knots {
+        if x < at {
+            let span = at - prev.0;
+            let frac = if span > 0.0 {
+                ((x - prev.0) / span).max(0.0)
+            } else {
+                1.0
+            };
+            return prev.1 + (points - prev.1) * frac;
+        }
+        prev = (at, points);
+    }
+    prev.1
+}
+
 pub fn default_label(factor: &str) -> String {
     match factor {
         "base" => "Baseline risk".into(),
         "frequency" => "Usual level of activity".into(),
         "trend" => "Activity dropping below the customer's usual level".into(),
         "inactivity" => "No activity for a while".into(),
+        "rhythm" => "Quiet for longer than usual".into(),
         "spend" => "Recent spending".into(),
         "tenure" => "Time as a customer".into(),
         other => {
@@ -553,6 +752,40 @@ fn validate(spec: &ModelSpec) -> Result<(), ModelError> {
         }
         prev_days = step.after_days;
         prev_points = step.points;
+    }
+
+    if let Some(rhythm) = &spec.rhythm {
+        check_positive("rhythm.prior_gap_days", rhythm.prior_gap_days)?;
+        check_positive("rhythm.prior_events", rhythm.prior_events)?;
+        check_non_negative("rhythm.min_gap_days", rhythm.min_gap_days)?;
+        if rhythm.steps.is_empty() {
+            return Err(invalid(
+                "rhythm.steps",
+                "needs at least one step (remove [rhythm] to score silence in days only)",
+            ));
+        }
+        let mut prev_gaps = 0.0;
+        let mut prev_points = 0.0;
+        for (i, step) in rhythm.steps.iter().enumerate() {
+            let key = format!("rhythm.steps[{i}]");
+            check_positive(&format!("{key}.after_gaps"), step.after_gaps)?;
+            check_non_negative(&format!("{key}.points"), step.points)?;
+            if step.after_gaps <= prev_gaps {
+                return Err(invalid(
+                    format!("{key}.after_gaps"),
+                    "steps must be in increasing order of after_gaps",
+                ));
+            }
+            if step.points < prev_points {
+                return Err(invalid(
+                    format!("{key}.points"),
+                    "points must not decrease with longer silence",
+                ));
+            }
+            prev_gaps = step.after_gaps;
+            prev_points = step.points;
+        }
+        check_label("rhythm.label", rhythm.label.as_deref())?;
     }
 
     check_positive("spend.half_life_days", spec.spend.half_life_days)?;

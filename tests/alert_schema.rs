@@ -50,6 +50,7 @@ fn journey() -> Vec<(&'static str, i64)> {
     let mut events = vec![("session", T0_MS)];
     // A new customer whose first events are bad news: at risk at once.
     events.push(("payment_failed", T0_MS + DAY_MS));
+    events.push(("payment_failed", T0_MS + DAY_MS + 500));
     events.push(("subscription_cancelled", T0_MS + DAY_MS + 1000));
     // Then they come back: renewals and purchases bring the risk down.
     for i in 0..12 {

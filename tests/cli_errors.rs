@@ -162,8 +162,11 @@ fn config_relative_model_path_resolves_next_to_the_file() {
     let dir = tempfile::tempdir().expect("dir");
     let conf_dir = dir.path().join("etc");
     std::fs::create_dir(&conf_dir).expect("mkdir");
+    let default_version = churn_scorer::model::RiskModel::default_model()
+        .version()
+        .to_string();
     let model = churn_scorer::model::DEFAULT_MODEL_TOML.replace(
-        "model_version = \"default-2026.11\"",
+        &format!("model_version = \"{default_version}\""),
         "model_version = \"next-to-the-file\"",
     );
     std::fs::write(conf_dir.join("my-model.toml"), model).expect("model");

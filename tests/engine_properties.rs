@@ -1,12 +1,14 @@
 //! Properties the engine promises for every input, checked on random ones:
 //! order independence, exact half-life decay (with the held/faded rule in
-//! silence) and a risk score that never falls while a customer is silent.
+//! silence), a risk score that never falls while a customer is silent, and
+//! the rhythm factor: monotone in silence, independent of event order, its
+//! timers firing exactly at the steps it predicts.
 
 use std::borrow::Cow;
 
 use churn_scorer::engine::{CustomerState, CustomerStore, Factor};
 use churn_scorer::event::CustomerEvent;
-use churn_scorer::model::{ModelSpec, RiskModel};
+use churn_scorer::model::{ModelSpec, RhythmSpec, RhythmStep, RiskModel};
 use proptest::prelude::*;
 
 const DAY: i64 = 86_400_000;
@@ -42,6 +44,35 @@ fn close(a: f64, b: f64, rel: f64) -> bool {
     (a - b).abs() <= rel * a.abs().max(b.abs()).max(f64::MIN_POSITIVE)
 }
 
+/// A random `[rhythm]`: prior, and steps with non-decreasing points.
+fn random_rhythm() -> impl Strategy<Value = RhythmSpec> {
+    (
+        1.0..90.0_f64,
+        0.2..5.0_f64,
+        prop::collection::vec((0.1..3.0_f64, 0.0..15.0_f64), 1..6),
+    )
+        .prop_map(|(prior_gap_days, prior_events, increments)| {
+            let (mut gaps, mut points) = (0.0, 0.0);
+            RhythmSpec {
+                prior_gap_days,
+                prior_events,
+                min_gap_days: 1.0,
+                label: None,
+                steps: increments
+                    .into_iter()
+                    .map(|(dg, dp)| {
+                        gaps += dg;
+                        points += dp;
+                        RhythmStep {
+                            after_gaps: gaps,
+                            points,
+                        }
+                    })
+                    .collect(),
+            }
+        })
+}
+
 /// A valid model with random weights of either sign where the model allows it.
 fn random_model() -> impl Strategy<Value = RiskModel> {
     (
@@ -50,8 +81,9 @@ fn random_model() -> impl Strategy<Value = RiskModel> {
         0.0..20.0_f64,
         -5.0..5.0_f64,
         -5.0..5.0_f64,
+        prop::option::of(random_rhythm()),
     )
-        .prop_map(|(points, freq, trend, spend, tenure)| {
+        .prop_map(|(points, freq, trend, spend, tenure, rhythm)| {
             let mut spec: ModelSpec = RiskModel::default_model().spec().clone();
             for (rule, p) in spec.events.values_mut().zip(points) {
                 rule.points = p;
@@ -60,6 +92,7 @@ fn random_model() -> impl Strategy<Value = RiskModel> {
             spec.trend.points = trend;
             spec.spend.points_per_log_amount = spend;
             spec.tenure.points_per_year = tenure;
+            spec.rhythm = rhythm;
             RiskModel::from_spec(spec).expect("random weights keep the model valid")
         })
 }
@@ -173,5 +206,88 @@ proptest! {
         let (t1, t2) = (last + gap1, last + gap1 + gap2);
         let (r1, r2) = (state.risk(&model, t1), state.risk(&model, t2));
         prop_assert!(r2 >= r1 - 1e-12, "risk fell from {r1} at {t1} to {r2} at {t2}");
+    }
+
+    /// Rhythm points grow with silence, and neither the usual gap nor the
+    /// points depend on the order the events arrived in.
+    #[test]
+    fn rhythm_grows_with_silence_whatever_the_event_order(
+        rhythm in random_rhythm(),
+        (events, shuffled) in prop::collection::vec(raw_event(), 1..60)
+            .prop_flat_map(|v| (Just(v.clone()), Just(v).prop_shuffle())),
+        gap1 in 0..400 * DAY,
+        gap2 in 0..400 * DAY,
+    ) {
+        let mut spec: ModelSpec = RiskModel::default_model().spec().clone();
+        spec.rhythm = Some(rhythm);
+        let model = RiskModel::from_spec(spec).expect("valid");
+        let a = state_of(&model, &events);
+        let b = state_of(&model, &shuffled);
+        let (ra, rb) = (a.rhythm(&model), b.rhythm(&model));
+        prop_assert!(close(ra.gap_ms, rb.gap_ms, 1e-9), "{ra:?} vs {rb:?}");
+        prop_assert!(close(ra.evidence, rb.evidence, 1e-9), "{ra:?} vs {rb:?}");
+        let rhythm_points = |state: &CustomerState, at: i64| {
+            state
+                .factor_values(&model, at)
+                .iter()
+                .find(|v| v.factor == Factor::Rhythm)
+                .map(|v| v.value * v.weight)
+                .expect("the model scores rhythm")
+        };
+        let last = a.last_event_ms();
+        let (t1, t2) = (last + gap1.min(gap2), last + gap1.max(gap2));
+        let (p1, p2) = (rhythm_points(&a, t1), rhythm_points(&a, t2));
+        prop_assert!(p2 >= p1, "rhythm points fell from {p1} to {p2}");
+        prop_assert!(close(p1, rhythm_points(&b, t1), 1e-9));
+    }
+
+    /// A quiet customer is re-scored exactly at each inactivity step and at
+    /// each rhythm step its own pace predicts, once each, in order; and the
+    /// rhythm points there are the step's points.
+    #[test]
+    fn timers_fire_at_the_predicted_instants(
+        model in random_model(),
+        events in prop::collection::vec(raw_event(), 1..40),
+    ) {
+        let mut store = CustomerStore::new();
+        for (kind, t, amount) in &events {
+            let event = CustomerEvent {
+                customer_id: Cow::Borrowed("c"),
+                event_type: Cow::Borrowed(kind),
+                timestamp_ms: *t,
+                amount: *amount,
+            };
+            store.apply(&model, &event, None, true);
+        }
+        let state = store.get("c").expect("applied").clone();
+        let last = state.last_event_ms();
+        let rhythm = state.rhythm(&model);
+        let mut predicted: Vec<i64> = model
+            .inactivity_steps_ms()
+            .iter()
+            .map(|&(at, _)| last + at)
+            .chain(
+                model
+                    .rhythm_steps()
+                    .iter()
+                    .filter_map(|&(x, _)| rhythm.silence_ms(x).map(|s| last + s)),
+            )
+            .filter(|&t| t > last)
+            .collect();
+        predicted.sort_unstable();
+        predicted.dedup();
+        let mut fired = Vec::new();
+        store.fire_due_timers(&model, i64::MAX / 4, &mut fired);
+        let instants: Vec<i64> = fired.iter().map(|f| f.as_of_ms).collect();
+        prop_assert_eq!(instants, predicted);
+        prop_assert_eq!(store.timer_entries(), 0);
+        for &(x, points) in model.rhythm_steps() {
+            let Some(silence) = rhythm.silence_ms(x) else { continue };
+            let at = last + silence;
+            let got = model.rhythm_points(at - last, &rhythm);
+            prop_assert!((got - points).abs() < 1e-6 * (1.0 + points), "{got} vs {points} at {x} gaps");
+        }
+        let risks: Vec<f64> = fired.iter().map(|f| f.risk_score).collect();
+        prop_assert!(risks.windows(2).all(|w| w[1] >= w[0] - 1e-12), "{risks:?}");
     }
 }

@@ -269,12 +269,13 @@ fn a_quiet_customer_gets_an_inactivity_alert_without_a_new_event() {
     let state = store.get("quiet").expect("quiet");
     let last = state.last_event_ms();
     let threshold = model.alert_policy().at_risk_threshold;
-    let due = model
-        .inactivity_steps_ms()
-        .iter()
-        .map(|(at, _)| last + at)
-        .find(|&t| state.risk(&model, t) >= threshold)
-        .expect("silence puts the quiet customer at risk");
+    // Silence steps in days and in the customer's own gaps, in time order.
+    let rhythm = state.rhythm(&model);
+    let due = std::iter::successors(model.next_silence_step(last, &rhythm, last + 1), |&t| {
+        model.next_silence_step(last, &rhythm, t + 1)
+    })
+    .find(|&t| state.risk(&model, t) >= threshold)
+    .expect("silence puts the quiet customer at risk");
     assert!(
         due < T0_MS + 89 * DAY_MS,
         "the busy customer's clock passes it"
@@ -297,7 +298,7 @@ fn a_quiet_customer_gets_an_inactivity_alert_without_a_new_event() {
         quiet[0]
             .reasons
             .iter()
-            .any(|r| r.factor == "inactivity" && r.points > 0.0)
+            .any(|r| (r.factor == "inactivity" || r.factor == "rhythm") && r.points > 0.0)
     );
     assert!(worker.metrics().inactivity_timers_fired.get() > 0);
     worker.stop().expect("clean stop");

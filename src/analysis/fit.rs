@@ -266,7 +266,9 @@ impl Column {
             (Side::Held, _) => Bound::NonNegative,
             (Side::Faded, _) => Bound::NonPositive,
             // The model file forbids negative trend points and inactivity steps.
-            (Side::Plain, Factor::Trend | Factor::Inactivity) => Bound::NonNegative,
+            (Side::Plain, Factor::Trend | Factor::Inactivity | Factor::Rhythm) => {
+                Bound::NonNegative
+            }
             (Side::Plain, _) => Bound::Free,
         }
     }
@@ -740,7 +742,15 @@ pub fn run_fit<R: BufRead>(
             side: Side::Faded,
         });
     }
-    for factor in [Factor::Trend, Factor::Inactivity, Factor::Tenure] {
+    let silence = [
+        Factor::Trend,
+        Factor::Inactivity,
+        Factor::Rhythm,
+        Factor::Tenure,
+    ]
+    .into_iter()
+    .filter(|f| *f != Factor::Rhythm || shape.has_rhythm());
+    for factor in silence {
         columns.push(Column {
             factor,
             side: Side::Plain,
@@ -797,6 +807,12 @@ pub fn run_fit<R: BufRead>(
     let inactivity = weight_of(Factor::Inactivity).0 * scale;
     for step in &mut spec.inactivity.steps {
         step.points *= inactivity;
+    }
+    let rhythm = weight_of(Factor::Rhythm).0 * scale;
+    if let Some(r) = spec.rhythm.as_mut() {
+        for step in &mut r.steps {
+            step.points *= rhythm;
+        }
     }
     let model = RiskModel::from_spec(spec.clone())?;
 

@@ -6,6 +6,7 @@
 //! measured or fitted is exactly what production would score, and no event
 //! from after the cutoff can leak into a figure. See `docs/analysis.md`.
 
+pub mod alerts;
 pub mod backtest;
 pub mod fit;
 pub mod labels;
