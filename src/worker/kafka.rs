@@ -77,8 +77,11 @@ pub struct DeliveryTag {
     pub partition: i32,
     /// Assignment epoch of that partition (acks from before a revoke are stale).
     pub epoch: u64,
-    /// Batch sequence number within the partition.
+    /// Ledger batch sequence number within the partition.
     pub seq: u64,
+    /// The closed batch (step) within the partition whose outputs these are
+    /// (state records: unused, 0).
+    pub step: u64,
     /// What was sent.
     pub kind: OutputKind,
 }

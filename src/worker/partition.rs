@@ -138,23 +138,6 @@ impl Snapshots {
         self.ends.push((key_end, self.bytes.len() as u32));
     }
 
-    /// Merges `newer` into these records: a key `newer` also holds keeps
-    /// only `newer`'s record (the newest state of that customer, or its
-    /// tombstone, or the partition's newest clock).
-    pub fn merge_newer(&mut self, newer: Snapshots) {
-        let keys: FxHashSet<&[u8]> = newer.iter().map(|(k, _)| k).collect();
-        let mut merged = Snapshots::with_capacity(self.len() + newer.len());
-        for (key, value) in self.iter() {
-            if !keys.contains(key) {
-                merged.push(key, |out| out.extend_from_slice(value));
-            }
-        }
-        for (key, value) in newer.iter() {
-            merged.push(key, |out| out.extend_from_slice(value));
-        }
-        *self = merged;
-    }
-
     /// (key, value) of every record, in order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         let mut start = 0;
@@ -173,7 +156,8 @@ pub struct ClosedBatch {
     pub last_offset: Option<i64>,
     /// Alerts and dead letters, to send now.
     pub outputs: Vec<(OutputKind, OutputRecord)>,
-    /// State records, to send once the ledger releases them.
+    /// State records of a flush (empty if the close did not flush), to send
+    /// once the ledger releases them.
     pub snapshots: Snapshots,
     /// When each of its messages was received.
     pub received: Vec<Instant>,
@@ -447,10 +431,13 @@ impl PartitionTask {
         close
     }
 
-    /// Fires due timers, snapshots the customers changed since the last
-    /// close (and the clock, if it moved) and closes the open batch. `None`
-    /// if there is nothing to close.
-    pub fn close(&mut self, cx: &TaskContext<'_>) -> Option<ClosedBatch> {
+    /// Fires due timers and closes the open batch; with `flush`, also
+    /// snapshots the customers changed since the last flush (and the clock,
+    /// if it moved), so the snapshots cover every offset processed so far.
+    /// Between flushes the changed customers only accumulate: a customer
+    /// changed in many batches is written once. `None` if the partition is
+    /// not live; the batch may be empty.
+    pub fn close(&mut self, cx: &TaskContext<'_>, flush: bool) -> Option<ClosedBatch> {
         let TaskContext {
             settings,
             model,
@@ -475,6 +462,15 @@ impl PartitionTask {
             &mut self.dirty,
             &mut self.open_outputs,
         );
+        self.watermark_gauge.set(watermark.div_euclid(1000));
+        if !flush {
+            return Some(ClosedBatch {
+                last_offset: self.open_last_offset.take(),
+                outputs: std::mem::take(&mut self.open_outputs),
+                snapshots: Snapshots::default(),
+                received: std::mem::take(&mut self.open_received),
+            });
+        }
         let mut snapshots = Snapshots::with_capacity(self.dirty.len() + 1);
         if let Some(horizon) = settings.eviction_horizon_ms
             && std::mem::take(&mut self.evict_due)
@@ -508,10 +504,6 @@ impl PartitionTask {
         if self.written_clock != Some(clock) {
             snapshots.push(WATERMARK_KEY, |out| encode_clock(&clock, out));
             self.written_clock = Some(clock);
-        }
-        self.watermark_gauge.set(watermark.div_euclid(1000));
-        if self.open_last_offset.is_none() && self.open_outputs.is_empty() && snapshots.is_empty() {
-            return None;
         }
         Some(ClosedBatch {
             last_offset: self.open_last_offset.take(),
@@ -612,12 +604,36 @@ fn dead_letter(topic: &str, msg: &InputMessage<'_>, error: &EventError) -> Outpu
     }
 }
 
-/// Batches closed but whose state records wait for the ledger, and the
-/// receive times of batches whose offsets are not yet stored.
+/// Flushes whose state records wait for the ledger, and the closed batches
+/// whose outputs are not all acknowledged yet.
 #[derive(Default)]
 pub struct PartitionBacklog {
-    /// (batch seq, its state records), oldest first.
+    /// (ledger batch seq, its state records), oldest first.
     pub waiting_state: VecDeque<(u64, Snapshots)>,
-    /// (last offset, receive times) of batches not yet stored, oldest first.
-    pub received: VecDeque<(i64, Vec<Instant>)>,
+    /// Closed batches, oldest first, until their outputs and every earlier
+    /// batch's are acknowledged.
+    pub steps: VecDeque<Step>,
+    /// Number of the next closed batch.
+    pub next_step: u64,
+}
+
+/// One closed batch of a partition, awaiting its outputs' acknowledgements.
+pub struct Step {
+    /// Its number (consecutive per assignment).
+    pub step: u64,
+    /// Outputs not yet settled.
+    pub pending: u32,
+    /// When each of its messages was received.
+    pub received: Vec<Instant>,
+}
+
+impl PartitionTask {
+    /// Hands back a drained receive-time buffer, so the next batch reuses its
+    /// allocation.
+    pub fn recycle_received(&mut self, mut buffer: Vec<Instant>) {
+        if self.open_received.capacity() == 0 {
+            buffer.clear();
+            self.open_received = buffer;
+        }
+    }
 }
