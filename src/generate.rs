@@ -32,6 +32,14 @@
 //! Lines replaced by bad lines (`invalid_rate`) still count as that
 //! customer's activity in the labels.
 //!
+//! # Rhythm shapes
+//!
+//! [`Shape::Sparse`] and [`Shape::Mixed`] leave the stories out: each
+//! customer is a Poisson process at its own pace (once every 18 days for
+//! `sparse`; once every 1, 3, 7, 18 or 40 days for `mixed`), and 30 % slow
+//! down by 90 % from 60 % of the period on (day 108 of 180). Those are
+//! labelled churned. They test a model on customers it was not designed on.
+//!
 //! # Vocabularies
 //!
 //! [`Vocabulary::Default`] uses the event types of the default model
@@ -140,6 +148,74 @@ pub struct GenerateConfig {
     pub vocabulary: Vocabulary,
     /// Fraction of lines (0–1) replaced by realistic bad lines.
     pub invalid_rate: f64,
+    /// What the customers' streams look like.
+    pub shape: Shape,
+}
+
+/// The shape of the generated stream.
+///
+/// [`Shape::Journeys`] tells the planted archetype stories (daily-ish SaaS
+/// users who drift and stop). The two *rhythm* shapes are the kind of stream
+/// the project did not design its model on: every customer is a Poisson
+/// process at its own pace (sessions, page views as `feature_used`,
+/// purchases, a few tickets, abandoned carts and failed payments), and
+/// [`SLOWDOWN_SHARE`] of them slow down by [`SLOWDOWN_FACTOR`] from
+/// [`SLOWDOWN_AT`] of the period on. A slowed customer is labelled churned
+/// (`drifting`, churned = 1); the others are `loyal`, churned = 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Shape {
+    /// Archetype journeys (see the module documentation).
+    #[default]
+    Journeys,
+    /// Every customer about once every 18 days (a shop's rhythm).
+    Sparse,
+    /// Customers of five rhythms in equal shares: about once every 1, 3, 7,
+    /// 18 and 40 days.
+    Mixed,
+}
+
+/// Share of rhythm-shape customers who slow down.
+pub const SLOWDOWN_SHARE: f64 = 0.3;
+/// Their event rate after the slowdown, as a share of the rate before.
+pub const SLOWDOWN_FACTOR: f64 = 0.1;
+/// When the slowdown starts, as a share of the period (day 108 of 180).
+pub const SLOWDOWN_AT: f64 = 0.6;
+
+/// Mean days between events of the [`Shape::Mixed`] rhythms.
+const MIXED_GAPS_DAYS: [f32; 5] = [1.0, 3.0, 7.0, 18.0, 40.0];
+/// Mean days between events of [`Shape::Sparse`].
+const SPARSE_GAP_DAYS: f32 = 18.0;
+
+impl Shape {
+    /// The day the slowdown starts in a period of `days`.
+    pub fn slowdown_day(days: u32) -> u32 {
+        (f64::from(days) * SLOWDOWN_AT).round() as u32
+    }
+}
+
+impl FromStr for Shape {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "journeys" => Ok(Shape::Journeys),
+            "sparse" => Ok(Shape::Sparse),
+            "mixed" => Ok(Shape::Mixed),
+            other => Err(format!(
+                "unknown shape {other:?}: expected `journeys`, `sparse` or `mixed`"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Shape::Journeys => "journeys",
+            Shape::Sparse => "sparse",
+            Shape::Mixed => "mixed",
+        })
+    }
 }
 
 impl Default for GenerateConfig {
@@ -153,6 +229,7 @@ impl Default for GenerateConfig {
             cutoff_days: 150,
             vocabulary: Vocabulary::Default,
             invalid_rate: 0.0,
+            shape: Shape::Journeys,
         }
     }
 }
@@ -460,7 +537,10 @@ impl Generator {
         self.plans.iter().enumerate().map(|(i, p)| Label {
             customer_id: Self::customer_id(i as u32),
             archetype: p.archetype,
-            churned: p.forced == NO_DAY,
+            churned: match self.config.shape {
+                Shape::Journeys => p.forced == NO_DAY,
+                Shape::Sparse | Shape::Mixed => p.archetype == Archetype::Drifting,
+            },
         })
     }
 
@@ -554,8 +634,13 @@ impl Generator {
             cutoff: self.config.cutoff_days as u16,
             seed: self.config.seed,
         };
+        let rhythm = self.config.shape != Shape::Journeys;
         for (c, plan) in self.plans.iter().enumerate() {
-            customer_day(plan, c as u32, &ctx, &mut self.pending);
+            if rhythm {
+                rhythm_day(plan, c as u32, &ctx, &mut self.pending);
+            } else {
+                customer_day(plan, c as u32, &ctx, &mut self.pending);
+            }
         }
         self.pending
             .sort_unstable_by_key(|p| (p.t, p.customer, p.seq));
@@ -599,6 +684,9 @@ fn to_day(d: i64) -> u16 {
 }
 
 fn draw_plan(config: &GenerateConfig, customer: u32) -> Plan {
+    if config.shape != Shape::Journeys {
+        return draw_rhythm_plan(config, customer);
+    }
     let mut rng = stream(config.seed, u64::from(customer), 0, DOMAIN_PLAN);
     let days = i64::from(config.days);
     let cutoff = i64::from(config.cutoff_days);
@@ -728,6 +816,105 @@ fn draw_plan(config: &GenerateConfig, customer: u32) -> Plan {
         }
     }
     plan
+}
+
+/// A rhythm-shape plan: a pace (`rate`, events a day), the slowdown day in
+/// `drift` for the slowed share, a start day like the journeys' (most
+/// customers are there from day 0).
+fn draw_rhythm_plan(config: &GenerateConfig, customer: u32) -> Plan {
+    let mut rng = stream(config.seed, u64::from(customer), 0, DOMAIN_PLAN);
+    let gap = match config.shape {
+        Shape::Mixed => MIXED_GAPS_DAYS[rng.random_range(0..MIXED_GAPS_DAYS.len())],
+        Shape::Sparse | Shape::Journeys => SPARSE_GAP_DAYS,
+    };
+    let slows = rng.random_bool(SLOWDOWN_SHARE);
+    let days = i64::from(config.days);
+    let start = if rng.random_bool(0.8) {
+        0
+    } else {
+        day_in(&mut rng, 0, i64::from(Shape::slowdown_day(config.days)) / 2)
+    };
+    let spend = LogNormal::new(35.0_f64.ln(), 0.5)
+        .map(|d| d.sample(&mut rng))
+        .unwrap_or(35.0) as f32;
+    Plan {
+        archetype: if slows {
+            Archetype::Drifting
+        } else {
+            Archetype::Loyal
+        },
+        start: to_day(start),
+        drift: if slows {
+            to_day(i64::from(Shape::slowdown_day(config.days)))
+        } else {
+            NO_DAY
+        },
+        stop: to_day(days),
+        resume: NO_DAY,
+        forced: NO_DAY,
+        unsubscribe: NO_DAY,
+        downgrade: NO_DAY,
+        billing: NO_DAY,
+        annual: false,
+        cancels: false,
+        hour: rng.random_range(6..22_u8),
+        platform: rng.random_range(0..3_u8),
+        rate: 1.0 / gap,
+        drift_tau: 0.0,
+        spend,
+        price_cents: 0,
+    }
+}
+
+/// Draws one rhythm-shape customer's events on one day: a Poisson number of
+/// events at the customer's pace (cut by [`SLOWDOWN_FACTOR`] once slowed),
+/// each of a type drawn from the same mix for everyone, and one event on the
+/// first day.
+fn rhythm_day(plan: &Plan, customer: u32, ctx: &DayContext, out: &mut Vec<Pending>) {
+    if ctx.day < plan.start {
+        return;
+    }
+    let mut rng = stream(
+        ctx.seed,
+        u64::from(customer),
+        u64::from(ctx.day),
+        DOMAIN_DAY,
+    );
+    let mut rate = f64::from(plan.rate);
+    if plan.drift != NO_DAY && ctx.day >= plan.drift {
+        rate *= SLOWDOWN_FACTOR;
+    }
+    let mut n = Poisson::new(rate).map_or(0.0, |p| p.sample(&mut rng)) as u32;
+    if ctx.day == plan.start {
+        n = n.max(1);
+    }
+    for seq in 0..n.min(12) as u16 {
+        let t = ctx.day_start + rng.random_range(0..MS_PER_DAY);
+        let roll: f64 = rng.random();
+        let (kind, detail, cents) = if roll < 0.45 {
+            (Kind::Session, plan.platform, 0)
+        } else if roll < 0.72 {
+            (Kind::FeatureUsed, rng.random_range(0..6), 0)
+        } else if roll < 0.92 {
+            let cents = amount_cents(&mut rng, plan.spend);
+            (Kind::Purchase, rng.random_range(0..100), cents)
+        } else if roll < 0.96 {
+            (Kind::CartAbandoned, rng.random_range(1..6), 0)
+        } else if roll < 0.985 {
+            (Kind::SupportTicket, rng.random_range(0..9), 0)
+        } else {
+            let cents = amount_cents(&mut rng, plan.spend);
+            (Kind::PaymentFailed, rng.random_range(0..3), cents)
+        };
+        out.push(Pending {
+            t,
+            customer,
+            seq,
+            kind,
+            detail,
+            cents,
+        });
+    }
 }
 
 /// Per-day chances of friction events, while drifting.
@@ -1232,6 +1419,67 @@ mod tests {
         }
         let rate = f64::from(churned) / labels.len() as f64;
         assert!((0.2..0.35).contains(&rate), "churn rate {rate}");
+    }
+
+    /// Events per customer before and after the slowdown day, by label.
+    fn rhythm_counts(shape: Shape, customers: u32) -> (Vec<Label>, HashMap<String, (u32, u32)>) {
+        let config = GenerateConfig {
+            shape,
+            ..small(customers, 5)
+        };
+        let slow_ms = config.start_ms + i64::from(Shape::slowdown_day(config.days)) * MS_PER_DAY;
+        let mut generator = Generator::new(config).expect("valid");
+        let mut counts: HashMap<String, (u32, u32)> = HashMap::new();
+        let mut last = i64::MIN;
+        for e in generator.by_ref() {
+            assert!(e.timestamp_ms >= last, "time order");
+            last = e.timestamp_ms;
+            let c = counts.entry(e.customer_id).or_default();
+            if e.timestamp_ms < slow_ms {
+                c.0 += 1;
+            } else {
+                c.1 += 1;
+            }
+        }
+        (generator.labels().collect(), counts)
+    }
+
+    #[test]
+    fn the_sparse_shape_has_an_eighteen_day_rhythm_and_a_slowed_share() {
+        let (labels, counts) = rhythm_counts(Shape::Sparse, 4000);
+        let slowed = labels.iter().filter(|l| l.churned).count() as f64 / labels.len() as f64;
+        assert!((0.27..0.33).contains(&slowed), "slowed share {slowed}");
+        // Measured after the slowdown day, where no customer's forced first event falls.
+        let (mut kept_n, mut after_kept, mut after_slowed, mut slowed_n) = (0.0, 0.0, 0.0, 0.0);
+        for label in &labels {
+            let (_, after) = counts.get(&label.customer_id).copied().unwrap_or_default();
+            if label.churned {
+                after_slowed += f64::from(after);
+                slowed_n += 1.0;
+            } else {
+                after_kept += f64::from(after);
+                kept_n += 1.0;
+            }
+        }
+        let gap = 72.0 * kept_n / after_kept;
+        assert!((17.0..21.5).contains(&gap), "mean gap {gap} days");
+        let ratio = (after_slowed / slowed_n) / (after_kept / kept_n);
+        assert!((0.07..0.13).contains(&ratio), "slowed rate ratio {ratio}");
+    }
+
+    #[test]
+    fn the_mixed_shape_spans_daily_to_forty_day_rhythms() {
+        let (labels, counts) = rhythm_counts(Shape::Mixed, 2000);
+        let mut per_customer: Vec<u32> = labels
+            .iter()
+            .filter(|l| !l.churned)
+            .map(|l| counts.get(&l.customer_id).map_or(0, |c| c.0))
+            .collect();
+        per_customer.sort_unstable();
+        let decile = |q: f64| per_customer[((per_customer.len() - 1) as f64 * q) as usize];
+        // Daily customers log about 108 events before day 108; 40-day ones about 3.
+        assert!(decile(0.9) >= 80, "top decile {}", decile(0.9));
+        assert!(decile(0.1) <= 6, "bottom decile {}", decile(0.1));
     }
 
     #[test]

@@ -455,6 +455,11 @@ struct GenerateArgs {
     /// Fraction of lines (0-1) replaced by realistic bad lines.
     #[arg(long, default_value_t = 0.0)]
     invalid_rate: f64,
+    /// Stream shape: `journeys` (archetype stories), `sparse` (everyone about
+    /// once every 18 days, 30 % slowing down) or `mixed` (rhythms from daily
+    /// to every 40 days, 30 % slowing down).
+    #[arg(long, default_value = "journeys")]
+    shape: churn_scorer::generate::Shape,
     /// Produce to Kafka instead of writing a file: a live stream that runs until stopped.
     #[arg(long)]
     bootstrap_servers: Option<String>,
@@ -514,6 +519,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
             .unwrap_or_else(|| args.days.saturating_sub(30).max(1)),
         vocabulary: args.vocabulary,
         invalid_rate: args.invalid_rate,
+        shape: args.shape,
     };
     if let Some(bootstrap) = &args.bootstrap_servers {
         use churn_scorer::demo::{Pace, run_live_feed};
