@@ -23,8 +23,10 @@ use rustc_hash::FxHashSet;
 use crate::alert::{ALERT_SCHEMA_VERSION, Alert};
 use crate::changelog::{PartitionClock, WATERMARK_KEY, encode_clock, encode_state};
 use crate::config::WorkerConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+
 use crate::engine::{
-    AlertDecision, ApplyOutcome, CustomerIndex, CustomerStore, StreamClock, TimerFiring,
+    AlertDecision, AlertKind, ApplyOutcome, CustomerIndex, CustomerStore, StreamClock, TimerFiring,
 };
 use crate::event::{EventError, check_not_in_future, parse_event};
 use crate::model::RiskModel;
@@ -50,7 +52,6 @@ pub struct PartitionData {
 
 /// Settings every partition shares, read from the configuration once.
 pub struct PartitionSettings {
-    alerts_topic: String,
     dead_letter_topic: String,
     lateness_ms: i64,
     max_skew_ms: i64,
@@ -65,7 +66,6 @@ impl PartitionSettings {
     pub fn new(config: &WorkerConfig) -> Self {
         let days = config.engine.eviction_horizon_days;
         PartitionSettings {
-            alerts_topic: config.topics.alerts.clone(),
             dead_letter_topic: config.topics.dead_letter.clone(),
             lateness_ms: config.engine.allowed_lateness_ms(),
             max_skew_ms: config.engine.max_future_skew_ms(),
@@ -154,8 +154,10 @@ impl Snapshots {
 pub struct ClosedBatch {
     /// Last input offset the batch covers (`None`: timers only).
     pub last_offset: Option<i64>,
-    /// Alerts and dead letters, to send now.
+    /// Dead letters, to send now.
     pub outputs: Vec<(OutputKind, OutputRecord)>,
+    /// Alerts, to send now.
+    pub alerts: AlertBuffer,
     /// State records of a flush (empty if the close did not flush), to send
     /// once the ledger releases them.
     pub snapshots: Snapshots,
@@ -179,6 +181,7 @@ pub struct PartitionTask {
     dirty: FxHashSet<CustomerIndex>,
     open_last_offset: Option<i64>,
     open_outputs: Vec<(OutputKind, OutputRecord)>,
+    open_alerts: AlertBuffer,
     open_received: Vec<Instant>,
     last_message_at: Instant,
     /// Since when the partition is known to be fetched and caught up.
@@ -214,6 +217,7 @@ impl PartitionTask {
             dirty: FxHashSet::default(),
             open_last_offset: None,
             open_outputs: Vec::new(),
+            open_alerts: AlertBuffer::default(),
             open_received: Vec::new(),
             last_message_at: Instant::now(),
             caught_up_since: None,
@@ -250,7 +254,9 @@ impl PartitionTask {
 
     /// Whether the open batch holds anything.
     pub fn has_open_work(&self) -> bool {
-        self.open_last_offset.is_some() || !self.open_outputs.is_empty()
+        self.open_last_offset.is_some()
+            || !self.open_outputs.is_empty()
+            || !self.open_alerts.is_empty()
     }
 
     /// Installs a restored store and clock; returns the offset to seek back
@@ -355,7 +361,7 @@ impl PartitionTask {
                     &data.store,
                     &self.firings,
                     &mut self.dirty,
-                    &mut self.open_outputs,
+                    &mut self.open_alerts,
                 );
                 match outcome {
                     ApplyOutcome::Duplicate => local.events_duplicate.inc(),
@@ -370,13 +376,8 @@ impl PartitionTask {
                         local.risk_score.observe(risk_score);
                         self.dirty.insert(customer);
                         if let Some(decision) = decision {
-                            self.open_outputs.push(alert_output(
-                                &settings.alerts_topic,
-                                model,
-                                &data.store,
-                                customer,
-                                &decision,
-                            ));
+                            self.open_alerts
+                                .push(model, &data.store, customer, &decision);
                         }
                     }
                 }
@@ -460,13 +461,14 @@ impl PartitionTask {
             &data.store,
             &self.firings,
             &mut self.dirty,
-            &mut self.open_outputs,
+            &mut self.open_alerts,
         );
         self.watermark_gauge.set(watermark.div_euclid(1000));
         if !flush {
             return Some(ClosedBatch {
                 last_offset: self.open_last_offset.take(),
                 outputs: std::mem::take(&mut self.open_outputs),
+                alerts: std::mem::take(&mut self.open_alerts),
                 snapshots: Snapshots::default(),
                 received: std::mem::take(&mut self.open_received),
             });
@@ -508,6 +510,7 @@ impl PartitionTask {
         Some(ClosedBatch {
             last_offset: self.open_last_offset.take(),
             outputs: std::mem::take(&mut self.open_outputs),
+            alerts: std::mem::take(&mut self.open_alerts),
             snapshots,
             received: std::mem::take(&mut self.open_received),
         })
@@ -540,48 +543,104 @@ fn push_firing_alerts(
     store: &CustomerStore,
     firings: &[TimerFiring],
     dirty: &mut FxHashSet<CustomerIndex>,
-    outputs: &mut Vec<(OutputKind, OutputRecord)>,
+    alerts: &mut AlertBuffer,
 ) {
     for firing in firings {
         cx.local.inactivity_timers_fired.inc();
         cx.local.risk_score.observe(firing.risk_score);
         if let Some(decision) = firing.decision {
             dirty.insert(firing.customer);
-            outputs.push(alert_output(
-                &cx.settings.alerts_topic,
-                cx.model,
-                store,
-                firing.customer,
-                &decision,
-            ));
+            alerts.push(cx.model, store, firing.customer, &decision);
         }
     }
 }
 
-fn alert_output(
-    topic: &str,
-    model: &RiskModel,
-    store: &CustomerStore,
-    customer: CustomerIndex,
-    decision: &AlertDecision,
-) -> (OutputKind, OutputRecord) {
-    let explanation = store.state(customer).explain(model, decision.event_time_ms);
-    let alert = Alert::new(store.id(customer), decision, &explanation, model);
-    let record = OutputRecord {
-        topic: topic.to_string(),
-        partition: None,
-        key: Some(alert.customer_id.as_bytes().to_vec()),
-        payload: Some(alert.to_json()),
-        headers: vec![
-            (
-                "schema_version".into(),
-                ALERT_SCHEMA_VERSION.to_string().into_bytes(),
-            ),
-            ("kind".into(), alert.kind.as_bytes().to_vec()),
-            ("content-type".into(), b"application/json".to_vec()),
-        ],
-    };
-    (OutputKind::Alert(decision.kind), record)
+/// A batch's alerts, serialised into one buffer that is reused from batch
+/// to batch: each is its key (the customer id) followed by its JSON.
+#[derive(Default)]
+pub struct AlertBuffer {
+    bytes: Vec<u8>,
+    /// (kind, end of key, end of value) in `bytes`; each starts where the previous ended.
+    ends: Vec<(AlertKind, u32, u32)>,
+}
+
+impl AlertBuffer {
+    /// Alerts held.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether no alert is held.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Empties the buffer, keeping its allocations.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+
+    /// Serialises the alert `decision` about `customer` at the end.
+    fn push(
+        &mut self,
+        model: &RiskModel,
+        store: &CustomerStore,
+        customer: CustomerIndex,
+        decision: &AlertDecision,
+    ) {
+        let explanation = store.state(customer).explain(model, decision.event_time_ms);
+        let alert = Alert::new(store.id(customer), decision, &explanation, model);
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(alert.customer_id.as_bytes());
+        let key_end = self.bytes.len() as u32;
+        if serde_json::to_writer(&mut self.bytes, &alert).is_err() {
+            // Writing to a Vec cannot fail; never leave half an alert behind.
+            self.bytes.truncate(start);
+            return;
+        }
+        self.ends
+            .push((decision.kind, key_end, self.bytes.len() as u32));
+    }
+
+    /// (kind, key, JSON) of every alert, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (AlertKind, &[u8], &[u8])> {
+        let mut start = 0;
+        self.ends.iter().map(move |&(kind, key_end, end)| {
+            let (k, e) = (key_end as usize, end as usize);
+            let alert = (kind, &self.bytes[start..k], &self.bytes[k..e]);
+            start = e;
+            alert
+        })
+    }
+}
+
+/// The headers of an alert of `kind`, built once per kind and copied per record.
+pub fn alert_headers(kind: AlertKind) -> OwnedHeaders {
+    let schema = ALERT_SCHEMA_VERSION.to_string();
+    OwnedHeaders::new_with_capacity(3)
+        .insert(Header {
+            key: "schema_version",
+            value: Some(schema.as_bytes()),
+        })
+        .insert(Header {
+            key: "kind",
+            value: Some(kind.as_str().as_bytes()),
+        })
+        .insert(Header {
+            key: "content-type",
+            value: Some(b"application/json".as_slice()),
+        })
+}
+
+impl PartitionTask {
+    /// Hands back a sent alert buffer, so the next batch reuses its allocations.
+    pub fn recycle_alerts(&mut self, mut buffer: AlertBuffer) {
+        if self.open_alerts.bytes.capacity() == 0 {
+            buffer.clear();
+            self.open_alerts = buffer;
+        }
+    }
 }
 
 fn dead_letter(topic: &str, msg: &InputMessage<'_>, error: &EventError) -> OutputRecord {

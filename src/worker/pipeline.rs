@@ -40,7 +40,10 @@ use rdkafka::producer::BaseProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use rustc_hash::FxHashMap;
 
+use rdkafka::message::OwnedHeaders;
+
 use crate::config::WorkerConfig;
+use crate::engine::AlertKind;
 use crate::model::RiskModel;
 use crate::telemetry::Metrics;
 
@@ -48,6 +51,7 @@ use super::kafka::{DeliveryContext, DeliveryTag, OutputKind};
 use super::ledger::{AckLedger, BatchId};
 use super::partition::{
     InputMessage, PartitionBacklog, PartitionSettings, PartitionTask, Step, TaskContext,
+    alert_headers,
 };
 use super::restore::Restored;
 use super::sink::{OutputSink, Settled, SinkFatal};
@@ -189,6 +193,9 @@ pub struct Core {
     state_topic: String,
     max_in_flight: usize,
     flush_interval: Duration,
+    alerts_topic: String,
+    /// Headers of each alert kind, copied into every alert record.
+    alert_headers: Vec<(AlertKind, OwnedHeaders)>,
     /// Partition ids, reused by the calls that visit every partition.
     ids: Vec<i32>,
     sink: OutputSink,
@@ -233,6 +240,11 @@ impl Core {
             state_topic: config.topics.state.clone(),
             max_in_flight,
             flush_interval: Duration::from_millis(config.state.flush_interval_ms),
+            alerts_topic: config.topics.alerts.clone(),
+            alert_headers: AlertKind::ALL
+                .iter()
+                .map(|&k| (k, alert_headers(k)))
+                .collect(),
             ids: Vec::new(),
             model,
             metrics,
@@ -386,7 +398,7 @@ impl Core {
         let Some(closed) = owned.task.close(&cx, flush) else {
             return;
         };
-        let outputs = closed.outputs.len() as u32;
+        let outputs = (closed.outputs.len() + closed.alerts.len()) as u32;
         if closed.last_offset.is_some() || outputs > 0 {
             let Some(id) = self.ledger.record(partition, closed.last_offset, outputs) else {
                 return;
@@ -398,6 +410,19 @@ impl Core {
                 pending: outputs,
                 received: closed.received,
             });
+            for (kind, key, payload) in closed.alerts.iter() {
+                let Some((_, headers)) = self.alert_headers.iter().find(|(k, _)| *k == kind) else {
+                    continue;
+                };
+                self.sink.send_with_headers(
+                    tag(id, step, OutputKind::Alert(kind)),
+                    &self.alerts_topic,
+                    key,
+                    payload,
+                    headers,
+                );
+            }
+            owned.task.recycle_alerts(closed.alerts);
             for (kind, record) in closed.outputs {
                 self.sink.send(tag(id, step, kind), record);
             }

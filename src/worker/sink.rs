@@ -245,6 +245,41 @@ impl OutputSink {
         }
     }
 
+    /// Sends a record straight from borrowed key and payload with a copy of
+    /// `headers` (alerts); the bytes are copied only if the record has to be
+    /// kept for a retry.
+    pub fn send_with_headers(
+        &mut self,
+        tag: DeliveryTag,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+        headers: &rdkafka::message::OwnedHeaders,
+    ) {
+        use rdkafka::message::Headers;
+        let result = self.enqueue(
+            tag,
+            topic,
+            None,
+            Some(key),
+            Some(payload),
+            Some(headers.clone()),
+        );
+        if let Err(e) = result {
+            let record = OutputRecord {
+                topic: topic.to_string(),
+                partition: None,
+                key: Some(key.to_vec()),
+                payload: Some(payload.to_vec()),
+                headers: headers
+                    .iter()
+                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                    .collect(),
+            };
+            self.failed(tag, e, record, 0, None);
+        }
+    }
+
     fn send_attempt(&mut self, tag: DeliveryTag, record: OutputRecord, attempts: u32) {
         let headers = (!record.headers.is_empty()).then(|| record.owned_headers());
         let result = self.enqueue(
