@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::EmbeddedBroker;
 use crate::config::{Overrides, WorkerConfig};
-use crate::generate::{GenerateConfig, Generator};
+use crate::generate::{GenerateConfig, Generator, Shape};
 use crate::model::RiskModel;
 use crate::telemetry::Metrics;
 use crate::worker::Worker;
@@ -74,6 +74,11 @@ pub struct BenchOptions {
     pub latency_load: f64,
     /// Worker configuration file (TOML) for experiments; built-in defaults when `None`.
     pub config: Option<std::path::PathBuf>,
+    /// Shape of the generated stream.
+    pub shape: Shape,
+    /// A Python worker script (`benches/python_worker.py`) to measure on the
+    /// same topic in the same run, between the bare consumer and the worker.
+    pub python_worker: Option<std::path::PathBuf>,
 }
 
 impl Default for BenchOptions {
@@ -85,7 +90,36 @@ impl Default for BenchOptions {
             latency_secs: 10.0,
             latency_load: 0.5,
             config: None,
+            shape: Shape::Journeys,
+            python_worker: None,
         }
+    }
+}
+
+/// Heap allocations made so far by the whole process, if the binary counts
+/// them (`benches/alloc.rs` installs a counting allocator and sets this);
+/// the benchmark then reports allocations per event of the worker phase.
+pub static ALLOCATIONS: std::sync::OnceLock<fn() -> u64> = std::sync::OnceLock::new();
+
+fn allocations() -> Option<u64> {
+    ALLOCATIONS.get().map(|f| f())
+}
+
+/// What the Python worker reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PythonReport {
+    /// Events read.
+    pub events: u64,
+    /// From its first message to its last (s).
+    pub seconds: f64,
+    /// Alerts it published.
+    pub alerts: u64,
+}
+
+impl PythonReport {
+    /// Events per second.
+    pub fn rate(&self) -> f64 {
+        self.events as f64 / self.seconds.max(1e-9)
     }
 }
 
@@ -131,6 +165,13 @@ pub struct LatencyReport {
 /// Everything one run measured.
 #[derive(Debug, Clone, Default)]
 pub struct BenchReport {
+    /// The Python worker on the same topic, if it was run.
+    pub python: Option<PythonReport>,
+    /// From the worker's first event to every offset committed (its last
+    /// state flush acknowledged and the commit done).
+    pub committed_after: Option<Duration>,
+    /// Heap allocations of the whole process during the worker phase (see [`ALLOCATIONS`]).
+    pub worker_allocations: Option<u64>,
     /// Loader throughput (events/s, acknowledged).
     pub load_rate: f64,
     /// Mean payload bytes per event.
@@ -417,6 +458,39 @@ fn bare_consumer(
     })
 }
 
+/// Runs the Python worker on `topic` until it has read `n` events.
+fn python_worker(
+    script: &Path,
+    bootstrap: &str,
+    topic: &str,
+    alerts_topic: &str,
+    n: u64,
+) -> Result<PythonReport, BenchError> {
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args(["--bootstrap", bootstrap, "--topic", topic])
+        .args(["--alerts-topic", alerts_topic, "--events", &n.to_string()])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| BenchError::Invalid(format!("python3 {}: {e}", script.display())))?;
+    if !out.status.success() {
+        return Err(BenchError::Check(format!(
+            "the Python worker failed ({})",
+            out.status
+        )));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(line)
+        .map_err(|e| BenchError::Check(format!("the Python worker printed {line:?}: {e}")))?;
+    let field = |k: &str| v.get(k).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+    Ok(PythonReport {
+        events: field("events") as u64,
+        seconds: field("seconds"),
+        alerts: field("alerts") as u64,
+    })
+}
+
 /// Cumulative bucket counts of the processing-latency histogram.
 fn latency_buckets(metrics: &Metrics) -> Vec<(f64, u64)> {
     let m = metrics.processing_latency.metric();
@@ -542,6 +616,13 @@ pub fn run_bench(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         .consumer
         .entry("fetch.wait.max.ms".into())
         .or_insert_with(|| "5".into());
+    // Commits follow stored offsets closely, so the time to "everything
+    // committed" measures the state flush, not the commit timer.
+    config
+        .kafka
+        .consumer
+        .entry("auto.commit.interval.ms".into())
+        .or_insert_with(|| "100".into());
     broker.create_default_topics(&config.topics, options.partitions)?;
     let input = config.topics.input.clone();
 
@@ -552,6 +633,7 @@ pub fn run_bench(options: &BenchOptions) -> Result<BenchReport, BenchError> {
     );
     let mut source = EventSource::new(GenerateConfig {
         customers: options.customers,
+        shape: options.shape,
         ..GenerateConfig::default()
     })?;
     let started = Instant::now();
@@ -572,6 +654,13 @@ pub fn run_bench(options: &BenchOptions) -> Result<BenchReport, BenchError> {
     report.bare_cpu = cpu_by_thread(&cpu0, &thread_cpu());
     eprintln!("bare consumer: {:.0} events/s", report.bare.rate());
 
+    if let Some(script) = &options.python_worker {
+        eprintln!("python worker: reading {n} events...");
+        let py = python_worker(script, &bootstrap, &input, &config.topics.alerts, n)?;
+        eprintln!("python worker: {:.0} events/s", py.rate());
+        report.python = Some(py);
+    }
+
     // 3. The worker.
     eprintln!("worker: consuming, scoring, alerting, writing state...");
     let model = RiskModel::default_model();
@@ -590,6 +679,7 @@ pub fn run_bench(options: &BenchOptions) -> Result<BenchReport, BenchError> {
     eprintln!("worker: http on {http}");
     let m = metrics.clone();
     let cpu0 = thread_cpu();
+    let allocations0 = allocations();
     let first = wait_for(
         "the worker was starting",
         || 0,
@@ -625,11 +715,24 @@ pub fn run_bench(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         steady: done - first,
     };
     report.worker_cpu = cpu_by_thread(&cpu0, &thread_cpu());
+    report.worker_allocations = allocations().zip(allocations0).map(|(b, a)| b - a);
     report.rss_after_worker = rss_bytes();
     report.alerts = crate::engine::AlertKind::ALL
         .iter()
         .map(|k| m.alerts_published.with_label_values(&[k.as_str()]).get())
         .sum();
+    // Offsets follow the state flush that covers them.
+    let group = config.kafka.group_id.clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while committed_total(&bootstrap, &group, &input, options.partitions)? < n as i64 {
+        if Instant::now() >= deadline {
+            return Err(BenchError::Stalled(
+                "waiting for the worker's offsets commit",
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    report.committed_after = Some(first.elapsed());
     report.state_records = m.state_changelog_records.get();
     report.timers_fired = m.inactivity_timers_fired.get();
     // The gauge follows the pipeline's one-second tick.
@@ -740,7 +843,8 @@ impl BenchReport {
         let growth = self.rss_after_worker.saturating_sub(self.rss_before_worker);
         let _ = writeln!(
             s,
-            "events {} | customers {} (distinct {}) | partitions {} | payload {:.0} B/event",
+            "shape {} | events {} | customers {} (distinct {}) | partitions {} | payload {:.0} B/event",
+            options.shape,
             options.events,
             options.customers,
             self.customers,
@@ -767,14 +871,44 @@ impl BenchReport {
             "worker / bare       {:>10.1} %  (target >= 50 %)",
             100.0 * ratio
         );
+        if let Some(c) = self.committed_after {
+            let _ = writeln!(
+                s,
+                "worker, committed   {:>10.0} events/s  (every offset committed {:.2} s after the first event: last flush and commit included)",
+                options.events as f64 / c.as_secs_f64().max(1e-9),
+                c.as_secs_f64()
+            );
+        }
+        if let Some(py) = &self.python {
+            let _ = writeln!(
+                s,
+                "python worker       {:>10.0} events/s  ({:.2} s; {} alerts) | worker / python {:.1} x (target >= 3) | python / bare {:.1} %",
+                py.rate(),
+                py.seconds,
+                py.alerts,
+                self.worker.rate() / py.rate().max(1e-9),
+                100.0 * py.rate() / self.bare.rate().max(1e-9)
+            );
+        }
+        let per_event = |x: u64| x as f64 / options.events as f64;
         let _ = writeln!(
             s,
-            "outputs             alerts {} | state records {} ({:.2} per event) | timers fired {}",
+            "outputs             alerts {} ({:.3} per event) | state records {} ({:.3} per event, target <= 0.3) | timers fired {} ({:.2} per event)",
             self.alerts,
+            per_event(self.alerts),
             self.state_records,
-            self.state_records as f64 / options.events as f64,
-            self.timers_fired
+            per_event(self.state_records),
+            self.timers_fired,
+            per_event(self.timers_fired)
         );
+        if let Some(a) = self.worker_allocations {
+            let _ = writeln!(
+                s,
+                "allocations         {} in the worker phase ({:.2} per event, whole process)",
+                a,
+                per_event(a)
+            );
+        }
         let _ = writeln!(
             s,
             "memory              peak RSS {:.0} MiB | worker phase RSS {:.0} -> {:.0} MiB (+{:.0} MiB) | {} customers tracked, {:.0} B/customer (RSS growth, upper bound)",

@@ -83,9 +83,12 @@ pub struct WorkerConfig {
     /// `[engine]`: event-time rules.
     #[serde(default)]
     pub engine: EngineConfig,
-    /// `[pipeline]`: batching and backpressure.
+    /// `[pipeline]`: batching, backpressure and threads.
     #[serde(default)]
     pub pipeline: PipelineConfig,
+    /// `[state]`: the state changelog's write cache.
+    #[serde(default)]
+    pub state: StateConfig,
     /// `[shutdown]`: graceful shutdown.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
@@ -285,6 +288,9 @@ pub struct PipelineConfig {
     /// acknowledged before consumption pauses; state records waiting for
     /// their partition's turn count against four times this.
     pub max_in_flight: usize,
+    /// Pipeline threads, each owning a disjoint share of the assigned
+    /// partitions; 0 means one per available core.
+    pub threads: usize,
 }
 
 impl Default for PipelineConfig {
@@ -292,6 +298,37 @@ impl Default for PipelineConfig {
         PipelineConfig {
             batch_size: 2000,
             max_in_flight: 50_000,
+            threads: 0,
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// The number of pipeline threads to run: `threads`, or one per
+    /// available core if 0.
+    pub fn thread_count(&self) -> usize {
+        if self.threads > 0 {
+            return self.threads;
+        }
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    }
+}
+
+/// `[state]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Milliseconds between state flushes of a partition: a customer changed
+    /// many times in between writes one changelog record. Offsets are
+    /// stored only once the flush covering them is acknowledged, so this is
+    /// also how far the committed offsets may trail the processed events.
+    pub flush_interval_ms: u64,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            flush_interval_ms: 1000,
         }
     }
 }
@@ -503,6 +540,18 @@ impl WorkerConfig {
         }
         if self.pipeline.max_in_flight == 0 {
             return Err(invalid("pipeline.max_in_flight", "must be at least 1"));
+        }
+        if self.pipeline.threads > 1024 {
+            return Err(invalid(
+                "pipeline.threads",
+                "must be at most 1024 (0: one per core)",
+            ));
+        }
+        if self.state.flush_interval_ms > 3_600_000 {
+            return Err(invalid(
+                "state.flush_interval_ms",
+                "must be at most 3600000 (an hour of unflushed state)",
+            ));
         }
         Ok(())
     }

@@ -223,20 +223,59 @@ struct BenchArgs {
     /// Worker configuration (TOML) for experiments; built-in defaults when omitted.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Stream shapes, each measured in a run of its own on a fresh broker:
+    /// `journeys`, `sparse`, `mixed` (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "journeys")]
+    shape: Vec<churn_scorer::generate::Shape>,
+    /// Also measure this Python worker (`benches/python_worker.py`, needs
+    /// python3 with confluent-kafka) on the same topic in each run.
+    #[arg(long)]
+    python_worker: Option<PathBuf>,
 }
 
 fn bench(args: BenchArgs) -> Result<()> {
     use churn_scorer::bench::{BenchOptions, run_bench};
-    let options = BenchOptions {
-        events: args.events,
-        customers: args.customers,
-        partitions: args.partitions,
-        latency_secs: args.latency_secs,
-        latency_load: args.latency_load,
-        config: args.config,
-    };
-    let report = run_bench(&options)?;
-    print!("{}", report.render(&options));
+    let mut summary = Vec::new();
+    for shape in &args.shape {
+        let options = BenchOptions {
+            events: args.events,
+            customers: args.customers,
+            partitions: args.partitions,
+            latency_secs: args.latency_secs,
+            latency_load: args.latency_load,
+            config: args.config.clone(),
+            shape: *shape,
+            python_worker: args.python_worker.clone(),
+        };
+        let report = run_bench(&options)?;
+        print!("{}", report.render(&options));
+        println!();
+        summary.push((options, report));
+    }
+    if summary.len() > 1 {
+        println!(
+            "shape     events/s   / bare   / python   state/event   alerts/event   p50 ms   p99 ms"
+        );
+        for (o, r) in &summary {
+            let n = o.events as f64;
+            println!(
+                "{:<8} {:>9.0} {:>7.1} % {:>8} {:>12.3} {:>14.3} {:>8} {:>8}",
+                o.shape.to_string(),
+                r.worker.rate(),
+                100.0 * r.worker.rate() / r.bare.rate().max(1e-9),
+                r.python.map_or("-".to_string(), |p| format!(
+                    "{:.1} x",
+                    r.worker.rate() / p.rate().max(1e-9)
+                )),
+                r.state_records as f64 / n,
+                r.alerts as f64 / n,
+                r.latency
+                    .map_or("-".to_string(), |l| format!("{:.1}", l.p50 * 1e3)),
+                r.latency
+                    .map_or("-".to_string(), |l| format!("{:.1}", l.p99 * 1e3)),
+            );
+        }
+    }
     Ok(())
 }
 

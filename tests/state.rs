@@ -18,7 +18,8 @@ fn a_worker_killed_mid_stream_and_restarted_scores_exactly_as_offline() {
     let (first, second) = lines.split_at(lines.len() / 3);
 
     produce_events(&bootstrap, "customer-events", first);
-    let w1 = WorkerProcess::start(&bootstrap);
+    // Flushes often, so that the kill finds state written.
+    let w1 = WorkerProcess::start_with(&bootstrap, "", "[state]\nflush_interval_ms = 50\n");
     let deadline = Instant::now() + Duration::from_secs(60);
     while w1.metric("churn_scorer_events_consumed_total") < first.len() as f64 {
         assert!(Instant::now() < deadline, "first part never consumed");
@@ -26,7 +27,9 @@ fn a_worker_killed_mid_stream_and_restarted_scores_exactly_as_offline() {
     }
     produce_events(&bootstrap, "customer-events", second);
     let target = (first.len() + second.len() / 3) as f64;
-    while w1.metric("churn_scorer_events_consumed_total") < target {
+    while w1.metric("churn_scorer_events_consumed_total") < target
+        || w1.metric("churn_scorer_state_changelog_records_total") == 0.0
+    {
         assert!(Instant::now() < deadline, "second part never started");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -40,6 +43,65 @@ fn a_worker_killed_mid_stream_and_restarted_scores_exactly_as_offline() {
     assert_matches_offline(w2.http, &expected, as_of, Duration::from_secs(90));
     // Redelivered events were recognised by their offsets, not applied twice.
     assert!(w2.metric("churn_scorer_state_restored_customers_total") > 0.0);
+}
+
+/// The window between a state flush and the offsets commit that follows it:
+/// the changelog already holds state of events whose offsets were never
+/// committed. A restart re-reads those events, and the offsets kept in the
+/// restored state recognise them as applied.
+#[test]
+fn a_worker_killed_between_a_state_flush_and_the_offset_commit_scores_as_offline() {
+    let broker = broker(4);
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let model = RiskModel::default_model();
+    let lines = history(400, 50, 7);
+    let (first, second) = lines.split_at(lines.len() / 2);
+
+    produce_events(&bootstrap, "customer-events", first);
+    // Flushes every 20 ms but commits offsets only after ten minutes: every
+    // flush before the kill lies between a flush and its commit.
+    let w1 = WorkerProcess::start_with(
+        &bootstrap,
+        "\"auto.commit.interval.ms\" = \"600000\"",
+        "[state]\nflush_interval_ms = 20\n",
+    );
+    let customers = first
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["customer_id"].as_str().map(str::to_string))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len() as f64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let flushed = |w: &WorkerProcess| w.metric("churn_scorer_state_changelog_records_total");
+    // Every customer of the first part is in some acknowledged flush.
+    while w1.metric("churn_scorer_events_consumed_total") < first.len() as f64
+        || flushed(&w1) < customers
+    {
+        assert!(
+            Instant::now() < deadline,
+            "first part never consumed and flushed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    w1.kill_abruptly();
+    for p in 0..4 {
+        assert_eq!(
+            committed_offset(&bootstrap, "churn-scorer", "customer-events", p),
+            None,
+            "partition {p}: nothing may be committed before the kill"
+        );
+    }
+
+    produce_events(&bootstrap, "customer-events", second);
+    let w2 = WorkerProcess::start(&bootstrap);
+    let as_of = T0_MS + 51 * DAY_MS;
+    let expected = offline_scores(&model, &lines, as_of);
+    assert_matches_offline(w2.http, &expected, as_of, Duration::from_secs(90));
+    assert!(w2.metric("churn_scorer_state_restored_customers_total") > 0.0);
+    assert!(
+        w2.metric("churn_scorer_events_duplicate_total") > 0.0,
+        "the re-read events were recognised as applied"
+    );
 }
 
 #[test]

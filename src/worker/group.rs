@@ -1,9 +1,12 @@
 //! The consumer's side of the group: rebalance callbacks, statistics and
 //! offset commits.
 //!
-//! librdkafka calls these from inside the pipeline thread's polls, so they
-//! reach the pipeline's [`Core`] through a mutex the run loop never holds
-//! across a poll.
+//! librdkafka calls these from inside the group thread's polls of the
+//! consumer's main queue; they reach each pipeline thread's [`Core`]
+//! through its [`CoreHandle`] (a partition belongs to the core
+//! [`owner_of`] names). Pipeline threads poll only their partition queues,
+//! which never run callbacks, so holding a core's lock across such a poll
+//! cannot deadlock.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,7 +20,7 @@ use crate::telemetry::Metrics;
 use super::sink::LogLimiter;
 
 use super::WorkerShared;
-use super::pipeline::{Core, set_paused};
+use super::pipeline::{CoreHandle, owner_of, set_paused};
 
 /// A partition counts as fetched only if its leader answered this recently:
 /// a fetch request returns within `fetch.wait.max.ms` (500 ms by default)
@@ -29,7 +32,8 @@ const REVOKE_COMMIT_WAIT: Duration = Duration::from_secs(5);
 
 /// The consumer's context: rebalance handling, statistics and commit results.
 pub struct GroupContext {
-    pub(super) core: Arc<Mutex<Core>>,
+    /// One per pipeline thread; partition `p` belongs to `cores[owner_of(p, n)]`.
+    pub(super) cores: Arc<[CoreHandle]>,
     pub(super) shared: Arc<WorkerShared>,
     pub(super) metrics: Metrics,
     pub(super) input_topic: String,
@@ -45,6 +49,20 @@ impl GroupContext {
             .filter(|e| e.topic() == self.input_topic)
             .map(|e| e.partition())
             .collect()
+    }
+
+    /// `partitions` split by the core that owns them (cores without any left out).
+    fn by_core(&self, partitions: &[i32]) -> Vec<(usize, Vec<i32>)> {
+        let n = self.cores.len();
+        let mut out: Vec<(usize, Vec<i32>)> = Vec::new();
+        for &p in partitions {
+            let owner = owner_of(p, n);
+            match out.iter_mut().find(|(i, _)| *i == owner) {
+                Some((_, ps)) => ps.push(p),
+                None => out.push((owner, vec![p])),
+            }
+        }
+        out
     }
 }
 
@@ -86,8 +104,18 @@ impl ClientContext for GroupContext {
             }
             health.push((*p, caught_up(&statistics, stats)));
         }
-        if let Ok(mut core) = self.core.lock() {
-            core.set_caught_up(&health);
+        let n = self.cores.len();
+        for (i, handle) in self.cores.iter().enumerate() {
+            let mine: Vec<(i32, bool)> = health
+                .iter()
+                .copied()
+                .filter(|&(p, _)| owner_of(p, n) == i)
+                .collect();
+            if !mine.is_empty()
+                && let Ok(mut core) = handle.lock_from_outside()
+            {
+                core.set_caught_up(&mine);
+            }
         }
     }
 }
@@ -97,17 +125,23 @@ impl ConsumerContext for GroupContext {
         if let Rebalance::Revoke(tpl) = rebalance {
             let partitions = self.input_partitions(tpl);
             tracing::info!(?partitions, "partitions revoked: draining");
-            let Ok(mut core) = self.core.lock() else {
-                return;
-            };
+            // One deadline for every core's share: the member's rejoin waits for all.
             let deadline = Instant::now() + self.drain_timeout;
-            if !core.drain(&partitions, deadline) {
-                tracing::warn!(
-                    ?partitions,
-                    "drain timed out; uncommitted events will be re-read by the next owner"
-                );
+            let shares = self.by_core(&partitions);
+            let mut guards = Vec::with_capacity(shares.len());
+            for (i, mine) in shares {
+                let Ok(mut core) = self.cores[i].lock_from_outside() else {
+                    return;
+                };
+                if !core.drain(&mine, deadline) {
+                    tracing::warn!(
+                        partitions = ?mine,
+                        "drain timed out; uncommitted events will be re-read by the next owner"
+                    );
+                }
+                store_offsets(consumer, &self.input_topic, core.take_offsets());
+                guards.push((core, mine));
             }
-            store_offsets(consumer, &self.input_topic, core.take_offsets());
             // Committed before the partitions are given up, with the current
             // generation, so the next owner starts after what was drained;
             // bounded so that the member's rejoin is never held up for long.
@@ -120,7 +154,9 @@ impl ConsumerContext for GroupContext {
                      (same alert ids)"
                 ),
             }
-            core.forget(&partitions);
+            for (mut core, mine) in guards {
+                core.forget(&mine);
+            }
         }
     }
 
@@ -134,8 +170,10 @@ impl ConsumerContext for GroupContext {
                         tracing::warn!(partition = p, error = %e, "cannot pause partition during restore");
                     }
                 }
-                if let Ok(mut core) = self.core.lock() {
-                    core.assign(&partitions);
+                for (i, mine) in self.by_core(&partitions) {
+                    if let Ok(mut core) = self.cores[i].lock_from_outside() {
+                        core.assign(&mine);
+                    }
                 }
                 self.shared.set_joined();
             }

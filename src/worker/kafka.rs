@@ -77,8 +77,11 @@ pub struct DeliveryTag {
     pub partition: i32,
     /// Assignment epoch of that partition (acks from before a revoke are stale).
     pub epoch: u64,
-    /// Batch sequence number within the partition.
+    /// Ledger batch sequence number within the partition.
     pub seq: u64,
+    /// The closed batch (step) within the partition whose outputs these are
+    /// (state records: unused, 0).
+    pub step: u64,
     /// What was sent.
     pub kind: OutputKind,
 }
@@ -112,14 +115,17 @@ impl OutputRecord {
     }
 }
 
-/// A delivery report, as collected by [`DeliveryContext`].
+/// A delivery report, as collected by [`DeliveryContext`]. Records are
+/// identified by the slot the sink gave them (an integer opaque, so that
+/// producing a record allocates nothing on the Rust side).
 #[derive(Debug)]
 pub enum Delivery {
-    /// The broker acknowledged the message.
-    Acked(DeliveryTag),
+    /// The broker acknowledged the message in this slot.
+    Acked(usize),
     /// Delivery failed after librdkafka's own retries; the sink decides what
-    /// happens to the record (see [`super::sink::FailureClass`]).
-    Failed(DeliveryTag, KafkaError, Box<OutputRecord>),
+    /// happens to the record (see [`super::sink::FailureClass`]). The
+    /// record's explicit partition is the sink's to fill in.
+    Failed(usize, KafkaError, Box<OutputRecord>),
 }
 
 /// Collects delivery reports; they are acted on by the pipeline at points of
@@ -137,12 +143,11 @@ pub struct DeliveryContext {
 impl ClientContext for DeliveryContext {}
 
 impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = Box<(DeliveryTag, Option<i32>)>;
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, opaque: Self::DeliveryOpaque) {
-        let (tag, explicit_partition) = *opaque;
+    fn delivery(&self, result: &DeliveryResult<'_>, slot: Self::DeliveryOpaque) {
         let report = match result {
-            Ok(_) => Delivery::Acked(tag),
+            Ok(_) => Delivery::Acked(slot),
             Err((err, msg)) => {
                 let headers = msg
                     .headers()
@@ -153,11 +158,11 @@ impl ProducerContext for DeliveryContext {
                     })
                     .unwrap_or_default();
                 Delivery::Failed(
-                    tag,
+                    slot,
                     err.clone(),
                     Box::new(OutputRecord {
                         topic: msg.topic().to_string(),
-                        partition: explicit_partition,
+                        partition: None,
                         key: msg.key().map(<[u8]>::to_vec),
                         payload: msg.payload().map(<[u8]>::to_vec),
                         headers,

@@ -40,13 +40,17 @@ struct Batch {
     outputs_pending: u32,
     state_pending: u32,
     state_released: bool,
+    /// Whether its state records are known: an unsealed batch still
+    /// collects outputs and offsets until the state flush that covers them.
+    sealed: bool,
 }
 
 impl Batch {
     // `state_pending` only drops after release, so zero means "no state
-    // records" or "all of them acknowledged"; both count as done.
+    // records" or "all of them acknowledged"; both count as done. An
+    // unsealed batch's offsets are not covered by any state yet.
     fn is_complete(&self) -> bool {
-        self.outputs_pending == 0 && self.state_pending == 0
+        self.sealed && self.outputs_pending == 0 && self.state_pending == 0
     }
 }
 
@@ -126,6 +130,9 @@ impl Partition {
         loop {
             let seq = self.state_cursor;
             let batch = self.batch_at(seq)?;
+            if !batch.sealed {
+                return None;
+            }
             if batch.state_pending == 0 {
                 self.state_cursor = seq.saturating_add(1);
                 continue;
@@ -207,7 +214,8 @@ impl AckLedger {
     /// `state_records` state records (to be sent once released). `last_offset`
     /// is the last input offset the batch covers, or `None` for a batch that
     /// consumed no input (it still completes in order). Returns `None` if the
-    /// partition is not tracked.
+    /// partition is not tracked. Equivalent to [`record`](Self::record)
+    /// followed by [`seal`](Self::seal).
     pub fn close_batch(
         &mut self,
         partition: i32,
@@ -215,22 +223,79 @@ impl AckLedger {
         outputs: u32,
         state_records: u32,
     ) -> Option<BatchId> {
+        let id = self.record(partition, last_offset, outputs)?;
+        self.seal(partition, state_records);
+        Some(id)
+    }
+
+    /// Adds work whose state is not flushed yet: `outputs` outputs (already
+    /// being sent, tagged with the returned id) and input up to
+    /// `last_offset`. They join the partition's unsealed batch (opened here
+    /// if there is none); its offset is stored only after the state flush
+    /// that [`seal`](Self::seal)s it is acknowledged. Returns `None` if the
+    /// partition is not tracked.
+    pub fn record(
+        &mut self,
+        partition: i32,
+        last_offset: Option<i64>,
+        outputs: u32,
+    ) -> Option<BatchId> {
         let part = self.partitions.get_mut(&partition)?;
+        if part.batches.back().is_none_or(|b| b.sealed) {
+            part.batches.push_back(Batch {
+                last_offset: None,
+                outputs_pending: 0,
+                state_pending: 0,
+                state_released: false,
+                sealed: false,
+            });
+        }
         let id = BatchId {
             partition,
             epoch: part.epoch,
-            seq: part.next_seq(),
+            seq: part.next_seq().saturating_sub(1),
         };
-        part.batches.push_back(Batch {
-            last_offset,
-            outputs_pending: outputs,
-            state_pending: state_records,
-            state_released: false,
-        });
-        let records = (outputs as usize).saturating_add(state_records as usize);
-        part.unacked = part.unacked.saturating_add(records);
-        self.unacked = self.unacked.saturating_add(records);
-        if outputs == 0 && state_records > 0 {
+        let batch = part.batches.back_mut()?;
+        if let Some(offset) = last_offset {
+            batch.last_offset = Some(batch.last_offset.map_or(offset, |o| o.max(offset)));
+        }
+        batch.outputs_pending = batch.outputs_pending.saturating_add(outputs);
+        part.unacked = part.unacked.saturating_add(outputs as usize);
+        self.unacked = self.unacked.saturating_add(outputs as usize);
+        Some(id)
+    }
+
+    /// The state flush covering everything [`record`](Self::record)ed so
+    /// far: seals the partition's unsealed batch with `state_records` state
+    /// records (sent once released, tagged with the returned id). With no
+    /// unsealed batch, a batch of state records alone is closed (`None` if
+    /// there are none, or the partition is not tracked).
+    pub fn seal(&mut self, partition: i32, state_records: u32) -> Option<BatchId> {
+        let part = self.partitions.get_mut(&partition)?;
+        if part.batches.back().is_none_or(|b| b.sealed) {
+            if state_records == 0 {
+                return None;
+            }
+            part.batches.push_back(Batch {
+                last_offset: None,
+                outputs_pending: 0,
+                state_pending: 0,
+                state_released: false,
+                sealed: false,
+            });
+        }
+        let id = BatchId {
+            partition,
+            epoch: part.epoch,
+            seq: part.next_seq().saturating_sub(1),
+        };
+        let batch = part.batches.back_mut()?;
+        batch.sealed = true;
+        batch.state_pending = state_records;
+        let outputs_done = batch.outputs_pending == 0;
+        part.unacked = part.unacked.saturating_add(state_records as usize);
+        self.unacked = self.unacked.saturating_add(state_records as usize);
+        if outputs_done && state_records > 0 {
             enqueue(
                 &mut part.in_release_queue,
                 &mut self.release_queue,
@@ -244,13 +309,29 @@ impl AckLedger {
         Some(id)
     }
 
+    /// Whether `partition` has a sealed batch whose state records are not
+    /// all acknowledged yet (a new flush would only queue behind it).
+    pub fn state_outstanding(&self, partition: i32) -> bool {
+        self.partitions
+            .get(&partition)
+            .is_some_and(|part| part.batches.iter().any(|b| b.sealed && b.state_pending > 0))
+    }
+
+    /// Whether `partition` has work recorded but not yet sealed by a flush.
+    pub fn has_unsealed(&self, partition: i32) -> bool {
+        self.partitions
+            .get(&partition)
+            .and_then(|part| part.batches.back())
+            .is_some_and(|b| !b.sealed)
+    }
+
     /// The partition's newest batch, if its state records still wait to be
     /// released (it can then absorb a newer batch, see
     /// [`extend_last`](Self::extend_last)).
     pub fn last_waiting(&self, partition: i32) -> Option<BatchId> {
         let part = self.partitions.get(&partition)?;
         let batch = part.batches.back()?;
-        (!batch.state_released && batch.state_pending > 0).then(|| BatchId {
+        (batch.sealed && !batch.state_released && batch.state_pending > 0).then(|| BatchId {
             partition,
             epoch: part.epoch,
             seq: part.next_seq().saturating_sub(1),
@@ -471,6 +552,55 @@ mod tests {
         assert_eq!(offsets(&mut ledger), vec![(0, 10)]);
         assert!(offsets(&mut ledger).is_empty(), "reported only once");
         assert_eq!(ledger.unacknowledged(), 0);
+    }
+
+    #[test]
+    fn recorded_work_waits_for_the_flush_that_seals_it() {
+        let mut ledger = AckLedger::new();
+        ledger.assign(0, 1);
+        let a = ledger.record(0, Some(3), 1).unwrap();
+        let b = ledger.record(0, Some(9), 1).unwrap();
+        assert_eq!(a, b, "unflushed work joins one batch");
+        assert!(ledger.output_acked(a));
+        assert!(ledger.output_acked(a));
+        assert!(
+            offsets(&mut ledger).is_empty(),
+            "acknowledged outputs alone store no offset"
+        );
+        assert!(released(&mut ledger).is_empty());
+        assert!(ledger.has_unsealed(0));
+        assert_eq!(ledger.seal(0, 2), Some(a));
+        assert!(ledger.state_outstanding(0));
+        assert_eq!(released(&mut ledger), vec![a]);
+        assert!(ledger.state_acked(a));
+        assert!(offsets(&mut ledger).is_empty(), "one state record pending");
+        assert!(ledger.state_acked(a));
+        assert_eq!(offsets(&mut ledger), vec![(0, 9)]);
+        assert!(!ledger.state_outstanding(0));
+        let c = ledger.record(0, Some(10), 1).unwrap();
+        assert!(c.seq > a.seq, "a new batch after the seal");
+        assert_eq!(ledger.seal(0, 0), Some(c));
+        assert!(offsets(&mut ledger).is_empty(), "its output is pending");
+        assert!(ledger.output_acked(c));
+        assert_eq!(offsets(&mut ledger), vec![(0, 10)]);
+        assert_eq!(ledger.seal(0, 0), None, "nothing to seal");
+        assert!(ledger.is_drained(0));
+    }
+
+    #[test]
+    fn state_of_a_flush_waits_for_every_output_it_covers() {
+        let mut ledger = AckLedger::new();
+        ledger.assign(0, 1);
+        let a = ledger.record(0, Some(1), 2).unwrap();
+        ledger.seal(0, 1);
+        assert!(released(&mut ledger).is_empty());
+        assert!(ledger.output_acked(a));
+        assert!(
+            released(&mut ledger).is_empty(),
+            "an alert is still in flight"
+        );
+        assert!(ledger.output_acked(a));
+        assert_eq!(released(&mut ledger), vec![a]);
     }
 
     #[test]

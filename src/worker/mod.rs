@@ -205,6 +205,18 @@ impl WorkerShared {
             .unwrap_or_default()
     }
 
+    fn partition_count(&self) -> usize {
+        self.partitions.read().map_or(0, |m| m.len())
+    }
+
+    fn customer_count(&self) -> usize {
+        self.partitions.read().map_or(0, |m| {
+            m.values()
+                .filter_map(|p| p.data.read().ok().map(|d| d.store.len()))
+                .sum()
+        })
+    }
+
     fn set_joined(&self) {
         self.joined.store(true, Ordering::Release);
     }
@@ -267,13 +279,14 @@ impl WorkerShared {
 }
 
 /// Checks the topics before joining: the input exists, and the state topic
-/// exists with the same partition count.
-/// Returns false if `shutdown` was requested while waiting for the brokers.
+/// exists with the same partition count. Returns the input topic's
+/// partition count, or `None` if `shutdown` was requested while waiting for
+/// the brokers.
 fn preflight(
     config: &WorkerConfig,
     producer: &BaseProducer<kafka::DeliveryContext>,
     shutdown: &CancellationToken,
-) -> Result<bool, WorkerError> {
+) -> Result<Option<usize>, WorkerError> {
     use rdkafka::producer::Producer;
     // None: shutdown was requested while waiting.
     let partitions_of = |topic: &str| -> Result<Option<usize>, WorkerError> {
@@ -304,7 +317,7 @@ fn preflight(
         }
     };
     let Some(input) = partitions_of(&config.topics.input)? else {
-        return Ok(false);
+        return Ok(None);
     };
     if input == 0 {
         return Err(WorkerError::MissingTopic {
@@ -314,7 +327,7 @@ fn preflight(
         });
     }
     let Some(state) = partitions_of(&config.topics.state)? else {
-        return Ok(false);
+        return Ok(None);
     };
     if state == 0 {
         return Err(WorkerError::MissingTopic {
@@ -331,7 +344,7 @@ fn preflight(
             input_partitions: input,
         });
     }
-    Ok(true)
+    Ok(Some(input))
 }
 
 /// The worker, built from its configuration: an HTTP listener bound, the
@@ -400,7 +413,7 @@ impl Worker {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let pipeline_shutdown = shutdown.clone();
         std::thread::Builder::new()
-            .name("pipeline".into())
+            .name("group".into())
             .spawn(move || {
                 let result = run_pipeline(config, model, metrics, shared, pipeline_shutdown);
                 let _ = done_tx.send(result);

@@ -23,8 +23,10 @@ use rustc_hash::FxHashSet;
 use crate::alert::{ALERT_SCHEMA_VERSION, Alert};
 use crate::changelog::{PartitionClock, WATERMARK_KEY, encode_clock, encode_state};
 use crate::config::WorkerConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+
 use crate::engine::{
-    AlertDecision, ApplyOutcome, CustomerIndex, CustomerStore, StreamClock, TimerFiring,
+    AlertDecision, AlertKind, ApplyOutcome, CustomerIndex, CustomerStore, StreamClock, TimerFiring,
 };
 use crate::event::{EventError, check_not_in_future, parse_event};
 use crate::model::RiskModel;
@@ -50,7 +52,6 @@ pub struct PartitionData {
 
 /// Settings every partition shares, read from the configuration once.
 pub struct PartitionSettings {
-    alerts_topic: String,
     dead_letter_topic: String,
     lateness_ms: i64,
     max_skew_ms: i64,
@@ -65,7 +66,6 @@ impl PartitionSettings {
     pub fn new(config: &WorkerConfig) -> Self {
         let days = config.engine.eviction_horizon_days;
         PartitionSettings {
-            alerts_topic: config.topics.alerts.clone(),
             dead_letter_topic: config.topics.dead_letter.clone(),
             lateness_ms: config.engine.allowed_lateness_ms(),
             max_skew_ms: config.engine.max_future_skew_ms(),
@@ -138,23 +138,6 @@ impl Snapshots {
         self.ends.push((key_end, self.bytes.len() as u32));
     }
 
-    /// Merges `newer` into these records: a key `newer` also holds keeps
-    /// only `newer`'s record (the newest state of that customer, or its
-    /// tombstone, or the partition's newest clock).
-    pub fn merge_newer(&mut self, newer: Snapshots) {
-        let keys: FxHashSet<&[u8]> = newer.iter().map(|(k, _)| k).collect();
-        let mut merged = Snapshots::with_capacity(self.len() + newer.len());
-        for (key, value) in self.iter() {
-            if !keys.contains(key) {
-                merged.push(key, |out| out.extend_from_slice(value));
-            }
-        }
-        for (key, value) in newer.iter() {
-            merged.push(key, |out| out.extend_from_slice(value));
-        }
-        *self = merged;
-    }
-
     /// (key, value) of every record, in order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         let mut start = 0;
@@ -171,9 +154,12 @@ impl Snapshots {
 pub struct ClosedBatch {
     /// Last input offset the batch covers (`None`: timers only).
     pub last_offset: Option<i64>,
-    /// Alerts and dead letters, to send now.
+    /// Dead letters, to send now.
     pub outputs: Vec<(OutputKind, OutputRecord)>,
-    /// State records, to send once the ledger releases them.
+    /// Alerts, to send now.
+    pub alerts: AlertBuffer,
+    /// State records of a flush (empty if the close did not flush), to send
+    /// once the ledger releases them.
     pub snapshots: Snapshots,
     /// When each of its messages was received.
     pub received: Vec<Instant>,
@@ -195,6 +181,7 @@ pub struct PartitionTask {
     dirty: FxHashSet<CustomerIndex>,
     open_last_offset: Option<i64>,
     open_outputs: Vec<(OutputKind, OutputRecord)>,
+    open_alerts: AlertBuffer,
     open_received: Vec<Instant>,
     last_message_at: Instant,
     /// Since when the partition is known to be fetched and caught up.
@@ -230,6 +217,7 @@ impl PartitionTask {
             dirty: FxHashSet::default(),
             open_last_offset: None,
             open_outputs: Vec::new(),
+            open_alerts: AlertBuffer::default(),
             open_received: Vec::new(),
             last_message_at: Instant::now(),
             caught_up_since: None,
@@ -266,7 +254,9 @@ impl PartitionTask {
 
     /// Whether the open batch holds anything.
     pub fn has_open_work(&self) -> bool {
-        self.open_last_offset.is_some() || !self.open_outputs.is_empty()
+        self.open_last_offset.is_some()
+            || !self.open_outputs.is_empty()
+            || !self.open_alerts.is_empty()
     }
 
     /// Installs a restored store and clock; returns the offset to seek back
@@ -371,7 +361,7 @@ impl PartitionTask {
                     &data.store,
                     &self.firings,
                     &mut self.dirty,
-                    &mut self.open_outputs,
+                    &mut self.open_alerts,
                 );
                 match outcome {
                     ApplyOutcome::Duplicate => local.events_duplicate.inc(),
@@ -386,13 +376,8 @@ impl PartitionTask {
                         local.risk_score.observe(risk_score);
                         self.dirty.insert(customer);
                         if let Some(decision) = decision {
-                            self.open_outputs.push(alert_output(
-                                &settings.alerts_topic,
-                                model,
-                                &data.store,
-                                customer,
-                                &decision,
-                            ));
+                            self.open_alerts
+                                .push(model, &data.store, customer, &decision);
                         }
                     }
                 }
@@ -447,10 +432,13 @@ impl PartitionTask {
         close
     }
 
-    /// Fires due timers, snapshots the customers changed since the last
-    /// close (and the clock, if it moved) and closes the open batch. `None`
-    /// if there is nothing to close.
-    pub fn close(&mut self, cx: &TaskContext<'_>) -> Option<ClosedBatch> {
+    /// Fires due timers and closes the open batch; with `flush`, also
+    /// snapshots the customers changed since the last flush (and the clock,
+    /// if it moved), so the snapshots cover every offset processed so far.
+    /// Between flushes the changed customers only accumulate: a customer
+    /// changed in many batches is written once. `None` if the partition is
+    /// not live; the batch may be empty.
+    pub fn close(&mut self, cx: &TaskContext<'_>, flush: bool) -> Option<ClosedBatch> {
         let TaskContext {
             settings,
             model,
@@ -473,8 +461,18 @@ impl PartitionTask {
             &data.store,
             &self.firings,
             &mut self.dirty,
-            &mut self.open_outputs,
+            &mut self.open_alerts,
         );
+        self.watermark_gauge.set(watermark.div_euclid(1000));
+        if !flush {
+            return Some(ClosedBatch {
+                last_offset: self.open_last_offset.take(),
+                outputs: std::mem::take(&mut self.open_outputs),
+                alerts: std::mem::take(&mut self.open_alerts),
+                snapshots: Snapshots::default(),
+                received: std::mem::take(&mut self.open_received),
+            });
+        }
         let mut snapshots = Snapshots::with_capacity(self.dirty.len() + 1);
         if let Some(horizon) = settings.eviction_horizon_ms
             && std::mem::take(&mut self.evict_due)
@@ -509,13 +507,10 @@ impl PartitionTask {
             snapshots.push(WATERMARK_KEY, |out| encode_clock(&clock, out));
             self.written_clock = Some(clock);
         }
-        self.watermark_gauge.set(watermark.div_euclid(1000));
-        if self.open_last_offset.is_none() && self.open_outputs.is_empty() && snapshots.is_empty() {
-            return None;
-        }
         Some(ClosedBatch {
             last_offset: self.open_last_offset.take(),
             outputs: std::mem::take(&mut self.open_outputs),
+            alerts: std::mem::take(&mut self.open_alerts),
             snapshots,
             received: std::mem::take(&mut self.open_received),
         })
@@ -548,48 +543,104 @@ fn push_firing_alerts(
     store: &CustomerStore,
     firings: &[TimerFiring],
     dirty: &mut FxHashSet<CustomerIndex>,
-    outputs: &mut Vec<(OutputKind, OutputRecord)>,
+    alerts: &mut AlertBuffer,
 ) {
     for firing in firings {
         cx.local.inactivity_timers_fired.inc();
         cx.local.risk_score.observe(firing.risk_score);
         if let Some(decision) = firing.decision {
             dirty.insert(firing.customer);
-            outputs.push(alert_output(
-                &cx.settings.alerts_topic,
-                cx.model,
-                store,
-                firing.customer,
-                &decision,
-            ));
+            alerts.push(cx.model, store, firing.customer, &decision);
         }
     }
 }
 
-fn alert_output(
-    topic: &str,
-    model: &RiskModel,
-    store: &CustomerStore,
-    customer: CustomerIndex,
-    decision: &AlertDecision,
-) -> (OutputKind, OutputRecord) {
-    let explanation = store.state(customer).explain(model, decision.event_time_ms);
-    let alert = Alert::new(store.id(customer), decision, &explanation, model);
-    let record = OutputRecord {
-        topic: topic.to_string(),
-        partition: None,
-        key: Some(alert.customer_id.as_bytes().to_vec()),
-        payload: Some(alert.to_json()),
-        headers: vec![
-            (
-                "schema_version".into(),
-                ALERT_SCHEMA_VERSION.to_string().into_bytes(),
-            ),
-            ("kind".into(), alert.kind.as_bytes().to_vec()),
-            ("content-type".into(), b"application/json".to_vec()),
-        ],
-    };
-    (OutputKind::Alert(decision.kind), record)
+/// A batch's alerts, serialised into one buffer that is reused from batch
+/// to batch: each is its key (the customer id) followed by its JSON.
+#[derive(Default)]
+pub struct AlertBuffer {
+    bytes: Vec<u8>,
+    /// (kind, end of key, end of value) in `bytes`; each starts where the previous ended.
+    ends: Vec<(AlertKind, u32, u32)>,
+}
+
+impl AlertBuffer {
+    /// Alerts held.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether no alert is held.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Empties the buffer, keeping its allocations.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+
+    /// Serialises the alert `decision` about `customer` at the end.
+    fn push(
+        &mut self,
+        model: &RiskModel,
+        store: &CustomerStore,
+        customer: CustomerIndex,
+        decision: &AlertDecision,
+    ) {
+        let explanation = store.state(customer).explain(model, decision.event_time_ms);
+        let alert = Alert::new(store.id(customer), decision, &explanation, model);
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(alert.customer_id.as_bytes());
+        let key_end = self.bytes.len() as u32;
+        if serde_json::to_writer(&mut self.bytes, &alert).is_err() {
+            // Writing to a Vec cannot fail; never leave half an alert behind.
+            self.bytes.truncate(start);
+            return;
+        }
+        self.ends
+            .push((decision.kind, key_end, self.bytes.len() as u32));
+    }
+
+    /// (kind, key, JSON) of every alert, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (AlertKind, &[u8], &[u8])> {
+        let mut start = 0;
+        self.ends.iter().map(move |&(kind, key_end, end)| {
+            let (k, e) = (key_end as usize, end as usize);
+            let alert = (kind, &self.bytes[start..k], &self.bytes[k..e]);
+            start = e;
+            alert
+        })
+    }
+}
+
+/// The headers of an alert of `kind`, built once per kind and copied per record.
+pub fn alert_headers(kind: AlertKind) -> OwnedHeaders {
+    let schema = ALERT_SCHEMA_VERSION.to_string();
+    OwnedHeaders::new_with_capacity(3)
+        .insert(Header {
+            key: "schema_version",
+            value: Some(schema.as_bytes()),
+        })
+        .insert(Header {
+            key: "kind",
+            value: Some(kind.as_str().as_bytes()),
+        })
+        .insert(Header {
+            key: "content-type",
+            value: Some(b"application/json".as_slice()),
+        })
+}
+
+impl PartitionTask {
+    /// Hands back a sent alert buffer, so the next batch reuses its allocations.
+    pub fn recycle_alerts(&mut self, mut buffer: AlertBuffer) {
+        if self.open_alerts.bytes.capacity() == 0 {
+            buffer.clear();
+            self.open_alerts = buffer;
+        }
+    }
 }
 
 fn dead_letter(topic: &str, msg: &InputMessage<'_>, error: &EventError) -> OutputRecord {
@@ -612,12 +663,36 @@ fn dead_letter(topic: &str, msg: &InputMessage<'_>, error: &EventError) -> Outpu
     }
 }
 
-/// Batches closed but whose state records wait for the ledger, and the
-/// receive times of batches whose offsets are not yet stored.
+/// Flushes whose state records wait for the ledger, and the closed batches
+/// whose outputs are not all acknowledged yet.
 #[derive(Default)]
 pub struct PartitionBacklog {
-    /// (batch seq, its state records), oldest first.
+    /// (ledger batch seq, its state records), oldest first.
     pub waiting_state: VecDeque<(u64, Snapshots)>,
-    /// (last offset, receive times) of batches not yet stored, oldest first.
-    pub received: VecDeque<(i64, Vec<Instant>)>,
+    /// Closed batches, oldest first, until their outputs and every earlier
+    /// batch's are acknowledged.
+    pub steps: VecDeque<Step>,
+    /// Number of the next closed batch.
+    pub next_step: u64,
+}
+
+/// One closed batch of a partition, awaiting its outputs' acknowledgements.
+pub struct Step {
+    /// Its number (consecutive per assignment).
+    pub step: u64,
+    /// Outputs not yet settled.
+    pub pending: u32,
+    /// When each of its messages was received.
+    pub received: Vec<Instant>,
+}
+
+impl PartitionTask {
+    /// Hands back a drained receive-time buffer, so the next batch reuses its
+    /// allocation.
+    pub fn recycle_received(&mut self, mut buffer: Vec<Instant>) {
+        if self.open_received.capacity() == 0 {
+            buffer.clear();
+            self.open_received = buffer;
+        }
+    }
 }

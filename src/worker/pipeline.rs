@@ -2,25 +2,34 @@
 //! the output sink, wired together.
 //!
 //! Every message is parsed, applied to its partition's store and scored on
-//! the pipeline thread by its [`PartitionTask`]. Work is grouped per
+//! a pipeline thread by its [`PartitionTask`]. Work is grouped per
 //! partition into batches. A batch closes (after `batch_size` messages, once
 //! its first message is 20 ms old, when the consumer runs dry, or on the
-//! once-a-second tick) by firing due inactivity timers and snapshotting the
-//! customers it changed. Then, as the [`AckLedger`] decides:
+//! once-a-second tick) by firing due inactivity timers; its alerts and dead
+//! letters are sent at once, and its events' latency is observed when they
+//! (and every earlier batch's) are acknowledged.
 //!
-//! 1. its alerts and dead letters are sent at once;
-//! 2. its state records are sent once its outputs and every earlier batch's
-//!    state records are acknowledged: one batch's state in flight per
+//! State is written by flushes, not per batch: the store is the cache.
+//! Customers changed since the last flush are only marked; a flush (every
+//! `state.flush_interval_ms`, once the previous flush's records are
+//! acknowledged, and always on revoke and shutdown) snapshots them once
+//! each. The work recorded since the last flush is one ledger batch, which
+//! the flush seals; then, as the [`AckLedger`] decides:
+//!
+//! 1. its state records are sent once all its outputs and every earlier
+//!    flush's state records are acknowledged: one flush in flight per
 //!    partition, so a record re-sent after a failure can never land after a
 //!    newer record for the same customer;
-//! 3. its offset is stored once it and every earlier batch are fully
-//!    acknowledged.
+//! 2. its offset is stored once it and every earlier flush are fully
+//!    acknowledged, so committed offsets always match a flushed state.
 //!
 //! After a crash, events after the restored state's offsets are applied again
 //! and re-publish the same alert ids. Failures follow the policy of
 //! [`super::sink`].
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use prometheus::local::{LocalHistogram, LocalIntCounter};
@@ -31,19 +40,23 @@ use rdkafka::producer::BaseProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use rustc_hash::FxHashMap;
 
+use rdkafka::message::OwnedHeaders;
+
 use crate::config::WorkerConfig;
+use crate::engine::AlertKind;
 use crate::model::RiskModel;
 use crate::telemetry::Metrics;
 
-use super::WorkerShared;
 use super::kafka::{DeliveryContext, DeliveryTag, OutputKind};
 use super::ledger::{AckLedger, BatchId};
 use super::partition::{
-    InputMessage, PartitionBacklog, PartitionSettings, PartitionTask, TaskContext,
+    InputMessage, PartitionBacklog, PartitionSettings, PartitionTask, Step, TaskContext,
+    alert_headers,
 };
 use super::restore::Restored;
 use super::sink::{OutputSink, Settled, SinkFatal};
 use super::wall_clock_ms;
+use super::{WorkerError, WorkerShared};
 
 pub use super::partition::PartitionData;
 
@@ -54,9 +67,72 @@ pub use super::partition::PartitionData;
 /// 25 % instead of 29-33 % in `churn-scorer bench`).
 const WAITING_STATE_FACTOR: usize = 4;
 
-/// A waiting batch absorbs newer ones only up to this many state records, so
-/// that merging (which copies the waiting records) stays cheap.
-const MAX_MERGED_STATE_RECORDS: usize = 65_536;
+/// One pipeline thread's [`Core`], shared with the group thread (rebalance
+/// callbacks, statistics, restores), which must not be starved of the lock
+/// by the pipeline thread's tight loop.
+pub struct CoreHandle {
+    core: Mutex<Core>,
+    /// Set while the group thread waits for the lock: the pipeline thread
+    /// then steps aside after its current burst.
+    wanted: AtomicBool,
+    /// The pipeline thread, to wake it when a partition queue fills or the
+    /// worker stops.
+    thread: OnceLock<Thread>,
+}
+
+impl CoreHandle {
+    /// Wraps a core.
+    pub fn new(core: Core) -> Self {
+        CoreHandle {
+            core: Mutex::new(core),
+            wanted: AtomicBool::new(false),
+            thread: OnceLock::new(),
+        }
+    }
+
+    /// Locks the core from the pipeline thread that owns it; a poisoned lock
+    /// means a panic on another thread holding it.
+    pub fn lock(&self) -> Result<MutexGuard<'_, Core>, WorkerError> {
+        self.core.lock().map_err(|_| WorkerError::PipelineStopped)
+    }
+
+    /// Locks the core from another thread, asking the pipeline thread to
+    /// step aside.
+    pub fn lock_from_outside(&self) -> Result<MutexGuard<'_, Core>, WorkerError> {
+        self.wanted.store(true, Ordering::Release);
+        let guard = self.lock();
+        self.wanted.store(false, Ordering::Release);
+        guard
+    }
+
+    /// Lets a waiting group thread take the lock (called between bursts,
+    /// without the lock held).
+    pub fn step_aside(&self) {
+        let mut spins = 0;
+        while self.wanted.load(Ordering::Acquire) && spins < 1000 {
+            std::thread::yield_now();
+            spins += 1;
+        }
+    }
+
+    /// Records the pipeline thread (once, from that thread).
+    pub fn set_thread(&self, thread: Thread) {
+        let _ = self.thread.set(thread);
+    }
+
+    /// Wakes the pipeline thread if it is waiting for messages.
+    pub fn wake(&self) {
+        if let Some(t) = self.thread.get() {
+            t.unpark();
+        }
+    }
+}
+
+/// The pipeline thread that owns `partition` among `threads`: partitions
+/// are dealt out round-robin, so each thread owns a disjoint, fixed share.
+pub fn owner_of(partition: i32, threads: usize) -> usize {
+    usize::try_from(partition).unwrap_or(0) % threads.max(1)
+}
 
 /// A partition whose restore should start.
 pub struct RestoreRequest {
@@ -105,6 +181,7 @@ impl LocalMetrics {
 struct Owned {
     task: PartitionTask,
     backlog: PartitionBacklog,
+    last_flush: Instant,
 }
 
 /// The pipeline's state, shared with the consumer's rebalance callbacks.
@@ -115,6 +192,12 @@ pub struct Core {
     settings: PartitionSettings,
     state_topic: String,
     max_in_flight: usize,
+    flush_interval: Duration,
+    alerts_topic: String,
+    /// Headers of each alert kind, copied into every alert record.
+    alert_headers: Vec<(AlertKind, OwnedHeaders)>,
+    /// Partition ids, reused by the calls that visit every partition.
+    ids: Vec<i32>,
     sink: OutputSink,
     ledger: AckLedger,
     partitions: FxHashMap<i32, Owned>,
@@ -156,6 +239,13 @@ impl Core {
             settings: PartitionSettings::new(config),
             state_topic: config.topics.state.clone(),
             max_in_flight,
+            flush_interval: Duration::from_millis(config.state.flush_interval_ms),
+            alerts_topic: config.topics.alerts.clone(),
+            alert_headers: AlertKind::ALL
+                .iter()
+                .map(|&k| (k, alert_headers(k)))
+                .collect(),
+            ids: Vec::new(),
             model,
             metrics,
             shared,
@@ -188,9 +278,12 @@ impl Core {
                 >= self.max_in_flight.saturating_mul(WAITING_STATE_FACTOR)
     }
 
-    /// Whether outputs are waiting to be acknowledged (or sent again).
+    /// Whether outputs are waiting to be acknowledged (or sent again), or
+    /// processed work waits for a state flush.
     pub fn awaiting_acks(&self) -> bool {
-        self.ledger.unacknowledged() > 0 || self.sink.unsettled() > 0
+        self.ledger.unacknowledged() > 0
+            || self.sink.unsettled() > 0
+            || self.partitions.keys().any(|&p| self.ledger.has_unsealed(p))
     }
 
     /// A fault that must stop the worker, once one has happened.
@@ -229,16 +322,19 @@ impl Core {
         );
         let full = owned.task.process(&cx, &input, received, wall);
         if full {
-            self.close_batch(partition);
+            self.close_batch(partition, false);
         }
     }
 
-    /// Closes every partition's open batch.
+    /// Closes every partition's open batch (flushing those whose flush is due).
     pub fn close_all_batches(&mut self) {
-        let ids: Vec<i32> = self.partitions.keys().copied().collect();
-        for p in ids {
-            self.close_batch(p);
+        let mut ids = std::mem::take(&mut self.ids);
+        ids.clear();
+        ids.extend(self.partitions.keys().copied());
+        for &p in &ids {
+            self.close_batch(p, false);
         }
+        self.ids = ids;
     }
 
     /// The idle rule and eviction schedule of every partition (about once a second).
@@ -246,16 +342,17 @@ impl Core {
         let now = Instant::now();
         let wall = wall_clock_ms();
         self.wall_base = (now, wall);
-        let ids: Vec<i32> = self.partitions.keys().copied().collect();
-        for p in ids {
-            let close = self
-                .partitions
-                .get_mut(&p)
-                .is_some_and(|o| o.task.tick(&self.settings, now, wall));
-            if close {
-                self.close_batch(p);
+        let mut ids = std::mem::take(&mut self.ids);
+        ids.clear();
+        ids.extend(self.partitions.keys().copied());
+        for &p in &ids {
+            // Closed whatever the clock did: a quiet partition's flush falls due too.
+            if let Some(o) = self.partitions.get_mut(&p) {
+                o.task.tick(&self.settings, now, wall);
             }
+            self.close_batch(p, false);
         }
+        self.ids = ids;
         self.update_customer_gauge();
         self.flush_metrics();
     }
@@ -280,61 +377,70 @@ impl Core {
         }
     }
 
-    /// Closes one partition's open batch and sends what it caused.
-    fn close_batch(&mut self, partition: i32) {
+    /// Closes one partition's open batch and sends what it caused; flushes
+    /// its state if `force_flush` or the flush is due (interval elapsed and
+    /// the previous flush acknowledged: until then its customers keep
+    /// coalescing).
+    fn close_batch(&mut self, partition: i32, force_flush: bool) {
         let Some(owned) = self.partitions.get_mut(&partition) else {
             return;
         };
+        let now = Instant::now();
+        let flush = force_flush
+            || (now.saturating_duration_since(owned.last_flush) >= self.flush_interval
+                && !self.ledger.state_outstanding(partition));
         let cx = TaskContext {
             settings: &self.settings,
             model: &self.model,
             metrics: &self.metrics,
             local: &self.local,
         };
-        let Some(closed) = owned.task.close(&cx) else {
+        let Some(closed) = owned.task.close(&cx, flush) else {
             return;
         };
-        let outputs = closed.outputs.len() as u32;
-        // While the partition's newest batch still waits for its state's
-        // turn, fold this batch into it: a customer changed again meanwhile
-        // then costs one state record, not one per batch.
-        let waiting = self.ledger.last_waiting(partition).and_then(|id| {
-            let (seq, records) = owned.backlog.waiting_state.back_mut()?;
-            (*seq == id.seq && records.len() < MAX_MERGED_STATE_RECORDS).then_some(records)
-        });
-        let id = match waiting {
-            Some(records) => {
-                records.merge_newer(closed.snapshots);
-                let total = records.len() as u32;
-                self.ledger
-                    .extend_last(partition, closed.last_offset, outputs, total)
-            }
-            None => {
-                let id = self.ledger.close_batch(
-                    partition,
-                    closed.last_offset,
-                    outputs,
-                    closed.snapshots.len() as u32,
+        let outputs = (closed.outputs.len() + closed.alerts.len()) as u32;
+        if closed.last_offset.is_some() || outputs > 0 {
+            let Some(id) = self.ledger.record(partition, closed.last_offset, outputs) else {
+                return;
+            };
+            let step = owned.backlog.next_step;
+            owned.backlog.next_step += 1;
+            owned.backlog.steps.push_back(Step {
+                step,
+                pending: outputs,
+                received: closed.received,
+            });
+            for (kind, key, payload) in closed.alerts.iter() {
+                let Some((_, headers)) = self.alert_headers.iter().find(|(k, _)| *k == kind) else {
+                    continue;
+                };
+                self.sink.send_with_headers(
+                    tag(id, step, OutputKind::Alert(kind)),
+                    &self.alerts_topic,
+                    key,
+                    payload,
+                    headers,
                 );
-                if let Some(id) = id
-                    && !closed.snapshots.is_empty()
-                {
-                    owned
-                        .backlog
-                        .waiting_state
-                        .push_back((id.seq, closed.snapshots));
-                }
-                id
             }
-        };
-        let Some(id) = id else {
-            return;
-        };
-        if let Some(offset) = closed.last_offset {
-            owned.backlog.received.push_back((offset, closed.received));
+            owned.task.recycle_alerts(closed.alerts);
+            for (kind, record) in closed.outputs {
+                self.sink.send(tag(id, step, kind), record);
+            }
+            if outputs == 0 {
+                settle_steps(owned, &self.local, now);
+            }
         }
-        for (kind, record) in closed.outputs {
-            self.sink.send(tag(id, kind), record);
+        if flush {
+            owned.last_flush = now;
+            let records = closed.snapshots.len() as u32;
+            if let Some(id) = self.ledger.seal(partition, records)
+                && !closed.snapshots.is_empty()
+            {
+                owned
+                    .backlog
+                    .waiting_state
+                    .push_back((id.seq, closed.snapshots));
+            }
         }
         self.advance();
     }
@@ -366,7 +472,7 @@ impl Core {
             for (key, value) in snapshots.iter() {
                 let payload = (!value.is_empty()).then_some(value);
                 self.sink.send_borrowed(
-                    tag(id, OutputKind::State),
+                    tag(id, 0, OutputKind::State),
                     &self.state_topic,
                     Some(id.partition),
                     key,
@@ -376,23 +482,8 @@ impl Core {
         }
         self.ledger_offsets.clear();
         self.ledger.take_offsets(&mut self.ledger_offsets);
-        if self.ledger_offsets.is_empty() {
-            return;
-        }
-        let now = Instant::now();
-        for &(p, offset) in &self.ledger_offsets {
-            self.offsets_to_store.push((p, offset));
-            if let Some(owned) = self.partitions.get_mut(&p) {
-                let received = &mut owned.backlog.received;
-                while let Some((_, times)) = received.pop_front_if(|(last, _)| *last <= offset) {
-                    for t in times {
-                        self.local
-                            .processing_latency
-                            .observe(now.duration_since(t).as_secs_f64());
-                    }
-                }
-            }
-        }
+        self.offsets_to_store
+            .extend_from_slice(&self.ledger_offsets);
     }
 
     /// Serves producer callbacks and acts on what was settled.
@@ -408,6 +499,7 @@ impl Core {
         if self.settled.is_empty() {
             return;
         }
+        let now = Instant::now();
         for i in 0..self.settled.len() {
             let settled = self.settled[i];
             let t = settled.tag();
@@ -419,10 +511,26 @@ impl Core {
                 epoch: t.epoch,
                 seq: t.seq,
             };
-            match t.kind {
-                OutputKind::State => self.ledger.state_acked(id),
-                _ => self.ledger.output_acked(id),
-            };
+            if t.kind == OutputKind::State {
+                self.ledger.state_acked(id);
+                continue;
+            }
+            if self.ledger.output_acked(id)
+                && let Some(owned) = self.partitions.get_mut(&t.partition)
+                && owned.task.epoch() == t.epoch
+            {
+                let front = owned.backlog.steps.front().map_or(0, |s| s.step);
+                let index = t
+                    .step
+                    .checked_sub(front)
+                    .and_then(|i| usize::try_from(i).ok());
+                if let Some(step) = index.and_then(|i| owned.backlog.steps.get_mut(i)) {
+                    step.pending = step.pending.saturating_sub(1);
+                    if step.pending == 0 {
+                        settle_steps(owned, &self.local, now);
+                    }
+                }
+            }
         }
         self.advance();
     }
@@ -466,7 +574,7 @@ impl Core {
     pub fn drain(&mut self, partitions: &[i32], deadline: Instant) -> bool {
         let deadline = self.shutdown_deadline.map_or(deadline, |d| d.min(deadline));
         for &p in partitions {
-            self.close_batch(p);
+            self.close_batch(p, true);
         }
         loop {
             let drained = partitions.iter().all(|&p| {
@@ -499,6 +607,7 @@ impl Core {
                 Owned {
                     task,
                     backlog: PartitionBacklog::default(),
+                    last_flush: Instant::now(),
                 },
             );
             self.restore_requests.push(RestoreRequest {
@@ -508,7 +617,7 @@ impl Core {
         }
         self.metrics
             .partitions_assigned
-            .set(self.partitions.len() as i64);
+            .set(self.shared.partition_count() as i64);
     }
 
     /// Installs a finished restore if the partition is still ours in that epoch.
@@ -577,18 +686,15 @@ impl Core {
         }
         self.metrics
             .partitions_assigned
-            .set(self.partitions.len() as i64);
+            .set(self.shared.partition_count() as i64);
         self.update_customer_gauge();
     }
 
-    /// Sets `customers_tracked`.
+    /// Sets `customers_tracked` (over every pipeline thread's partitions).
     pub fn update_customer_gauge(&self) {
-        let total: usize = self
-            .partitions
-            .values()
-            .filter_map(|o| o.task.data().read().ok().map(|d| d.store.len()))
-            .sum();
-        self.metrics.customers_tracked.set(total as i64);
+        self.metrics
+            .customers_tracked
+            .set(self.shared.customer_count() as i64);
     }
 
     /// Partitions currently tracked.
@@ -606,12 +712,27 @@ impl Core {
     }
 }
 
-fn tag(id: BatchId, kind: OutputKind) -> DeliveryTag {
+fn tag(id: BatchId, step: u64, kind: OutputKind) -> DeliveryTag {
     DeliveryTag {
         partition: id.partition,
         epoch: id.epoch,
         seq: id.seq,
+        step,
         kind,
+    }
+}
+
+/// Retires the partition's oldest closed batches whose outputs, and every
+/// earlier batch's, are all acknowledged: their events' processing latency
+/// ends here (their state and offsets follow with the next flush).
+fn settle_steps(owned: &mut Owned, local: &LocalMetrics, now: Instant) {
+    while let Some(step) = owned.backlog.steps.pop_front_if(|s| s.pending == 0) {
+        for &t in &step.received {
+            local
+                .processing_latency
+                .observe(now.saturating_duration_since(t).as_secs_f64());
+        }
+        owned.task.recycle_received(step.received);
     }
 }
 

@@ -1,16 +1,28 @@
-//! The pipeline thread: the consumer loop, changelog restores, and the
-//! bounded shutdown.
+//! The worker's threads: the group thread (consumer group membership,
+//! rebalance callbacks, statistics, changelog restores, the bounded
+//! shutdown) and N pipeline threads, each reading its own partitions'
+//! queues and processing them.
 //!
-//! Shutdown guarantee: from the moment it is asked to stop, the thread
+//! Every input partition's fetch queue is split from the consumer's main
+//! queue once, at start (librdkafka keeps a partition queue split across
+//! rebalances), and handed to the pipeline thread [`owner_of`] names, so
+//! messages of a partition are only ever processed by one thread, in order,
+//! and never copied. A partition the topic gained after start has no queue
+//! of its own; its messages arrive on the main queue and the group thread
+//! hands them to the owning core.
+//!
+//! Shutdown guarantee: from the moment it is asked to stop, the group thread
 //! returns within `shutdown.drain_timeout_secs` + 10 s whatever the brokers
-//! do: the drain runs once against one deadline (a revoke during the close
-//! shares it), the commit is asynchronous with a deadline, the consumer is
-//! closed on a thread of its own with a deadline, and the producer is
-//! flushed with one. It returns `Ok` only if everything was drained and
-//! committed.
+//! do: the pipeline threads stop within a poll, the drain runs once against
+//! one deadline (a revoke during the close shares it), the commit is
+//! asynchronous with a deadline, the consumer is closed on a thread of its
+//! own with a deadline, and the producers are flushed with one. It returns
+//! `Ok` only if everything was drained and committed.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -23,9 +35,9 @@ use crate::telemetry::Metrics;
 
 use super::group::{CommitOutcome, GroupContext, commit_with_deadline, store_offsets};
 use super::kafka::{self, DeliveryContext};
-use super::pipeline::{Core, set_paused};
+use super::pipeline::{Core, CoreHandle, owner_of, set_paused};
 use super::restore::{Restored, restore_partition};
-use super::sink::LogLimiter;
+use super::sink::{LogLimiter, SinkFatal};
 use super::{WorkerError, WorkerShared};
 
 /// Budgets of the steps after the drain: 7 s in all, leaving room within the
@@ -34,29 +46,33 @@ const COMMIT_WAIT: Duration = Duration::from_secs(2);
 const LEAVE_WAIT: Duration = Duration::from_secs(1);
 const CLOSE_WAIT: Duration = Duration::from_millis(2500);
 const FLUSH_WAIT: Duration = Duration::from_millis(1500);
+/// How long the group thread waits for the pipeline threads to stop.
+const PIPELINE_STOP_WAIT: Duration = Duration::from_secs(1);
+/// Messages taken from one partition queue before the next queue's turn.
+const BURST: usize = 64;
 
-/// What the run loop does next.
+type Consumer0 = BaseConsumer<GroupContext>;
+type Queue = rdkafka::consumer::base_consumer::PartitionQueue<GroupContext>;
+
+/// What a pipeline thread's loop does next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LoopState {
     /// Messages are flowing: poll without waiting.
     Busy,
-    /// Nothing to read: wait in the poll (briefly while acknowledgements are due).
+    /// Nothing to read: wait (briefly while acknowledgements are due).
     Idle,
     /// Too much unacknowledged work: serve acknowledgements instead of reading.
     Backpressured,
 }
 
-/// Why the loop ended.
+/// Why the group thread's loop ended.
 enum Stop {
     /// Shutdown was requested.
     Requested,
-    /// The output sink hit a fault waiting cannot fix.
+    /// An output sink hit a fault waiting cannot fix.
     Fatal { topic: String, cause: String },
-}
-
-/// Locks the core; a poisoned lock means a panic on the pipeline thread.
-fn lock(core: &Mutex<Core>) -> Result<std::sync::MutexGuard<'_, Core>, WorkerError> {
-    core.lock().map_err(|_| WorkerError::PipelineStopped)
+    /// A pipeline thread ended with an error or panicked.
+    Failed(WorkerError),
 }
 
 struct RestoreDone {
@@ -87,23 +103,21 @@ impl Restores {
     /// Starts requested restores and installs finished ones.
     fn step(
         &mut self,
-        core: &Mutex<Core>,
-        consumer: &BaseConsumer<GroupContext>,
+        cores: &[CoreHandle],
+        consumer: &Consumer0,
         config: &WorkerConfig,
         model: &Arc<RiskModel>,
         metrics: &Metrics,
     ) -> Result<(), WorkerError> {
-        let mut c = lock(core)?;
-        if c.restore_requests.is_empty() && self.running == 0 && self.retry.is_empty() {
+        let now = Instant::now();
+        let mut requests: Vec<(i32, u64)> = Vec::new();
+        for handle in cores {
+            let mut c = handle.lock_from_outside()?;
+            requests.extend(c.restore_requests.drain(..).map(|r| (r.partition, r.epoch)));
+        }
+        if requests.is_empty() && self.running == 0 && self.retry.is_empty() {
             return Ok(());
         }
-        let now = Instant::now();
-        let mut requests: Vec<(i32, u64)> = c
-            .restore_requests
-            .drain(..)
-            .map(|r| (r.partition, r.epoch))
-            .collect();
-        drop(c);
         self.retry.retain(|&(at, p, e)| {
             let due = at <= now;
             if due {
@@ -140,8 +154,12 @@ impl Restores {
             self.running = self.running.saturating_sub(1);
             match done.result {
                 Ok(restored) => {
-                    let installed =
-                        lock(core)?.install_restore(done.partition, done.epoch, restored);
+                    let owner = &cores[owner_of(done.partition, cores.len())];
+                    let installed = owner.lock_from_outside()?.install_restore(
+                        done.partition,
+                        done.epoch,
+                        restored,
+                    );
                     let Some(rewind) = installed else {
                         continue;
                     };
@@ -158,6 +176,7 @@ impl Restores {
                     if let Err(e) = set_paused(consumer, input, done.partition, false) {
                         tracing::error!(partition = done.partition, error = %e, "resume failed");
                     }
+                    owner.wake();
                 }
                 Err(e) => {
                     tracing::error!(partition = done.partition, error = %e, "state restore failed; retrying in 5 s");
@@ -173,7 +192,8 @@ impl Restores {
     }
 }
 
-/// Runs the pipeline on the current (dedicated) thread until `shutdown`.
+/// Runs the worker's pipeline until `shutdown`: this (dedicated) thread
+/// becomes the group thread and starts `pipeline.threads` pipeline threads.
 pub fn run_pipeline(
     config: WorkerConfig,
     model: Arc<RiskModel>,
@@ -183,144 +203,131 @@ pub fn run_pipeline(
 ) -> Result<(), WorkerError> {
     let producer: BaseProducer<DeliveryContext> =
         kafka::producer_config(&config).create_with_context(DeliveryContext::default())?;
-    if !super::preflight(&config, &producer, &shutdown)? {
+    let Some(input_partitions) = super::preflight(&config, &producer, &shutdown)? else {
         tracing::info!("stopped before joining the group");
         return Ok(());
-    }
+    };
     let input_topic = config.topics.input.clone();
     let drain_timeout = Duration::from_secs(config.shutdown.drain_timeout_secs);
-    let core = Arc::new(Mutex::new(Core::new(
-        &config,
-        Arc::clone(&model),
-        metrics.clone(),
-        Arc::clone(&shared),
-        producer,
-    )));
+    let threads = config.pipeline.thread_count();
+    let mut producers = vec![producer];
+    for _ in 1..threads {
+        producers
+            .push(kafka::producer_config(&config).create_with_context(DeliveryContext::default())?);
+    }
+    let cores: Arc<[CoreHandle]> = producers
+        .into_iter()
+        .map(|producer| {
+            CoreHandle::new(Core::new(
+                &config,
+                Arc::clone(&model),
+                metrics.clone(),
+                Arc::clone(&shared),
+                producer,
+            ))
+        })
+        .collect();
     let context = GroupContext {
-        core: Arc::clone(&core),
+        cores: Arc::clone(&cores),
         shared: Arc::clone(&shared),
         metrics: metrics.clone(),
         input_topic: input_topic.clone(),
         drain_timeout,
         commit_log: Default::default(),
     };
-    let consumer: BaseConsumer<GroupContext> =
-        kafka::consumer_config(&config, &config.kafka.group_id).create_with_context(context)?;
+    let consumer: Arc<Consumer0> = Arc::new(
+        kafka::consumer_config(&config, &config.kafka.group_id).create_with_context(context)?,
+    );
+    // Split before the first poll, so no message of these partitions is
+    // fetched onto the main queue.
+    let mut queues: Vec<Vec<(i32, Queue)>> = (0..threads).map(|_| Vec::new()).collect();
+    for p in 0..i32::try_from(input_partitions).unwrap_or(i32::MAX) {
+        match consumer.split_partition_queue(&input_topic, p) {
+            Some(q) => queues[owner_of(p, threads)].push((p, q)),
+            None => tracing::warn!(
+                partition = p,
+                "cannot split the partition's queue; the group thread will hand its messages over"
+            ),
+        }
+    }
     consumer.subscribe(&[&input_topic])?;
-    tracing::info!(topic = %input_topic, group = %config.kafka.group_id, "subscribed");
+    tracing::info!(topic = %input_topic, group = %config.kafka.group_id, threads, "subscribed");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut handles: Vec<JoinHandle<Result<Option<SinkFatal>, WorkerError>>> = Vec::new();
+    for (i, mut mine) in queues.into_iter().enumerate() {
+        let my_cores = Arc::clone(&cores);
+        let my_consumer = Arc::clone(&consumer);
+        let my_stop = Arc::clone(&stop);
+        let topic = input_topic.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("pipeline-{i}"))
+            .spawn(move || {
+                let handle = &my_cores[i];
+                handle.set_thread(std::thread::current());
+                for (_, q) in &mut mine {
+                    let cores = Arc::clone(&my_cores);
+                    q.set_nonempty_callback(move || cores[i].wake());
+                }
+                let result = pipeline_loop(handle, &mine, &my_consumer, &topic, &my_stop);
+                // The queues hold the consumer: give them up before it closes.
+                drop(mine);
+                result
+            });
+        match spawned {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                stop.store(true, Ordering::Release);
+                for h in &cores[..] {
+                    h.wake();
+                }
+                return Err(WorkerError::Http(e));
+            }
+        }
+    }
 
     let mut restores = Restores::new();
-    let mut state = LoopState::Idle;
-    let mut awaiting_acks = false;
-    let mut since_serve = 0_u32;
-    let mut since_cancel_check = 0_u32;
-    let mut last_tick = Instant::now();
     let mut consumer_errors = LogLimiter::default();
-
-    let stop = loop {
-        // The token takes a lock: while busy, look every 64 messages (well under a millisecond).
-        if state != LoopState::Busy || since_cancel_check >= 64 {
-            since_cancel_check = 0;
-            if shutdown.is_cancelled() {
-                break Stop::Requested;
-            }
+    let stopped = loop {
+        if shutdown.is_cancelled() {
+            break Stop::Requested;
         }
-        since_cancel_check += 1;
-        // Restore requests come from rebalance callbacks: while busy, look
-        // every 64 messages (the core's lock is not free).
-        if state != LoopState::Busy
-            || since_cancel_check == 1
-            || restores.running > 0
-            || !restores.retry.is_empty()
-        {
-            restores.step(&core, &consumer, &config, &model, &metrics)?;
+        if handles.iter().any(JoinHandle::is_finished) {
+            break Stop::Failed(WorkerError::PipelineStopped);
         }
-
-        state = match state {
-            LoopState::Backpressured => {
-                let mut c = lock(&core)?;
-                c.close_all_batches();
-                c.serve_deliveries(Duration::from_millis(10));
-                let offsets = c.take_offsets();
-                let still = c.backpressured();
-                drop(c);
-                store_offsets(&consumer, &input_topic, offsets);
-                // Keep the group session alive while waiting.
-                if let Some(Ok(msg)) = consumer.poll(Duration::ZERO) {
-                    lock(&core)?.process(&msg);
-                }
-                if still {
-                    LoopState::Backpressured
-                } else {
-                    LoopState::Idle
-                }
-            }
-            LoopState::Busy | LoopState::Idle => {
-                let timeout = match (state, awaiting_acks) {
-                    (LoopState::Busy, _) => Duration::ZERO,
-                    (_, true) => Duration::from_millis(1),
-                    (_, false) => Duration::from_millis(100),
-                };
-                match consumer.poll(timeout) {
-                    Some(Ok(msg)) => {
-                        let mut c = lock(&core)?;
-                        c.process(&msg);
-                        since_serve += 1;
-                        if c.backpressured() {
-                            LoopState::Backpressured
-                        } else {
-                            LoopState::Busy
-                        }
-                    }
-                    Some(Err(e)) => {
-                        if let Some(held_back) = consumer_errors.allow(Duration::from_secs(10)) {
-                            tracing::warn!(error = %e, similar_not_logged = held_back, "consumer error");
-                        }
-                        lock(&core)?.fetch_failed();
-                        LoopState::Idle
-                    }
-                    None => {
-                        lock(&core)?.close_all_batches();
-                        since_serve = u32::MAX;
-                        LoopState::Idle
-                    }
-                }
-            }
+        restores.step(&cores, &consumer, &config, &model, &metrics)?;
+        let timeout = if restores.running > 0 || !restores.retry.is_empty() {
+            Duration::from_millis(10)
+        } else {
+            Duration::from_millis(100)
         };
-
-        if since_serve >= 512 {
-            since_serve = 0;
-            let mut c = lock(&core)?;
-            c.serve_deliveries(Duration::ZERO);
-            let offsets = c.take_offsets();
-            awaiting_acks = c.awaiting_acks();
-            if c.backpressured() {
-                state = LoopState::Backpressured;
+        match consumer.poll(timeout) {
+            Some(Ok(msg)) => {
+                // A partition without a queue of its own (see the module documentation).
+                let owner = &cores[owner_of(rdkafka::Message::partition(&msg), threads)];
+                owner.lock_from_outside()?.process(&msg);
             }
-            let fatal = c.fatal();
-            drop(c);
-            store_offsets(&consumer, &input_topic, offsets);
-            if let Some(f) = fatal {
-                break Stop::Fatal {
-                    topic: f.topic,
-                    cause: f.cause,
-                };
+            Some(Err(e)) => {
+                if let Some(held_back) = consumer_errors.allow(Duration::from_secs(10)) {
+                    tracing::warn!(error = %e, similar_not_logged = held_back, "consumer error");
+                }
+                for h in &cores[..] {
+                    h.lock_from_outside()?.fetch_failed();
+                }
             }
-        }
-        if last_tick.elapsed() >= Duration::from_secs(1) {
-            last_tick = Instant::now();
-            let mut c = lock(&core)?;
-            c.tick();
-            awaiting_acks = c.awaiting_acks();
-            if c.backpressured() {
-                state = LoopState::Backpressured;
-            }
+            None => {}
         }
     };
 
-    let outcome = shut_down(&core, consumer, &input_topic, drain_timeout)?;
-    match stop {
+    stop.store(true, Ordering::Release);
+    for h in &cores[..] {
+        h.wake();
+    }
+    let stopped = join_pipelines(handles, stopped);
+    let outcome = shut_down(&cores, consumer, &input_topic, drain_timeout)?;
+    match stopped {
         Stop::Fatal { topic, cause } => Err(WorkerError::OutputFatal { topic, cause }),
+        Stop::Failed(e) => Err(e),
         Stop::Requested if outcome.clean() => {
             tracing::info!("worker stopped: everything drained and committed");
             Ok(())
@@ -342,6 +349,156 @@ pub fn run_pipeline(
     }
 }
 
+/// Waits (bounded) for the pipeline threads to stop; a fatal output fault
+/// or failure of any of them outranks a requested stop.
+fn join_pipelines(
+    handles: Vec<JoinHandle<Result<Option<SinkFatal>, WorkerError>>>,
+    mut stopped: Stop,
+) -> Stop {
+    let deadline = Instant::now() + PIPELINE_STOP_WAIT;
+    for h in handles {
+        while !h.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if !h.is_finished() {
+            tracing::warn!("a pipeline thread did not stop in time; leaving it behind");
+            continue;
+        }
+        let result = h.join().unwrap_or(Err(WorkerError::PipelineStopped));
+        match result {
+            Ok(Some(f)) if !matches!(stopped, Stop::Fatal { .. }) => {
+                stopped = Stop::Fatal {
+                    topic: f.topic,
+                    cause: f.cause,
+                };
+            }
+            Err(e) if matches!(stopped, Stop::Requested | Stop::Failed(_)) => {
+                stopped = Stop::Failed(e);
+            }
+            _ => {}
+        }
+    }
+    stopped
+}
+
+/// One pipeline thread: reads its partition queues in bursts, processes
+/// each message on its core, serves its producer's acknowledgements and
+/// stores the offsets they make storable. Returns a fatal output fault, if
+/// one stopped it.
+fn pipeline_loop(
+    handle: &CoreHandle,
+    queues: &[(i32, Queue)],
+    consumer: &Consumer0,
+    input_topic: &str,
+    stop: &AtomicBool,
+) -> Result<Option<SinkFatal>, WorkerError> {
+    let mut state = LoopState::Idle;
+    let mut awaiting_acks = false;
+    let mut since_serve = 0_usize;
+    let mut last_tick = Instant::now();
+    let mut next_queue = 0_usize;
+    let mut consumer_errors = LogLimiter::default();
+    while !stop.load(Ordering::Acquire) {
+        state = match state {
+            LoopState::Backpressured => {
+                let mut c = handle.lock()?;
+                c.close_all_batches();
+                c.serve_deliveries(Duration::from_millis(10));
+                let offsets = c.take_offsets();
+                let still = c.backpressured();
+                drop(c);
+                store_offsets(consumer, input_topic, offsets);
+                handle.step_aside();
+                if still {
+                    LoopState::Backpressured
+                } else {
+                    LoopState::Idle
+                }
+            }
+            LoopState::Busy | LoopState::Idle => {
+                let mut got = 0_usize;
+                let mut pressured = false;
+                let mut c = handle.lock()?;
+                for k in 0..queues.len() {
+                    let (_, queue) = &queues[(next_queue + k) % queues.len()];
+                    for _ in 0..BURST {
+                        match queue.poll(Duration::ZERO) {
+                            Some(Ok(msg)) => {
+                                c.process(&msg);
+                                got += 1;
+                            }
+                            Some(Err(e)) => {
+                                if let Some(held_back) =
+                                    consumer_errors.allow(Duration::from_secs(10))
+                                {
+                                    tracing::warn!(error = %e, similar_not_logged = held_back, "consumer error");
+                                }
+                                c.fetch_failed();
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    if c.backpressured() {
+                        pressured = true;
+                        break;
+                    }
+                }
+                next_queue = next_queue.wrapping_add(1);
+                if got == 0 {
+                    c.close_all_batches();
+                    since_serve = usize::MAX;
+                }
+                drop(c);
+                handle.step_aside();
+                since_serve = since_serve.saturating_add(got);
+                if pressured {
+                    LoopState::Backpressured
+                } else if got > 0 {
+                    LoopState::Busy
+                } else {
+                    LoopState::Idle
+                }
+            }
+        };
+
+        if since_serve >= 512 {
+            since_serve = 0;
+            let mut c = handle.lock()?;
+            c.serve_deliveries(Duration::ZERO);
+            let offsets = c.take_offsets();
+            awaiting_acks = c.awaiting_acks();
+            if c.backpressured() {
+                state = LoopState::Backpressured;
+            }
+            let fatal = c.fatal();
+            drop(c);
+            store_offsets(consumer, input_topic, offsets);
+            if fatal.is_some() {
+                return Ok(fatal);
+            }
+        }
+        if last_tick.elapsed() >= Duration::from_secs(1) {
+            last_tick = Instant::now();
+            let mut c = handle.lock()?;
+            c.tick();
+            awaiting_acks = c.awaiting_acks();
+            if c.backpressured() {
+                state = LoopState::Backpressured;
+            }
+        }
+        if state == LoopState::Idle {
+            // Woken early when a queue fills (its non-empty callback) or on stop.
+            std::thread::park_timeout(if awaiting_acks {
+                Duration::from_millis(1)
+            } else {
+                Duration::from_millis(100)
+            });
+        }
+    }
+    Ok(None)
+}
+
 struct ShutdownOutcome {
     drained: bool,
     committed: bool,
@@ -355,28 +512,30 @@ impl ShutdownOutcome {
 }
 
 /// Drains once, commits, leaves the group and flushes, each with a deadline
-/// (see the module documentation).
+/// (see the module documentation). The pipeline threads have stopped.
 fn shut_down(
-    core: &Mutex<Core>,
-    consumer: BaseConsumer<GroupContext>,
+    cores: &[CoreHandle],
+    consumer: Arc<Consumer0>,
     input_topic: &str,
     drain_timeout: Duration,
 ) -> Result<ShutdownOutcome, WorkerError> {
     tracing::info!("shutting down: draining in-flight work");
     let deadline = Instant::now() + drain_timeout;
-    let drained = {
-        let mut c = lock(core)?;
-        c.begin_shutdown(deadline);
+    let mut drained = true;
+    for h in cores {
+        h.lock_from_outside()?.begin_shutdown(deadline);
+    }
+    for h in cores {
+        let mut c = h.lock_from_outside()?;
         let all = c.partition_ids();
-        let drained = c.drain(&all, deadline);
-        if !drained {
-            tracing::warn!("drain timed out; unacknowledged events will be re-read after restart");
-        }
+        drained &= c.drain(&all, deadline);
         let offsets = c.take_offsets();
         drop(c);
         store_offsets(&consumer, input_topic, offsets);
-        drained
-    };
+    }
+    if !drained {
+        tracing::warn!("drain timed out; unacknowledged events will be re-read after restart");
+    }
 
     let committed = match commit_with_deadline(&consumer, COMMIT_WAIT) {
         CommitOutcome::Committed => true,
@@ -395,7 +554,15 @@ fn shut_down(
 
     consumer.unsubscribe();
     let leave_until = Instant::now() + LEAVE_WAIT;
-    while Instant::now() < leave_until && !lock(core)?.partition_ids().is_empty() {
+    let any_assigned = || -> Result<bool, WorkerError> {
+        for h in cores {
+            if !h.lock_from_outside()?.partition_ids().is_empty() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    };
+    while Instant::now() < leave_until && any_assigned()? {
         consumer.poll(Duration::from_millis(50));
     }
     // A consumer that cannot reach its coordinator can block in close.
@@ -412,7 +579,12 @@ fn shut_down(
             CLOSE_WAIT.as_secs()
         );
     }
-    let unsettled = lock(core)?.flush_producer(FLUSH_WAIT);
+    let flush_until = Instant::now() + FLUSH_WAIT;
+    let mut unsettled = 0;
+    for h in cores {
+        let left = flush_until.saturating_duration_since(Instant::now());
+        unsettled += h.lock_from_outside()?.flush_producer(left);
+    }
     Ok(ShutdownOutcome {
         drained,
         committed,

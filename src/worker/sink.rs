@@ -145,6 +145,12 @@ pub struct OutputSink {
     retry_log: LogLimiter,
     /// Records given up on outside [`OutputSink::serve`], reported at its next call.
     dropped_at_enqueue: Vec<Settled>,
+    /// What each enqueued record is (tag, explicit partition), by the slot
+    /// its delivery report names.
+    slots: Vec<(DeliveryTag, Option<i32>)>,
+    free_slots: Vec<usize>,
+    /// The reports of the last serve, kept for their allocation.
+    report_buffer: Vec<Delivery>,
 }
 
 impl OutputSink {
@@ -166,7 +172,30 @@ impl OutputSink {
             fatal: None,
             retry_log: LogLimiter::default(),
             dropped_at_enqueue: Vec::new(),
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            report_buffer: Vec::new(),
         }
+    }
+
+    fn take_slot(&mut self, tag: DeliveryTag, partition: Option<i32>) -> usize {
+        match self.free_slots.pop() {
+            Some(i) => {
+                self.slots[i] = (tag, partition);
+                i
+            }
+            None => {
+                self.slots.push((tag, partition));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    /// The record in `slot`, whose report just came; the slot is free again.
+    fn release_slot(&mut self, slot: usize) -> Option<(DeliveryTag, Option<i32>)> {
+        let entry = *self.slots.get(slot)?;
+        self.free_slots.push(slot);
+        Some(entry)
     }
 
     /// The producer (for metadata look-ups at start).
@@ -216,6 +245,41 @@ impl OutputSink {
         }
     }
 
+    /// Sends a record straight from borrowed key and payload with a copy of
+    /// `headers` (alerts); the bytes are copied only if the record has to be
+    /// kept for a retry.
+    pub fn send_with_headers(
+        &mut self,
+        tag: DeliveryTag,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+        headers: &rdkafka::message::OwnedHeaders,
+    ) {
+        use rdkafka::message::Headers;
+        let result = self.enqueue(
+            tag,
+            topic,
+            None,
+            Some(key),
+            Some(payload),
+            Some(headers.clone()),
+        );
+        if let Err(e) = result {
+            let record = OutputRecord {
+                topic: topic.to_string(),
+                partition: None,
+                key: Some(key.to_vec()),
+                payload: Some(payload.to_vec()),
+                headers: headers
+                    .iter()
+                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                    .collect(),
+            };
+            self.failed(tag, e, record, 0, None);
+        }
+    }
+
     fn send_attempt(&mut self, tag: DeliveryTag, record: OutputRecord, attempts: u32) {
         let headers = (!record.headers.is_empty()).then(|| record.owned_headers());
         let result = self.enqueue(
@@ -243,8 +307,9 @@ impl OutputSink {
         headers: Option<rdkafka::message::OwnedHeaders>,
     ) -> Result<(), KafkaError> {
         let started = Instant::now();
+        let slot = self.take_slot(tag, partition);
         loop {
-            let mut base = BaseRecord::with_opaque_to(topic, Box::new((tag, partition)));
+            let mut base = BaseRecord::with_opaque_to(topic, slot);
             if let Some(key) = key {
                 base = base.key(key);
             }
@@ -264,11 +329,15 @@ impl OutputSink {
                 }
                 Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     if started.elapsed() >= QUEUE_FULL_WAIT {
+                        self.free_slots.push(slot);
                         return Err(e);
                     }
                     self.producer.poll(Duration::from_millis(10));
                 }
-                Err((e, _)) => return Err(e),
+                Err((e, _)) => {
+                    self.free_slots.push(slot);
+                    return Err(e);
+                }
             }
         }
     }
@@ -407,23 +476,32 @@ impl OutputSink {
                 break;
             }
         }
-        let reports = match self.producer.context().reports.lock() {
-            Ok(mut r) => std::mem::take(&mut *r),
-            Err(_) => Vec::new(),
-        };
-        for report in reports {
+        let mut reports = std::mem::take(&mut self.report_buffer);
+        if let Ok(mut r) = self.producer.context().reports.lock() {
+            std::mem::swap(&mut *r, &mut reports);
+        }
+        for report in reports.drain(..) {
             self.enqueued = self.enqueued.saturating_sub(1);
             match report {
-                Delivery::Acked(tag) => settled.push(Settled::Acked(tag)),
-                Delivery::Failed(tag, error, record) => {
+                Delivery::Acked(slot) => {
+                    if let Some((tag, _)) = self.release_slot(slot) {
+                        settled.push(Settled::Acked(tag));
+                    }
+                }
+                Delivery::Failed(slot, error, mut record) => {
+                    let Some((tag, partition)) = self.release_slot(slot) else {
+                        continue;
+                    };
                     // Purged by a revoke: the next owner re-reads its events.
                     if !is_live(&tag) {
                         continue;
                     }
+                    record.partition = partition;
                     self.failed(tag, error, *record, 0, Some(settled));
                 }
             }
         }
+        self.report_buffer = reports;
         if self.retries.is_empty() || self.fatal.is_some() {
             return;
         }

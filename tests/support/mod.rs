@@ -362,10 +362,15 @@ impl WorkerProcess {
         } else {
             "\"session.timeout.ms\" = \"6000\"\n"
         };
+        let commit = if consumer_extra.contains("auto.commit.interval.ms") {
+            ""
+        } else {
+            "\"auto.commit.interval.ms\" = \"200\"\n"
+        };
         write!(
             config,
             "[kafka]\nbootstrap_servers = \"{bootstrap}\"\n\
-             [kafka.consumer]\n{session}\"auto.commit.interval.ms\" = \"200\"\n\
+             [kafka.consumer]\n{session}{commit}\
              {consumer_extra}\n\
              [http]\naddr = \"127.0.0.1:{port}\"\n\
              [model]\npath = \"config/model.toml\"\n\
