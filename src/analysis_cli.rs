@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use churn_scorer::analysis::backtest::{run_backtest, write_json, write_text};
-use churn_scorer::analysis::fit::{FitOptions, describe, model_toml, run_fit};
+use churn_scorer::analysis::fit::{AlertTarget, FitOptions, describe, model_toml, run_fit};
 use churn_scorer::analysis::labels::{Labels, read_labels};
 use churn_scorer::analysis::report::render_html;
 use churn_scorer::analysis::{backtest::evaluate_store, fit::FitSummary};
@@ -31,6 +31,14 @@ pub struct BacktestArgs {
     /// Score at this moment (2025-06-01 = midnight UTC, or RFC 3339); only events strictly before it are used.
     #[arg(long)]
     cutoff: String,
+    /// Print the lowest at-risk threshold whose alerts in the month before
+    /// the cutoff reach this precision (share of alerted customers who churned).
+    #[arg(long, default_value_t = churn_scorer::analysis::backtest::DEFAULT_TARGET_PRECISION)]
+    alert_precision: f64,
+    /// Print the lowest at-risk threshold that alerts at most this share of
+    /// customers per 30 days.
+    #[arg(long, default_value_t = churn_scorer::analysis::backtest::DEFAULT_TARGET_RATE)]
+    alert_rate: f64,
     /// Print one JSON object instead of tables.
     #[arg(long)]
     json: bool,
@@ -77,6 +85,18 @@ pub struct FitArgs {
     /// L2 penalties to cross-validate (standardised units), comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = churn_scorer::analysis::fit::DEFAULT_LAMBDAS)]
     lambdas: Vec<f64>,
+    /// Choose the largest penalty within one standard error of the best
+    /// cross-validated AUC (smoother weights) instead of the best.
+    #[arg(long)]
+    one_standard_error: bool,
+    /// Set the alert thresholds so that the customers alerted in the month
+    /// before the cutoff churned at least this often (e.g. 0.6).
+    #[arg(long, conflicts_with = "alert_rate")]
+    alert_precision: Option<f64>,
+    /// Set the alert thresholds so that at most this share of customers is
+    /// alerted per 30 days (e.g. 0.05).
+    #[arg(long)]
+    alert_rate: Option<f64>,
     /// Also write an HTML report of the fitted model on the customers it was fitted on (in-sample).
     #[arg(long)]
     report: Option<PathBuf>,
@@ -100,6 +120,14 @@ fn report_bad_line(bad: &BadLine) {
     eprintln!("line {}: {}: {}", bad.line, bad.error.reason(), bad.error);
 }
 
+fn check_share(flag: &str, value: f64) -> Result<()> {
+    anyhow::ensure!(
+        value.is_finite() && value > 0.0 && value <= 1.0,
+        "{flag} must be a share between 0 and 1 (0.6 for 60 %), got {value}"
+    );
+    Ok(())
+}
+
 fn write_file(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
@@ -116,7 +144,9 @@ pub fn backtest(args: BacktestArgs) -> Result<()> {
             .with_context(|| format!("opening events file {}", args.events))?;
         Box::new(BufReader::with_capacity(1 << 20, file))
     };
-    let result = run_backtest(
+    check_share("--alert-precision", args.alert_precision)?;
+    check_share("--alert-rate", args.alert_rate)?;
+    let mut result = run_backtest(
         &model,
         input,
         &labels,
@@ -124,6 +154,10 @@ pub fn backtest(args: BacktestArgs) -> Result<()> {
         args.strict,
         report_bad_line,
     )?;
+    result
+        .summary
+        .thresholds
+        .set_targets(args.alert_precision, args.alert_rate);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if args.json {
@@ -173,6 +207,18 @@ pub fn fit(args: FitArgs) -> Result<()> {
     options.model_version = args.model_version;
     options.lambdas = args.lambdas;
     options.strict = args.strict;
+    options.one_standard_error = args.one_standard_error;
+    options.alert_target = match (args.alert_precision, args.alert_rate) {
+        (Some(p), _) => {
+            check_share("--alert-precision", p)?;
+            Some(AlertTarget::Precision(p))
+        }
+        (None, Some(r)) => {
+            check_share("--alert-rate", r)?;
+            Some(AlertTarget::Rate(r))
+        }
+        (None, None) => None,
+    };
     let events = &args.events;
     let outcome = run_fit(
         || std::fs::File::open(events).map(|f| BufReader::with_capacity(1 << 20, f)),
@@ -197,6 +243,7 @@ pub fn fit(args: FitArgs) -> Result<()> {
             &labels,
             cutoff_ms,
             &outcome.replay_stats,
+            None,
         );
         let title = format!("Fitted model {} (in-sample)", outcome.summary.model_version);
         let html = render_html(&result, &title, &in_sample_notes(&outcome.summary))?;

@@ -143,3 +143,62 @@ fn on_a_purchase_only_history_the_default_model_ranks_better_than_recency() {
     let (model, recency) = model_and_recency_auc(&RiskModel::default_model(), &s);
     assert!(model > recency, "model {model:.4} vs recency {recency:.4}");
 }
+
+#[test]
+fn on_a_purchase_only_history_fit_beats_the_textbook_logistic_regression_out_of_fold() {
+    use churn_scorer::analysis::fit::{AlertTarget, FitOptions, run_fit};
+    let s = purchases();
+    let mut options = FitOptions::new(s.cutoff_ms);
+    options.alert_target = Some(AlertTarget::Rate(0.2));
+    let outcome = run_fit(
+        || Ok(&s.events[..]),
+        &labels(&s),
+        &RiskModel::default_model(),
+        &options,
+        |_| {},
+    )
+    .expect("fit");
+    let summary = &outcome.summary;
+    eprintln!(
+        "fit AUC {:.4} vs recency-frequency-spend-tenure {:.4}",
+        summary.cv_auc, summary.baseline_cv_auc
+    );
+    assert!(
+        summary.cv_auc > summary.baseline_cv_auc,
+        "fit {:.4} vs baseline {:.4}",
+        summary.cv_auc,
+        summary.baseline_cv_auc
+    );
+    // Silence curves rise (every segment adds points ≥ 0), in days and in gaps.
+    let spec = outcome.model.spec();
+    let rises = |points: Vec<f64>| points.windows(2).all(|w| w[1] >= w[0]);
+    assert!(rises(
+        spec.inactivity.steps.iter().map(|s| s.points).collect()
+    ));
+    let rhythm = spec.rhythm.as_ref().expect("fitted with rhythm");
+    assert!(rises(rhythm.steps.iter().map(|s| s.points).collect()));
+    // The threshold written keeps the monthly alert volume within the target,
+    // as a backtest of the written model on the same history shows.
+    let (target, row) = summary.alert_threshold.clone().expect("a threshold");
+    assert_eq!(target, AlertTarget::Rate(0.2));
+    assert_eq!(spec.alert.at_risk_threshold, row.threshold);
+    assert!(spec.alert.recovery_threshold < spec.alert.at_risk_threshold);
+    let backtest = run_backtest(
+        &outcome.model,
+        &s.events[..],
+        &labels(&s),
+        s.cutoff_ms,
+        true,
+        |_| {},
+    )
+    .expect("backtest");
+    let same = backtest
+        .summary
+        .thresholds
+        .table
+        .iter()
+        .find(|r| r.threshold == row.threshold)
+        .expect("threshold on the grid");
+    assert!(same.rate <= 0.2, "{same:?}");
+    assert_eq!(same, &row);
+}

@@ -4,14 +4,17 @@
 //! A backtest at a cutoff ranks customers; this measures the alerts
 //! themselves — how many customers ever get one (each costs an e-mail, a
 //! discount or a call), and how many of those alerted from some moment on
-//! really left.
+//! really left — and finds the thresholds that reach a target precision or
+//! a target alert volume.
 
 use std::collections::HashSet;
 
+use serde::Serialize;
+
 use crate::analysis::labels::Labels;
-use crate::engine::AlertKind;
+use crate::engine::{AlertKind, ApplyOutcome, CustomerStore};
 use crate::model::RiskModel;
-use crate::offline::replay_alerts;
+use crate::offline::{ReplayError, ReplayStats, replay_alerts};
 
 /// Alert figures of one replayed history.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,5 +74,218 @@ pub fn alert_quality<'a>(
         alerted_in_window: in_window.len() as u64,
         precision: ratio(true_alerts, in_window.len() as u64),
         recall: ratio(true_alerts, churned),
+    }
+}
+
+/// Length of the window over which alert volume is measured.
+pub const VOLUME_WINDOW_MS: i64 = 30 * 86_400_000;
+
+/// Replays `input` (JSON lines) strictly before `cutoff_ms` into a new store,
+/// as [`crate::offline::replay`] does, and also returns each customer's
+/// highest risk score in the [`VOLUME_WINDOW_MS`] before the cutoff.
+///
+/// Risk only rises while a customer is silent, so the highest score over a
+/// stretch of silence is the one just before the next event (or at the
+/// cutoff): scoring each customer just before and just after each of its
+/// events in the window, and at the cutoff, finds the peak exactly. A
+/// threshold at or below a customer's peak is one the customer would have
+/// crossed in that month — an alert, cooldown and hysteresis aside.
+pub fn replay_with_peaks(
+    model: &RiskModel,
+    input: impl std::io::BufRead,
+    cutoff_ms: i64,
+    strict: bool,
+    mut on_bad_line: impl FnMut(&crate::offline::BadLine),
+) -> Result<(CustomerStore, ReplayStats, Vec<f64>), ReplayError> {
+    use crate::event::parse_event;
+    use crate::offline::{BadLine, for_each_line};
+    let window_start = cutoff_ms.saturating_sub(VOLUME_WINDOW_MS);
+    let mut store = CustomerStore::new();
+    let mut stats = ReplayStats::default();
+    let mut peaks: Vec<f64> = Vec::new();
+    for_each_line(input, |line_no, line| {
+        stats.lines_read = line_no;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return Ok(());
+        }
+        match parse_event(line) {
+            Ok(event) => {
+                if event.timestamp_ms >= cutoff_ms {
+                    stats.ignored_after_limit += 1;
+                    return Ok(());
+                }
+                let in_window = event.timestamp_ms >= window_start;
+                let before = match store.find(&event.customer_id) {
+                    Some(c) if in_window => Some(store.state(c).risk(model, event.timestamp_ms)),
+                    _ => None,
+                };
+                if let ApplyOutcome::Scored {
+                    customer,
+                    risk_score,
+                    ..
+                } = store.apply(model, &event, None, false)
+                {
+                    let i = customer as usize;
+                    if peaks.len() <= i {
+                        peaks.resize(i + 1, f64::NEG_INFINITY);
+                    }
+                    if in_window {
+                        peaks[i] = peaks[i].max(risk_score).max(before.unwrap_or(0.0));
+                    }
+                }
+                stats.accepted += 1;
+                stats.max_event_ms = Some(
+                    stats
+                        .max_event_ms
+                        .map_or(event.timestamp_ms, |m| m.max(event.timestamp_ms)),
+                );
+            }
+            Err(error) => {
+                let bad = BadLine {
+                    line: line_no,
+                    error,
+                };
+                if strict {
+                    return Err(ReplayError::Strict(bad));
+                }
+                *stats.rejected.entry(bad.error.reason()).or_default() += 1;
+                on_bad_line(&bad);
+            }
+        }
+        Ok(())
+    })?;
+    for (i, peak) in peaks.iter_mut().enumerate() {
+        let state = store.state(i as u32);
+        if state.events() > 0 {
+            *peak = peak.max(state.risk(model, cutoff_ms));
+        }
+    }
+    Ok((store, stats, peaks))
+}
+
+/// Alert volume and precision at one at-risk threshold, over the month
+/// before the cutoff.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ThresholdRow {
+    /// The at-risk threshold (0–100).
+    pub threshold: f64,
+    /// Labelled customers whose risk reached it in the month before the cutoff.
+    pub customers: u64,
+    /// Their share of all labelled customers: the alert volume per 30 days.
+    pub rate: f64,
+    /// Of them, the share who churned.
+    pub precision: Option<f64>,
+    /// Of the churned, the share among them.
+    pub recall: Option<f64>,
+}
+
+/// Every labelled customer's peak risk in the month before the cutoff (0
+/// for a customer without events) with its label.
+pub fn labelled_peaks(store: &CustomerStore, peaks: &[f64], labels: &Labels) -> Vec<(f64, bool)> {
+    labels
+        .sorted()
+        .into_iter()
+        .map(|(id, churned)| {
+            let peak = store
+                .find(id)
+                .and_then(|c| peaks.get(c as usize).copied())
+                .filter(|p| p.is_finite())
+                .unwrap_or(0.0);
+            (peak, churned)
+        })
+        .collect()
+}
+
+/// The figures of every threshold from 1 to 99.5 in steps of 0.5.
+pub fn threshold_table(peaks: &[(f64, bool)]) -> Vec<ThresholdRow> {
+    let mut sorted: Vec<(f64, bool)> = peaks.to_vec();
+    sorted.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let total = sorted.len() as u64;
+    let churned_total = sorted.iter().filter(|p| p.1).count() as u64;
+    let mut rows = Vec::new();
+    let (mut k, mut alerted, mut churned) = (0, 0_u64, 0_u64);
+    for step in (2..=199).rev() {
+        let threshold = f64::from(step) / 2.0;
+        while k < sorted.len() && sorted[k].0 >= threshold {
+            alerted += 1;
+            churned += u64::from(sorted[k].1);
+            k += 1;
+        }
+        rows.push(ThresholdRow {
+            threshold,
+            customers: alerted,
+            rate: if total > 0 {
+                alerted as f64 / total as f64
+            } else {
+                0.0
+            },
+            precision: (alerted > 0).then(|| churned as f64 / alerted as f64),
+            recall: (churned_total > 0).then(|| churned as f64 / churned_total as f64),
+        });
+    }
+    rows.reverse();
+    rows
+}
+
+/// The lowest threshold whose precision reaches `target` (the most churners
+/// found at that precision), if any does.
+pub fn threshold_for_precision(table: &[ThresholdRow], target: f64) -> Option<&ThresholdRow> {
+    table
+        .iter()
+        .find(|r| r.customers > 0 && r.precision.is_some_and(|p| p >= target))
+}
+
+/// The lowest threshold whose monthly alert volume is at most `target`
+/// (share of customers), if any is.
+pub fn threshold_for_rate(table: &[ThresholdRow], target: f64) -> Option<&ThresholdRow> {
+    table.iter().find(|r| r.rate <= target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_count_customers_at_or_above_and_pick_the_lowest_reaching_a_target() {
+        // Peaks 90 (churned), 80 (retained), 80 (churned), 60 (churned), 10 (retained).
+        let peaks = [
+            (90.0, true),
+            (80.0, false),
+            (80.0, true),
+            (60.0, true),
+            (10.0, false),
+        ];
+        let table = threshold_table(&peaks);
+        assert_eq!(table.len(), 198);
+        let at = |t: f64| {
+            table
+                .iter()
+                .find(|r| r.threshold == t)
+                .expect("on the grid")
+        };
+        assert_eq!(at(80.0).customers, 3);
+        assert_eq!(at(80.0).precision, Some(2.0 / 3.0));
+        assert_eq!(at(80.0).recall, Some(2.0 / 3.0));
+        assert_eq!(at(80.5).customers, 1);
+        assert_eq!(at(60.0).rate, 0.8);
+        assert_eq!(at(99.5).precision, None);
+        // Precision 1 only above 80. From 10.5 to 60 the four highest are
+        // alerted (3 churned, 0.75); at 1 all five (0.6).
+        assert_eq!(
+            threshold_for_precision(&table, 1.0).map(|r| r.threshold),
+            Some(80.5)
+        );
+        assert_eq!(
+            threshold_for_precision(&table, 0.7).map(|r| r.threshold),
+            Some(10.5)
+        );
+        assert_eq!(
+            threshold_for_rate(&table, 0.2).map(|r| r.threshold),
+            Some(80.5)
+        );
+        assert_eq!(
+            threshold_for_rate(&table, 0.0).map(|r| r.threshold),
+            Some(90.5)
+        );
     }
 }

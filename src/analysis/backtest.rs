@@ -11,6 +11,10 @@ use std::io::{BufRead, Write};
 
 use serde::Serialize;
 
+use super::alerts::{
+    ThresholdRow, labelled_peaks, replay_with_peaks, threshold_for_precision, threshold_for_rate,
+    threshold_table,
+};
 use super::labels::Labels;
 use super::metrics::{
     self, CalibrationBin, ScoreGroup, TopShare, calibration_deciles, groups_descending,
@@ -18,7 +22,7 @@ use super::metrics::{
 use crate::engine::{CustomerStore, Factor};
 use crate::event::format_timestamp_ms;
 use crate::model::RiskModel;
-use crate::offline::{BadLine, ReplayError, ReplayStats, TimeLimit, replay};
+use crate::offline::{BadLine, ReplayError, ReplayStats};
 
 /// The shares of customers, in percent, whose precision, recall and lift are reported.
 pub const TOP_PERCENTS: [u32; 3] = [1, 5, 10];
@@ -117,6 +121,50 @@ pub struct BacktestCounts {
     pub label_rows_rejected: u64,
 }
 
+/// The default precision target of `backtest`.
+pub const DEFAULT_TARGET_PRECISION: f64 = 0.6;
+/// The default alert-volume target of `backtest` (share of customers per 30 days).
+pub const DEFAULT_TARGET_RATE: f64 = 0.05;
+
+/// Thresholds from data: volume and precision per at-risk threshold over
+/// the month before the cutoff, and the thresholds that reach a target.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ThresholdChoice {
+    /// Every threshold from 1 to 99.5 in steps of 0.5 (empty when peaks were
+    /// not measured, as for an in-sample fit report).
+    pub table: Vec<ThresholdRow>,
+    /// The precision aimed at.
+    pub target_precision: f64,
+    /// The lowest threshold reaching it, if any.
+    pub for_precision: Option<ThresholdRow>,
+    /// The monthly alert volume aimed at (share of labelled customers).
+    pub target_rate: f64,
+    /// The lowest threshold within it, if any.
+    pub for_rate: Option<ThresholdRow>,
+}
+
+impl ThresholdChoice {
+    fn new(table: Vec<ThresholdRow>) -> Self {
+        let mut choice = ThresholdChoice {
+            table,
+            target_precision: DEFAULT_TARGET_PRECISION,
+            for_precision: None,
+            target_rate: DEFAULT_TARGET_RATE,
+            for_rate: None,
+        };
+        choice.set_targets(DEFAULT_TARGET_PRECISION, DEFAULT_TARGET_RATE);
+        choice
+    }
+
+    /// Chooses the thresholds for these targets.
+    pub fn set_targets(&mut self, precision: f64, rate: f64) {
+        self.target_precision = precision;
+        self.target_rate = rate;
+        self.for_precision = threshold_for_precision(&self.table, precision).cloned();
+        self.for_rate = threshold_for_rate(&self.table, rate).cloned();
+    }
+}
+
 /// Every figure of a backtest (the `--json` output).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BacktestSummary {
@@ -132,6 +180,10 @@ pub struct BacktestSummary {
     pub top: Vec<TopShare>,
     /// Customers at the model's at-risk threshold.
     pub alerts: AlertVolume,
+    /// Alert volume and precision per threshold over the month before the
+    /// cutoff, and the thresholds reaching the targets (see
+    /// [`BacktestSummary::set_targets`]).
+    pub thresholds: ThresholdChoice,
     /// Deciles of predicted probability, scored customers only.
     pub calibration: Vec<CalibrationBin>,
     /// Factors with their weights and mean points by label.
@@ -179,16 +231,15 @@ pub fn run_backtest(
     strict: bool,
     on_bad_line: impl FnMut(&BadLine),
 ) -> Result<Backtest, BacktestError> {
-    let mut store = CustomerStore::new();
-    let stats = replay(
-        events,
+    let (store, stats, peaks) = replay_with_peaks(model, events, cutoff_ms, strict, on_bad_line)?;
+    Ok(evaluate_store(
         model,
-        &mut store,
-        TimeLimit::Before(cutoff_ms),
-        strict,
-        on_bad_line,
-    )?;
-    Ok(evaluate_store(model, &store, labels, cutoff_ms, &stats))
+        &store,
+        labels,
+        cutoff_ms,
+        &stats,
+        Some(&peaks),
+    ))
 }
 
 /// Running sums of one factor's points.
@@ -208,6 +259,7 @@ pub fn evaluate_store(
     labels: &Labels,
     cutoff_ms: i64,
     stats: &ReplayStats,
+    peaks: Option<&[f64]>,
 ) -> Backtest {
     let mut customers = Vec::with_capacity(labels.len());
     let mut factors: BTreeMap<Factor, FactorSums> = BTreeMap::new();
@@ -237,9 +289,13 @@ pub fn evaluate_store(
         .iter()
         .filter(|(id, _)| labels.get(id).is_none())
         .count() as u64;
-    let summary = summarise(
+    let mut summary = summarise(
         model, &customers, factors, cutoff_ms, stats, labels, unlabelled,
     );
+    if let Some(peaks) = peaks {
+        summary.thresholds =
+            ThresholdChoice::new(threshold_table(&labelled_peaks(store, peaks, labels)));
+    }
     Backtest { summary, customers }
 }
 
@@ -306,6 +362,7 @@ fn summarise(
             .map(|&p| metrics::top_share(&groups, p))
             .collect(),
         alerts,
+        thresholds: ThresholdChoice::new(Vec::new()),
         calibration: calibration_deciles(&probabilities),
         factors,
         counts: BacktestCounts {
@@ -345,6 +402,68 @@ pub fn write_json(summary: &BacktestSummary, out: &mut impl Write) -> Result<(),
 }
 
 /// Writes the summary as a human-readable table.
+/// The thresholds-from-data section of the text output.
+fn write_thresholds(t: &ThresholdChoice, out: &mut impl Write) -> Result<(), BacktestError> {
+    if t.table.is_empty() {
+        return Ok(());
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "at-risk threshold vs the month before the cutoff (customers whose risk reached it):"
+    )?;
+    writeln!(out, "threshold  customers  per 30 days  precision  recall")?;
+    let row = |r: &ThresholdRow, out: &mut dyn Write| -> std::io::Result<()> {
+        writeln!(
+            out,
+            "{:>9.1}  {:>9}  {:>10.2}%  {:>9}  {:>6}",
+            r.threshold,
+            r.customers,
+            r.rate * 100.0,
+            fmt_opt(r.precision, 4),
+            fmt_opt(r.recall, 4)
+        )
+    };
+    for r in t
+        .table
+        .iter()
+        .filter(|r| [50.0, 60.0, 70.0, 75.0, 80.0, 85.0, 90.0, 95.0].contains(&r.threshold))
+    {
+        row(r, out)?;
+    }
+    match &t.for_precision {
+        Some(r) => writeln!(
+            out,
+            "for precision >= {}: at_risk_threshold = {} ({:.2}% of customers per 30 days, recall {})",
+            t.target_precision,
+            r.threshold,
+            r.rate * 100.0,
+            fmt_opt(r.recall, 4)
+        )?,
+        None => writeln!(
+            out,
+            "for precision >= {}: no threshold reaches it",
+            t.target_precision
+        )?,
+    }
+    match &t.for_rate {
+        Some(r) => writeln!(
+            out,
+            "for at most {}% of customers per 30 days: at_risk_threshold = {} (precision {}, recall {})",
+            t.target_rate * 100.0,
+            r.threshold,
+            fmt_opt(r.precision, 4),
+            fmt_opt(r.recall, 4)
+        )?,
+        None => writeln!(
+            out,
+            "for at most {}% of customers per 30 days: no threshold is that quiet",
+            t.target_rate * 100.0
+        )?,
+    }
+    Ok(())
+}
+
 pub fn write_text(summary: &BacktestSummary, out: &mut impl Write) -> Result<(), BacktestError> {
     let c = &summary.counts;
     writeln!(
@@ -404,6 +523,7 @@ pub fn write_text(summary: &BacktestSummary, out: &mut impl Write) -> Result<(),
         fmt_opt(a.precision, 4),
         fmt_opt(a.recall, 4)
     )?;
+    write_thresholds(&summary.thresholds, out)?;
     writeln!(out)?;
     writeln!(
         out,

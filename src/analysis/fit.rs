@@ -43,6 +43,10 @@ use rand_chacha::ChaCha8Rng;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 
+use super::alerts::{
+    ThresholdRow, labelled_peaks, replay_with_peaks, threshold_for_precision, threshold_for_rate,
+    threshold_table,
+};
 use super::labels::Labels;
 use super::logistic::{Design, LogisticError, LogisticFit, LogisticProblem};
 use super::metrics;
@@ -73,7 +77,29 @@ pub struct FitOptions {
     pub model_version: Option<String>,
     /// Stop at the first bad event line.
     pub strict: bool,
+    /// Choose the largest penalty within one standard error of the best
+    /// cross-validated AUC instead of the best one.
+    pub one_standard_error: bool,
+    /// Set the alert thresholds from the data (see [`AlertTarget`]).
+    pub alert_target: Option<AlertTarget>,
 }
+
+/// What the fitted model's at-risk threshold should reach, measured on the
+/// labelled customers over the month before the cutoff
+/// ([`crate::analysis::alerts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertTarget {
+    /// The lowest threshold whose alerted customers churned at least this often.
+    Precision(f64),
+    /// The lowest threshold alerting at most this share of customers per 30 days.
+    Rate(f64),
+}
+
+/// Knots of the fitted silence curve in days, beside the base model's steps.
+const INACTIVITY_KNOTS_DAYS: [f64; 6] = [7.0, 14.0, 30.0, 60.0, 120.0, 240.0];
+/// Knots of the fitted rhythm curve in usual gaps, beside the base model's steps.
+const RHYTHM_KNOTS_GAPS: [f64; 6] = [1.0, 2.0, 3.0, 4.0, 6.0, 10.0];
 
 impl FitOptions {
     /// Defaults: 5 folds, seed 42, support 20, 30-day half-life, the default grid.
@@ -87,6 +113,8 @@ impl FitOptions {
             lambdas: DEFAULT_LAMBDAS.to_vec(),
             model_version: None,
             strict: false,
+            one_standard_error: false,
+            alert_target: None,
         }
     }
 }
@@ -208,6 +236,15 @@ pub struct FitSummary {
     /// Largest |risk/100 − fitted probability| over the fitted customers:
     /// the written model scores what was fitted (a few 1e-16 expected).
     pub max_score_deviation: f64,
+    /// Cross-validated AUC of the fitted model at the penalty chosen.
+    pub cv_auc: f64,
+    /// The textbook baseline on the same folds: a logistic regression on
+    /// recency, frequency, spend and tenure (its best penalty).
+    pub baseline_cv_auc: f64,
+    /// How the penalty was chosen: `best` or `one-standard-error`.
+    pub lambda_rule: &'static str,
+    /// The at-risk threshold set from the data, with its figures, if asked.
+    pub alert_threshold: Option<(AlertTarget, ThresholdRow)>,
 }
 
 /// A fitted model and how it was made.
@@ -231,8 +268,13 @@ enum Side {
     Held,
     /// Value decayed to the cutoff; weight ≤ 0.
     Faded,
-    /// A factor without decay (trend, inactivity, tenure).
+    /// A factor without decay (trend, tenure).
     Plain,
+    /// One segment of a silence curve (inactivity in days, rhythm in usual
+    /// gaps): how far the silence has gone from knot `j − 1` to knot `j`, 0
+    /// to 1. Its weight, ≥ 0, is the points that segment adds, so the curve
+    /// can only rise.
+    Ramp(usize),
 }
 
 /// A column of the design matrix.
@@ -266,9 +308,7 @@ impl Column {
             (Side::Held, _) => Bound::NonNegative,
             (Side::Faded, _) => Bound::NonPositive,
             // The model file forbids negative trend points and inactivity steps.
-            (Side::Plain, Factor::Trend | Factor::Inactivity | Factor::Rhythm) => {
-                Bound::NonNegative
-            }
+            (Side::Plain, Factor::Trend) | (Side::Ramp(_), _) => Bound::NonNegative,
             (Side::Plain, _) => Bound::Free,
         }
     }
@@ -281,12 +321,14 @@ struct Constraints {
     pairs: Vec<(usize, usize)>,
 }
 
-/// Counts event types by distinct labelled customers, events before the cutoff only.
+/// Counts event types by distinct labelled customers, events before the
+/// cutoff only; also sums each labelled customer's amounts (in
+/// `labels.sorted()` order) for the baseline.
 fn count_support(
     input: impl BufRead,
     labels: &Labels,
     cutoff_ms: i64,
-) -> Result<BTreeMap<String, u64>, FitError> {
+) -> Result<(BTreeMap<String, u64>, Vec<f64>), FitError> {
     let customers: FxHashMap<&str, u32> = labels
         .sorted()
         .into_iter()
@@ -298,6 +340,7 @@ fn count_support(
     // One bit per type for the first 64 types seen; pairs beyond that. Memory
     // grows with customers (and types), never with events.
     let mut masks: Vec<u64> = vec![0; customers.len()];
+    let mut spend: Vec<f64> = vec![0.0; customers.len()];
     let mut overflow: FxHashSet<(u32, u32)> = FxHashSet::default();
     for_each_line(input, |_, line| -> Result<(), FitError> {
         let Ok(event) = parse_event(line) else {
@@ -309,6 +352,9 @@ fn count_support(
         let Some(&c) = customers.get(event.customer_id.as_ref()) else {
             return Ok(());
         };
+        if let Some(amount) = event.amount.filter(|a| *a > 0.0) {
+            spend[c as usize] += amount;
+        }
         let t = match types.get(event.event_type.as_ref()) {
             Some(&t) => t,
             None => {
@@ -331,10 +377,58 @@ fn count_support(
         }
         Ok(())
     })?;
-    Ok(types
+    let support = types
         .into_iter()
         .map(|(name, t)| (name, support[t as usize]))
-        .collect())
+        .collect();
+    Ok((support, spend))
+}
+
+/// Cross-validated AUC of the textbook baseline on the same folds: a
+/// logistic regression on recency (days since the last event), frequency
+/// (ln of 1 + events), spend (ln of 1 + amounts) and tenure (days from the
+/// first to the last event), at its best penalty of `grid`.
+#[allow(clippy::too_many_arguments)]
+fn baseline_cv_auc(
+    store: &CustomerStore,
+    rows: &[(&str, bool)],
+    spend: &[f64],
+    y: &[bool],
+    fold_of: &[usize],
+    folds: usize,
+    grid: &[f64],
+    cutoff_ms: i64,
+) -> Result<f64, FitError> {
+    const DAY: f64 = 86_400_000.0;
+    let mut x = Design::new(4);
+    for ((id, _), amount) in rows.iter().zip(spend) {
+        let row = match store.get(id) {
+            Some(s) => [
+                (cutoff_ms - s.last_event_ms()) as f64 / DAY,
+                f64::from(s.events()).ln_1p(),
+                amount.ln_1p(),
+                (s.last_event_ms() - s.first_event_ms()) as f64 / DAY,
+            ],
+            None => [0.0; 4],
+        };
+        x.push_row(&row)?;
+    }
+    let all = [true; 4];
+    let mut best = f64::NEG_INFINITY;
+    for &lambda in grid {
+        let mut sum = 0.0;
+        for fold in 0..folds {
+            let train: Vec<usize> = (0..y.len()).filter(|&i| fold_of[i] != fold).collect();
+            let fit = LogisticProblem::new(&x, y, Some(&train), &all)?.fit(lambda, None)?;
+            let scored: Vec<(f64, bool)> = (0..y.len())
+                .filter(|&i| fold_of[i] == fold)
+                .map(|i| (fit.logit(x.row(i)), y[i]))
+                .collect();
+            sum += metrics::roc_auc(&scored).unwrap_or(0.5);
+        }
+        best = best.max(sum / folds as f64);
+    }
+    Ok(best)
 }
 
 /// The model's structure: which event types, their half-lives and activity flags.
@@ -416,12 +510,33 @@ fn uniform_model(skeleton: &ModelSpec, sign: f64) -> Result<RiskModel, FitError>
 
 /// Rows of the design matrix: each labelled customer's factor values, held
 /// and faded.
+/// Where `x` lies on segment `j` of a curve through `knots` (from 0 at 0):
+/// 0 before it, 1 after it, linear in between.
+fn ramp(knots: &[f64], j: usize, x: f64) -> f64 {
+    let lo = if j == 0 { 0.0 } else { knots[j - 1] };
+    let hi = knots[j];
+    if hi > lo {
+        ((x - lo) / (hi - lo)).clamp(0.0, 1.0)
+    } else {
+        f64::from(u8::from(x >= hi))
+    }
+}
+
+/// The knots of the two silence curves.
+struct Knots {
+    /// Inactivity, in days.
+    days: Vec<f64>,
+    /// Rhythm, in usual gaps.
+    gaps: Vec<f64>,
+}
+
 fn design(
     shape: &RiskModel,
     skeleton: &ModelSpec,
     store: &CustomerStore,
     rows: &[(&str, bool)],
     columns: &[Column],
+    knots: &Knots,
     cutoff_ms: i64,
 ) -> Result<Design, FitError> {
     let held = uniform_model(skeleton, 1.0)?;
@@ -430,6 +545,7 @@ fn design(
     let index: FxHashMap<(Factor, bool), usize> = columns
         .iter()
         .enumerate()
+        .filter(|(_, c)| !matches!(c.side, Side::Ramp(_)))
         .map(|(j, c)| ((c.factor, c.side == Side::Faded), j))
         .collect();
     let mut x = Design::new(columns.len());
@@ -444,10 +560,29 @@ fn design(
                     }
                 }
             }
+            let silence_ms = (cutoff_ms - state.last_event_ms()).max(0);
+            let days = silence_ms as f64 / 86_400_000.0;
+            let gaps = state.rhythm(shape).gaps(silence_ms);
+            for (j, c) in columns.iter().enumerate() {
+                if let Side::Ramp(k) = c.side {
+                    row[j] = match c.factor {
+                        Factor::Rhythm => ramp(&knots.gaps, k, gaps),
+                        _ => ramp(&knots.days, k, days),
+                    };
+                }
+            }
         }
         x.push_row(&row)?;
     }
     Ok(x)
+}
+
+/// The base model's knots merged with a default grid, ascending.
+fn merged_knots(base: impl Iterator<Item = f64>, grid: &[f64]) -> Vec<f64> {
+    let mut knots: Vec<f64> = base.chain(grid.iter().copied()).collect();
+    knots.sort_by(f64::total_cmp);
+    knots.dedup();
+    knots
 }
 
 /// Stratified, seeded fold of each row.
@@ -638,10 +773,10 @@ fn choose_lambda(
             }
         })
         .collect();
-    // The one-standard-error rule: the largest penalty whose mean AUC is
-    // within one standard error of the best. Among nearly equal rankings it
-    // takes the smoothest weights, which keeps the signs of collinear
-    // activity counts from flipping on noise.
+    // The best mean AUC by default. The one-standard-error rule (an option)
+    // takes the largest penalty within one standard error of the best: among
+    // nearly equal rankings the smoothest weights, which keeps the signs of
+    // collinear activity counts from flipping on noise.
     let best = results
         .iter()
         .max_by(|a, b| {
@@ -659,11 +794,15 @@ fn choose_lambda(
         / (k - 1.0).max(1.0))
     .sqrt();
     let floor = best.mean_auc - sd / k.sqrt();
-    let chosen = results
-        .iter()
-        .filter(|r| r.mean_auc >= floor)
-        .map(|r| r.lambda)
-        .fold(best.lambda, f64::max);
+    let chosen = if options.one_standard_error {
+        results
+            .iter()
+            .filter(|r| r.mean_auc >= floor)
+            .map(|r| r.lambda)
+            .fold(best.lambda, f64::max)
+    } else {
+        best.lambda
+    };
     Ok((chosen, results))
 }
 
@@ -687,8 +826,13 @@ pub fn run_fit<R: BufRead>(
     }
 
     // Pass 1: which event types have enough support.
-    let support = count_support(open_events()?, labels, options.cutoff_ms)?;
-    let skeleton = skeleton(base, support, options)?;
+    let (support, spend_by_label) = count_support(open_events()?, labels, options.cutoff_ms)?;
+    let mut skeleton = skeleton(base, support, options)?;
+    // Silence is fitted in days and in usual gaps: a base model without
+    // `[rhythm]` gets the default model's (prior and knots).
+    if skeleton.spec.rhythm.is_none() {
+        skeleton.spec.rhythm = RiskModel::default_model().spec().rhythm.clone();
+    }
     let shape = RiskModel::from_spec(skeleton.spec.clone())?;
 
     // Pass 2: replay into the engine. The state depends on the model's event
@@ -704,11 +848,12 @@ pub fn run_fit<R: BufRead>(
         on_bad_line,
     )?;
 
-    let rows: Vec<(&str, bool)> = labels
+    let (rows, row_spend): (Vec<(&str, bool)>, Vec<f64>) = labels
         .sorted()
         .into_iter()
-        .filter(|(id, _)| store.get(id).is_some())
-        .collect();
+        .zip(spend_by_label)
+        .filter(|((id, _), _)| store.get(id).is_some())
+        .unzip();
     let y: Vec<bool> = rows.iter().map(|r| r.1).collect();
     let churned = y.iter().filter(|v| **v).count() as u64;
     let retained = y.len() as u64 - churned;
@@ -731,6 +876,20 @@ pub fn run_fit<R: BufRead>(
         .filter(|(_, k)| skeleton.fitted.contains(&k.name))
         .map(|(i, _)| Factor::Event(i as u8))
         .chain([Factor::Frequency, Factor::Spend]);
+    let knots = Knots {
+        days: merged_knots(
+            skeleton.spec.inactivity.steps.iter().map(|s| s.after_days),
+            &INACTIVITY_KNOTS_DAYS,
+        ),
+        gaps: merged_knots(
+            skeleton
+                .spec
+                .rhythm
+                .iter()
+                .flat_map(|r| r.steps.iter().map(|s| s.after_gaps)),
+            &RHYTHM_KNOTS_GAPS,
+        ),
+    };
     for factor in decayed {
         pairs.push((columns.len(), columns.len() + 1));
         columns.push(Column {
@@ -742,15 +901,18 @@ pub fn run_fit<R: BufRead>(
             side: Side::Faded,
         });
     }
-    let silence = [
-        Factor::Trend,
-        Factor::Inactivity,
-        Factor::Rhythm,
-        Factor::Tenure,
-    ]
-    .into_iter()
-    .filter(|f| *f != Factor::Rhythm || shape.has_rhythm());
-    for factor in silence {
+    for (factor, n) in [
+        (Factor::Inactivity, knots.days.len()),
+        (Factor::Rhythm, knots.gaps.len()),
+    ] {
+        for j in 0..n {
+            columns.push(Column {
+                factor,
+                side: Side::Ramp(j),
+            });
+        }
+    }
+    for factor in [Factor::Trend, Factor::Tenure] {
         columns.push(Column {
             factor,
             side: Side::Plain,
@@ -766,6 +928,7 @@ pub fn run_fit<R: BufRead>(
         &store,
         &rows,
         &columns,
+        &knots,
         options.cutoff_ms,
     )?;
 
@@ -774,6 +937,20 @@ pub fn run_fit<R: BufRead>(
     grid.dedup();
     let fold_of = assign_folds(&y, options.folds, options.seed);
     let (lambda, cv) = choose_lambda(&x, &y, &constraints, &fold_of, &grid, options)?;
+    let cv_auc = cv
+        .iter()
+        .find(|c| c.lambda == lambda)
+        .map_or(0.5, |c| c.mean_auc);
+    let baseline_cv_auc = baseline_cv_auc(
+        &store,
+        &rows,
+        &row_spend,
+        &y,
+        &fold_of,
+        options.folds,
+        &grid,
+        options.cutoff_ms,
+    )?;
     let side_lambda = grid.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let allowed = choose_sides(&x, &y, None, &constraints, side_lambda)?;
     let (fit, active) = fit_constrained(&x, &y, None, &constraints, &allowed, lambda, None)?;
@@ -803,15 +980,49 @@ pub fn run_fit<R: BufRead>(
     spec.spend.points_per_log_amount = weight_of(Factor::Spend).0 * scale;
     spec.trend.points = weight_of(Factor::Trend).0 * scale;
     spec.tenure.points_per_year = weight_of(Factor::Tenure).0 * scale;
-    // The inactivity weight multiplies the base model's points curve.
-    let inactivity = weight_of(Factor::Inactivity).0 * scale;
-    for step in &mut spec.inactivity.steps {
-        step.points *= inactivity;
-    }
-    let rhythm = weight_of(Factor::Rhythm).0 * scale;
+    // The silence curves: each knot's points are the sum of the segments'
+    // weights up to it (each ≥ 0, so the curve rises).
+    let curve = |factor: Factor, knots: &[f64]| -> Vec<(f64, f64)> {
+        let mut total = 0.0;
+        knots
+            .iter()
+            .enumerate()
+            .map(|(k, &at)| {
+                let j = columns
+                    .iter()
+                    .position(|c| c.factor == factor && c.side == Side::Ramp(k));
+                if let Some(j) = j.filter(|&j| active[j]) {
+                    total += fit.coefficients[j] * scale;
+                }
+                (at, total)
+            })
+            .collect()
+    };
+    spec.inactivity.steps = curve(Factor::Inactivity, &knots.days)
+        .into_iter()
+        .map(|(after_days, points)| crate::model::InactivityStep { after_days, points })
+        .collect();
     if let Some(r) = spec.rhythm.as_mut() {
-        for step in &mut r.steps {
-            step.points *= rhythm;
+        r.steps = curve(Factor::Rhythm, &knots.gaps)
+            .into_iter()
+            .map(|(after_gaps, points)| crate::model::RhythmStep { after_gaps, points })
+            .collect();
+    }
+    let mut alert_threshold = None;
+    if let Some(target) = options.alert_target {
+        let model = RiskModel::from_spec(spec.clone())?;
+        let (peak_store, _, peaks) =
+            replay_with_peaks(&model, open_events()?, options.cutoff_ms, false, |_| {})?;
+        let table = threshold_table(&labelled_peaks(&peak_store, &peaks, labels));
+        let row = match target {
+            AlertTarget::Precision(p) => threshold_for_precision(&table, p),
+            AlertTarget::Rate(r) => threshold_for_rate(&table, r),
+        };
+        if let Some(row) = row {
+            let gap = base.spec().alert.at_risk_threshold - base.spec().alert.recovery_threshold;
+            spec.alert.at_risk_threshold = row.threshold;
+            spec.alert.recovery_threshold = (row.threshold - gap).max(0.0);
+            alert_threshold = Some((target, row.clone()));
         }
     }
     let model = RiskModel::from_spec(spec.clone())?;
@@ -844,6 +1055,33 @@ pub fn run_fit<R: BufRead>(
             continue;
         }
         seen.push(c.factor);
+        if let Side::Ramp(_) = c.side {
+            let n = columns.iter().filter(|d| d.factor == c.factor).count();
+            let last = columns
+                .iter()
+                .rposition(|d| d.factor == c.factor)
+                .unwrap_or_default();
+            let first = last + 1 - n;
+            let coefficient: f64 = (first..=last)
+                .filter(|&j| active[j])
+                .map(|j| fit.coefficients[j])
+                .sum();
+            let nonzero = (0..x.rows()).filter(|&i| x.row(i)[first] != 0.0).count() as u64;
+            let name = c.factor.name(&model).to_string();
+            if coefficient == 0.0 {
+                left_out.push(name.clone());
+            }
+            factors.push(FittedFactor {
+                factor: name,
+                points: coefficient * scale,
+                coefficient,
+                standardized: 0.0,
+                value: if coefficient == 0.0 { "none" } else { "curve" },
+                customers: nonzero,
+                mean_value: 0.0,
+            });
+            continue;
+        }
         let (coefficient, kept) = weight_of(c.factor);
         // Describe the value the model uses (the held one when none is used).
         let j = kept.unwrap_or_else(|| {
@@ -869,6 +1107,7 @@ pub fn run_fit<R: BufRead>(
                 Some(Side::Held) => "held",
                 Some(Side::Faded) => "faded",
                 Some(Side::Plain) => "plain",
+                Some(Side::Ramp(_)) => "curve",
                 None => "none",
             },
             customers: nonzero,
@@ -893,6 +1132,14 @@ pub fn run_fit<R: BufRead>(
         factors,
         training_auc: metrics::roc_auc(&training),
         max_score_deviation: max_dev,
+        cv_auc,
+        baseline_cv_auc,
+        lambda_rule: if options.one_standard_error {
+            "one-standard-error"
+        } else {
+            "best"
+        },
+        alert_threshold,
     };
     Ok(FitOutcome {
         spec,
@@ -958,10 +1205,18 @@ pub fn describe(summary: &FitSummary, generated_on: &str, base_name: &str) -> Ve
             unfitted.join(", ")
         ));
     }
+    let folds = summary
+        .cross_validation
+        .first()
+        .map_or(0, |c| c.fold_aucs.len());
     lines.push(format!(
-        "L2 penalty lambda = {} chosen by {}-fold cross-validated ROC AUC (one-standard-error rule):",
+        "L2 penalty lambda = {} chosen by {folds}-fold cross-validated ROC AUC ({} rule):",
         summary.lambda,
-        summary.cross_validation.first().map_or(0, |c| c.fold_aucs.len()),
+        if summary.lambda_rule == "best" {
+            "best AUC"
+        } else {
+            summary.lambda_rule
+        },
     ));
     for cv in &summary.cross_validation {
         let folds: Vec<String> = cv.fold_aucs.iter().map(|a| format!("{a:.4}")).collect();
@@ -971,6 +1226,30 @@ pub fn describe(summary: &FitSummary, generated_on: &str, base_name: &str) -> Ve
             cv.mean_auc,
             folds.join(" ")
         ));
+    }
+    lines.push(format!(
+        "out of fold: this model AUC {:.4}; logistic regression on recency, frequency, spend and tenure AUC {:.4} (same folds, its best penalty){}",
+        summary.cv_auc,
+        summary.baseline_cv_auc,
+        if summary.cv_auc > summary.baseline_cv_auc {
+            ""
+        } else {
+            ": the fit does not beat the textbook baseline here"
+        }
+    ));
+    match &summary.alert_threshold {
+        Some((target, row)) => lines.push(format!(
+            "alert thresholds from the data ({}): at_risk_threshold {} — in the month before the cutoff {:.2}% of customers reached it, precision {}, recall {}",
+            match target {
+                AlertTarget::Precision(p) => format!("precision >= {p}"),
+                AlertTarget::Rate(r) => format!("at most {}% of customers per 30 days", r * 100.0),
+            },
+            row.threshold,
+            row.rate * 100.0,
+            row.precision.map_or("n/a".into(), |p| format!("{p:.4}")),
+            row.recall.map_or("n/a".into(), |r| format!("{r:.4}")),
+        )),
+        None => lines.push("alert thresholds: the base model's".to_string()),
     }
     lines.push(format!(
         "points 0 (every weight the data asked for broke a sign rule): {}",
@@ -993,8 +1272,8 @@ pub fn describe(summary: &FitSummary, generated_on: &str, base_name: &str) -> Ve
         "factor", "points", "value", "customers", "mean value"
     ));
     for f in &summary.factors {
-        let name = if f.factor == "inactivity" {
-            "inactivity (x base steps)".to_string()
+        let name = if f.value == "curve" {
+            format!("{} (curve, at its last knot)", f.factor)
         } else {
             f.factor.clone()
         };
@@ -1034,12 +1313,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ramps_split_a_curve_into_segments_that_add_up() {
+        let knots = [7.0, 14.0, 30.0];
+        let at = |x: f64| -> Vec<f64> { (0..3).map(|j| ramp(&knots, j, x)).collect() };
+        assert_eq!(at(0.0), vec![0.0, 0.0, 0.0]);
+        assert_eq!(at(3.5), vec![0.5, 0.0, 0.0]);
+        assert_eq!(at(22.0), vec![1.0, 1.0, 0.5]);
+        assert_eq!(at(100.0), vec![1.0, 1.0, 1.0]);
+        // Weights per segment, summed up to each knot, are the steps' points:
+        // the model's linear interpolation between them is the same sum.
+        let w = [2.0, 3.0, 5.0];
+        let points = |x: f64| at(x).iter().zip(w).map(|(r, w)| r * w).sum::<f64>();
+        assert_eq!(points(14.0), 5.0);
+        assert_eq!(points(22.0), 7.5);
+        assert_eq!(
+            merged_knots([14.0, 60.0].into_iter(), &[7.0, 14.0]),
+            vec![7.0, 14.0, 60.0]
+        );
+    }
+
+    #[test]
     fn held_columns_are_non_negative_and_faded_ones_non_positive() {
         let col = |factor, side| Column { factor, side }.bound();
         assert_eq!(col(Factor::Event(0), Side::Held), Bound::NonNegative);
         assert_eq!(col(Factor::Frequency, Side::Faded), Bound::NonPositive);
         assert_eq!(col(Factor::Trend, Side::Plain), Bound::NonNegative);
-        assert_eq!(col(Factor::Inactivity, Side::Plain), Bound::NonNegative);
+        assert_eq!(col(Factor::Inactivity, Side::Ramp(0)), Bound::NonNegative);
+        assert_eq!(col(Factor::Rhythm, Side::Ramp(3)), Bound::NonNegative);
         assert_eq!(col(Factor::Tenure, Side::Plain), Bound::Free);
     }
 
@@ -1047,7 +1347,7 @@ mod tests {
     fn support_counts_distinct_labelled_customers_before_the_cutoff() {
         let lines = [
             r#"{"customer_id":"a","event_type":"x","timestamp":"2024-01-01T00:00:00Z"}"#,
-            r#"{"customer_id":"a","event_type":"x","timestamp":"2024-01-02T00:00:00Z"}"#,
+            r#"{"customer_id":"a","event_type":"x","timestamp":"2024-01-02T00:00:00Z","amount":5}"#,
             r#"{"customer_id":"b","event_type":"x","timestamp":"2024-01-02T00:00:00Z"}"#,
             r#"{"customer_id":"b","event_type":"y","timestamp":"2024-03-02T00:00:00Z"}"#,
             r#"{"customer_id":"z","event_type":"y","timestamp":"2024-01-02T00:00:00Z"}"#,
@@ -1056,9 +1356,14 @@ mod tests {
         .join("\n");
         let labels = Labels::from_pairs([("a", true), ("b", false)]);
         let cutoff = crate::event::parse_timestamp_ms("2024-02-01T00:00:00Z").expect("valid");
-        let s = count_support(lines.as_bytes(), &labels, cutoff).expect("in memory");
+        let (s, spend) = count_support(lines.as_bytes(), &labels, cutoff).expect("in memory");
         assert_eq!(s.get("x"), Some(&2));
         assert_eq!(s.get("y"), None);
+        assert_eq!(
+            spend,
+            vec![5.0, 0.0],
+            "amounts per labelled customer, in label order"
+        );
     }
 
     #[test]
