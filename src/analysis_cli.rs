@@ -85,6 +85,13 @@ pub struct FitArgs {
     /// L2 penalties to cross-validate (standardised units), comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = churn_scorer::analysis::fit::DEFAULT_LAMBDAS)]
     lambdas: Vec<f64>,
+    /// Half-lives (days) tried for each fitted event type, comma-separated;
+    /// each type keeps the one with the best cross-validated AUC.
+    #[arg(long, value_delimiter = ',', default_values_t = churn_scorer::analysis::fit::DEFAULT_HALF_LIFE_GRID)]
+    half_life_grid: Vec<f64>,
+    /// Keep the base model's half-lives (no search; faster).
+    #[arg(long)]
+    keep_half_lives: bool,
     /// Choose the largest penalty within one standard error of the best
     /// cross-validated AUC (smoother weights) instead of the best.
     #[arg(long)]
@@ -208,6 +215,17 @@ pub fn fit(args: FitArgs) -> Result<()> {
     options.lambdas = args.lambdas;
     options.strict = args.strict;
     options.one_standard_error = args.one_standard_error;
+    anyhow::ensure!(
+        args.half_life_grid
+            .iter()
+            .all(|h| h.is_finite() && *h > 0.0),
+        "--half-life-grid: half-lives must be > 0 days"
+    );
+    options.half_life_grid = if args.keep_half_lives {
+        Vec::new()
+    } else {
+        args.half_life_grid
+    };
     options.alert_target = match (args.alert_precision, args.alert_rate) {
         (Some(p), _) => {
             check_share("--alert-precision", p)?;

@@ -254,9 +254,12 @@ fn fit(events: &[u8], labels: &Labels, cutoff: i64, min_support: u64) -> FitOutc
     let mut options = FitOptions::new(cutoff);
     options.min_support = min_support;
     // Few customers (fast tests): at small penalties the weak effects are
-    // noise, so search only strong ones, with three folds.
+    // noise, so search only strong ones, with three folds, and keep the
+    // base model's half-lives (on 400 customers the per-type search follows
+    // fold noise for rare types; tests/alert_quality.rs runs it on 20,000).
     options.folds = 3;
     options.lambdas = vec![0.3, 1.0];
+    options.half_life_grid.clear();
     run_fit(
         || Ok(events),
         labels,

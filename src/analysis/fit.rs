@@ -82,7 +82,19 @@ pub struct FitOptions {
     pub one_standard_error: bool,
     /// Set the alert thresholds from the data (see [`AlertTarget`]).
     pub alert_target: Option<AlertTarget>,
+    /// Half-lives (days) tried for each fitted event type; empty keeps the
+    /// base model's.
+    pub half_life_grid: Vec<f64>,
 }
+
+/// The default half-lives tried per event type, in days.
+pub const DEFAULT_HALF_LIFE_GRID: [f64; 4] = [7.0, 30.0, 90.0, 180.0];
+/// The penalty at which half-lives are compared (standardised units).
+const HALF_LIFE_LAMBDA: f64 = 1e-2;
+/// A half-life other than the base model's must raise the cross-validated
+/// AUC by at least this much: smaller gains are fold noise, and chasing them
+/// lets rare types trade signs with their neighbours.
+const HALF_LIFE_MIN_GAIN: f64 = 0.002;
 
 /// What the fitted model's at-risk threshold should reach, measured on the
 /// labelled customers over the month before the cutoff
@@ -115,6 +127,7 @@ impl FitOptions {
             strict: false,
             one_standard_error: false,
             alert_target: None,
+            half_life_grid: DEFAULT_HALF_LIFE_GRID.to_vec(),
         }
     }
 }
@@ -241,6 +254,8 @@ pub struct FitSummary {
     /// The textbook baseline on the same folds: a logistic regression on
     /// recency, frequency, spend and tenure (its best penalty).
     pub baseline_cv_auc: f64,
+    /// The half-life chosen for each fitted event type, in days.
+    pub half_lives: Vec<(String, f64)>,
     /// How the penalty was chosen: `best` or `one-standard-error`.
     pub lambda_rule: &'static str,
     /// The at-risk threshold set from the data, with its figures, if asked.
@@ -833,13 +848,13 @@ pub fn run_fit<R: BufRead>(
     if skeleton.spec.rhythm.is_none() {
         skeleton.spec.rhythm = RiskModel::default_model().spec().rhythm.clone();
     }
-    let shape = RiskModel::from_spec(skeleton.spec.clone())?;
+    let mut shape = RiskModel::from_spec(skeleton.spec.clone())?;
 
     // Pass 2: replay into the engine. The state depends on the model's event
     // types, half-lives and activity flags only, never on points, so this one
     // replay serves every model below.
     let mut store = CustomerStore::new();
-    let replay_stats = replay(
+    let mut replay_stats = replay(
         open_events()?,
         &shape,
         &mut store,
@@ -922,7 +937,7 @@ pub fn run_fit<R: BufRead>(
         bounds: columns.iter().map(|c| c.bound()).collect(),
         pairs,
     };
-    let x = design(
+    let mut x = design(
         &shape,
         &skeleton.spec,
         &store,
@@ -936,6 +951,106 @@ pub fn run_fit<R: BufRead>(
     grid.sort_by(|a, b| a.total_cmp(b));
     grid.dedup();
     let fold_of = assign_folds(&y, options.folds, options.seed);
+
+    // Half-lives per fitted event type: each type in turn takes the grid
+    // value with the best cross-validated AUC, the others as chosen so far.
+    // A replay per grid value gives every type's columns at that half-life
+    // (a type's counters never depend on another type's half-life).
+    let mut half_lives = Vec::new();
+    if !options.half_life_grid.is_empty() {
+        let cv_at = |x: &Design| -> Result<f64, FitError> {
+            let (_, cv) =
+                choose_lambda(x, &y, &constraints, &fold_of, &[HALF_LIFE_LAMBDA], options)?;
+            Ok(cv.first().map_or(0.5, |c| c.mean_auc))
+        };
+        let mut candidates: Vec<(f64, Design)> = Vec::new();
+        for &h in &options.half_life_grid {
+            let mut spec_h = skeleton.spec.clone();
+            for (name, rule) in spec_h.events.iter_mut() {
+                if skeleton.fitted.contains(name) {
+                    rule.half_life_days = h;
+                }
+            }
+            let shape_h = RiskModel::from_spec(spec_h.clone())?;
+            let mut store_h = CustomerStore::new();
+            replay(
+                open_events()?,
+                &shape_h,
+                &mut store_h,
+                TimeLimit::Before(options.cutoff_ms),
+                false,
+                |_| {},
+            )?;
+            let x_h = design(
+                &shape_h,
+                &spec_h,
+                &store_h,
+                &rows,
+                &columns,
+                &knots,
+                options.cutoff_ms,
+            )?;
+            candidates.push((h, x_h));
+        }
+        let mut current = cv_at(&x)?;
+        for (k, kind) in shape.kinds().iter().enumerate() {
+            if !skeleton.fitted.contains(&kind.name) {
+                continue;
+            }
+            let cols: Vec<usize> = columns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.factor == Factor::Event(k as u8))
+                .map(|(j, _)| j)
+                .collect();
+            let mut best: Option<(f64, f64)> = None;
+            for (h, x_h) in &candidates {
+                let mut trial = x.clone();
+                for i in 0..trial.rows() {
+                    for &j in &cols {
+                        trial.set(i, j, x_h.row(i)[j]);
+                    }
+                }
+                let auc = cv_at(&trial)?;
+                if auc > best.map_or(current + HALF_LIFE_MIN_GAIN, |b| b.1) {
+                    best = Some((*h, auc));
+                    x = trial;
+                }
+            }
+            if let Some((h, auc)) = best {
+                current = auc;
+                if let Some(rule) = skeleton.spec.events.get_mut(&kind.name) {
+                    rule.half_life_days = h;
+                }
+            }
+            let chosen = skeleton
+                .spec
+                .events
+                .get(&kind.name)
+                .map_or(0.0, |r| r.half_life_days);
+            half_lives.push((kind.name.clone(), chosen));
+        }
+        // The store the model will score must hold the chosen half-lives.
+        shape = RiskModel::from_spec(skeleton.spec.clone())?;
+        store = CustomerStore::new();
+        replay_stats = replay(
+            open_events()?,
+            &shape,
+            &mut store,
+            TimeLimit::Before(options.cutoff_ms),
+            false,
+            |_| {},
+        )?;
+        x = design(
+            &shape,
+            &skeleton.spec,
+            &store,
+            &rows,
+            &columns,
+            &knots,
+            options.cutoff_ms,
+        )?;
+    }
     let (lambda, cv) = choose_lambda(&x, &y, &constraints, &fold_of, &grid, options)?;
     let cv_auc = cv
         .iter()
@@ -1134,6 +1249,7 @@ pub fn run_fit<R: BufRead>(
         max_score_deviation: max_dev,
         cv_auc,
         baseline_cv_auc,
+        half_lives,
         lambda_rule: if options.one_standard_error {
             "one-standard-error"
         } else {
@@ -1193,6 +1309,17 @@ pub fn describe(summary: &FitSummary, generated_on: &str, base_name: &str) -> Ve
             fitted.join(", ")
         }
     ));
+    if !summary.half_lives.is_empty() {
+        let chosen: Vec<String> = summary
+            .half_lives
+            .iter()
+            .map(|(t, h)| format!("{t} {h}"))
+            .collect();
+        lines.push(format!(
+            "half-lives in days, each type's best cross-validated AUC of the grid: {}",
+            chosen.join(", ")
+        ));
+    }
     let unfitted: Vec<String> = summary
         .event_types
         .iter()

@@ -61,6 +61,11 @@ impl Design {
     pub fn row(&self, i: usize) -> &[f64] {
         &self.data[i * self.cols..(i + 1) * self.cols]
     }
+
+    /// Replaces the value of row `i`, column `j`.
+    pub fn set(&mut self, i: usize, j: usize, value: f64) {
+        self.data[i * self.cols + j] = value;
+    }
 }
 
 /// Why a fit could not be made.
