@@ -202,3 +202,25 @@ fn on_a_purchase_only_history_fit_beats_the_textbook_logistic_regression_out_of_
     assert!(same.rate <= 0.2, "{same:?}");
     assert_eq!(same, &row);
 }
+
+#[test]
+fn on_the_projects_own_journeys_the_default_model_ranks_at_least_as_well_as_before() {
+    // The default model before the rhythm factor (model_version default-2026.11).
+    let previous = RiskModel::from_toml(include_str!("fixtures/model-default-2026.11.toml"))
+        .expect("the previous default loads");
+    let s = stream(GenerateConfig {
+        customers: customers() / 4,
+        seed: 3,
+        ..GenerateConfig::default()
+    });
+    let auc = |m: &RiskModel| {
+        run_backtest(m, &s.events[..], &labels(&s), s.cutoff_ms, true, |_| {})
+            .expect("backtest")
+            .summary
+            .roc_auc
+            .expect("both classes")
+    };
+    let (now, before) = (auc(&RiskModel::default_model()), auc(&previous));
+    eprintln!("journeys AUC: default {now:.4}, previous default {before:.4}");
+    assert!(now >= before, "default {now:.4} vs previous {before:.4}");
+}

@@ -233,10 +233,28 @@ fn events_after_the_cutoff_change_nothing_but_their_counter() {
     }
     assert_eq!(a, b);
 
-    // The report: five charts, their titles, nothing fetched from anywhere.
+    // Thresholds from data: the table is monotone where it must be, and the
+    // thresholds chosen meet their targets.
+    let t = &a["thresholds"];
+    let rows = t["table"].as_array().expect("threshold table");
+    assert_eq!(rows.len(), 198);
+    let rates: Vec<f64> = rows.iter().filter_map(|r| r["rate"].as_f64()).collect();
+    assert!(
+        rates.windows(2).all(|w| w[1] <= w[0]),
+        "volume falls as the threshold rises"
+    );
+    if let Some(p) = t["for_precision"]["precision"].as_f64() {
+        assert!(p >= t["target_precision"].as_f64().expect("target"));
+    }
+    if let Some(r) = t["for_rate"]["rate"].as_f64() {
+        assert!(r <= t["target_rate"].as_f64().expect("target"));
+    }
+
+    // The report: six charts, their titles, nothing fetched from anywhere.
     let html = std::fs::read_to_string(&report).expect("report written");
-    assert_eq!(html.matches("<svg").count(), 5);
+    assert_eq!(html.matches("<svg").count(), 6);
     for title in [
+        "Alerts by at-risk threshold",
         "ROC curve",
         "Cumulative gain",
         "Calibration by decile",

@@ -130,6 +130,72 @@ fn roc_svg(backtest: &Backtest) -> Result<String, ReportError> {
     Ok(svg)
 }
 
+/// Draws precision, recall and monthly alert volume against the at-risk
+/// threshold (from the month before the cutoff), with the model's threshold.
+fn thresholds_svg(summary: &BacktestSummary) -> Result<String, ReportError> {
+    let err = draw_err("thresholds");
+    let table = &summary.thresholds.table;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
+        root.fill(&WHITE).map_err(&err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "Alerts by at-risk threshold (month before the cutoff)",
+                ("sans-serif", 22),
+            )
+            .margin(14)
+            .x_label_area_size(44)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0.0..100.0, 0.0..1.0)
+            .map_err(&err)?;
+        chart
+            .configure_mesh()
+            .x_desc("at-risk threshold")
+            .y_desc("share")
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+            .map_err(&err)?;
+        let line = |f: &dyn Fn(&super::alerts::ThresholdRow) -> Option<f64>| -> Vec<(f64, f64)> {
+            table
+                .iter()
+                .filter_map(|r| f(r).map(|v| (r.threshold, v)))
+                .collect()
+        };
+        let at = summary.alerts.threshold;
+        chart
+            .draw_series(LineSeries::new(
+                [(at, 0.0), (at, 1.0)],
+                REFERENCE.stroke_width(1),
+            ))
+            .map_err(&err)?
+            .label(format!("model's threshold ({at})"))
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], REFERENCE));
+        for (name, color, values) in [
+            ("precision", CHURNED, line(&|r| r.precision)),
+            ("recall", RETAINED, line(&|r| r.recall)),
+            ("alerted per 30 days", BLACK, line(&|r| Some(r.rate))),
+        ] {
+            chart
+                .draw_series(LineSeries::new(values, color.stroke_width(2)))
+                .map_err(&err)?
+                .label(name)
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.9))
+            .border_style(REFERENCE)
+            .draw()
+            .map_err(&err)?;
+        root.present().map_err(&err)?;
+    }
+    Ok(svg)
+}
+
 /// Draws the cumulative gain curve, marking the lift at the top shares.
 fn gain_svg(backtest: &Backtest) -> Result<String, ReportError> {
     let err = draw_err("gain");
@@ -571,6 +637,46 @@ td.name, th.name {{ text-align: left; font-family: monospace; }}
         ("Score distribution", distribution_svg(backtest)?),
         ("Factors", factors_svg(s)?),
     ];
+    if !s.thresholds.table.is_empty() {
+        let t = &s.thresholds;
+        let _ = writeln!(
+            h,
+            "<h2 id=\"thresholds\">Thresholds</h2>\n<div class=\"chart\">{}</div>",
+            thresholds_svg(s)?
+        );
+        let _ = writeln!(
+            h,
+            "<table>\n<tr><th>threshold</th><th>customers</th><th>per 30 days</th><th>precision</th><th>recall</th></tr>"
+        );
+        let chosen = [t.for_precision.as_ref(), t.for_rate.as_ref()];
+        for r in t.table.iter().filter(|r| {
+            [50.0, 60.0, 70.0, 75.0, 80.0, 85.0, 90.0, 95.0].contains(&r.threshold)
+                || chosen.iter().flatten().any(|c| c.threshold == r.threshold)
+        }) {
+            let _ = writeln!(
+                h,
+                "<tr><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                r.threshold,
+                r.customers,
+                pct(Some(r.rate)),
+                pct(r.precision),
+                pct(r.recall)
+            );
+        }
+        let choice = |r: Option<&super::alerts::ThresholdRow>| {
+            r.map_or("none reaches it".to_string(), |r| {
+                format!("{:.1}", r.threshold)
+            })
+        };
+        let _ = writeln!(
+            h,
+            "</table>\n<p>Lowest threshold with precision ≥ {}: <b>{}</b>; with at most {} of customers alerted per 30 days: <b>{}</b>.</p>",
+            pct(Some(t.target_precision)),
+            choice(t.for_precision.as_ref()),
+            pct(Some(t.target_rate)),
+            choice(t.for_rate.as_ref()),
+        );
+    }
     for (i, (heading, svg)) in charts.iter().enumerate() {
         let id = heading.to_lowercase().replace(' ', "-");
         let _ = writeln!(
@@ -614,7 +720,7 @@ td.name, th.name {{ text-align: left; font-family: monospace; }}
     }
     let _ = writeln!(
         h,
-        "</table>\n<p class=\"note\">Inactivity's weight is 1: its points are the model's inactivity steps. Definitions of every figure: docs/analysis.md.</p>\n</body>\n</html>"
+        "</table>\n<p class=\"note\">The weights of inactivity and rhythm are 1: their points are the model's steps. Definitions of every figure: docs/analysis.md.</p>\n</body>\n</html>"
     );
     Ok(h)
 }
