@@ -934,6 +934,13 @@ impl CustomerStore {
     /// comes due (it re-reads the schedule then).
     fn schedule_after(&mut self, model: &RiskModel, i: CustomerIndex, from_ms: i64) {
         let state = &mut self.states[i as usize];
+        if state.alert_open {
+            // Risk only rises in silence: an open at-risk alert can neither
+            // close nor open again before the next event, so no step could
+            // decide anything. The next event schedules again.
+            state.timer_due_ms = STEPS_DONE;
+            return;
+        }
         let Some(due) = model.next_silence_step(state.last_event_ms, &state.rhythm(model), from_ms)
         else {
             return;
@@ -1011,7 +1018,13 @@ impl CustomerStore {
                     risk_score: risk,
                     decision,
                 });
-                match model.next_silence_step(last, &rhythm, due.saturating_add(1)) {
+                let next = if state.alert_open {
+                    // As in `schedule_after`: nothing to decide until the next event.
+                    None
+                } else {
+                    model.next_silence_step(last, &rhythm, due.saturating_add(1))
+                };
+                match next {
                     Some(next) => {
                         state.timer_due_ms = next;
                         let b = next.div_euclid(TIMER_BUCKET_MS);
@@ -1211,11 +1224,52 @@ mod tests {
         );
         // Risk rises from one step to the next.
         assert!(out[2].risk_score > out[0].risk_score);
-        // Everything fires eventually, and then nothing is left.
+        // Each customer's steps fire until silence opens an at-risk alert,
+        // and then nothing is left: an open alert cannot change in silence.
         out.clear();
         store.fire_due_timers(&m, i64::MAX / 4, &mut out);
-        assert_eq!(out.len(), 2 * steps.len() - 3);
+        for c in [quiet, busy] {
+            let mine: Vec<&TimerFiring> = out.iter().filter(|f| f.customer == c).collect();
+            let last = mine.last().expect("later steps fire");
+            assert_eq!(last.decision.map(|d| d.kind), Some(AlertKind::AtRisk));
+            assert!(mine[..mine.len() - 1].iter().all(|f| f.decision.is_none()));
+            assert!(store.state(c).alert_open());
+        }
         assert_eq!(store.timer_entries(), 0);
+    }
+
+    #[test]
+    fn no_timer_runs_while_an_alert_is_open_and_the_next_event_rearms() {
+        let m = days_only();
+        let mut store = CustomerStore::new();
+        store.apply(&m, &ev("c", "login", 0, None), None, true);
+        let mut out = Vec::new();
+        store.fire_due_timers(&m, 10_000 * DAY, &mut out);
+        let opened = out.iter().filter(|f| f.decision.is_some()).count();
+        assert_eq!(opened, 1, "{out:?}");
+        assert_eq!(
+            out.last().and_then(|f| f.decision).map(|d| d.kind),
+            Some(AlertKind::AtRisk)
+        );
+        assert_eq!(store.timer_entries(), 0);
+        // Coming back closes the alert and starts a new run of steps.
+        let back = 10_000 * DAY + 1;
+        for k in 0..30 {
+            store.apply(
+                &m,
+                &ev("c", "purchase", back + k * 1000, Some(100.0)),
+                None,
+                true,
+            );
+        }
+        assert!(!store.get("c").expect("c").alert_open());
+        out.clear();
+        store.fire_due_timers(&m, back + 8 * DAY, &mut out);
+        assert_eq!(
+            out.len(),
+            1,
+            "the first step after the return fires: {out:?}"
+        );
     }
 
     /// Copies a store as a restore would see it: every state through the
@@ -1319,7 +1373,7 @@ mod tests {
         out.clear();
         store.fire_due_timers(&m, 800 * DAY, &mut out);
         assert!(out.is_empty(), "{out:?}");
-        assert!(fired >= m.inactivity_steps_ms().len());
+        assert!(fired >= 2, "steps fired until the alert: {fired}");
     }
 
     #[test]
