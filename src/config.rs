@@ -180,6 +180,10 @@ pub struct HttpConfig {
     pub addr: String,
     /// Bearer token required on `/v1` when set.
     pub bearer_token: Option<String>,
+    /// Bearer token of the admin operations (`POST /admin/reload`,
+    /// `DELETE /v1/customers/{id}`); unset: those answer 403. It also
+    /// grants what `bearer_token` grants.
+    pub admin_token: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -187,6 +191,7 @@ impl Default for HttpConfig {
         HttpConfig {
             addr: "0.0.0.0:9464".into(),
             bearer_token: None,
+            admin_token: None,
         }
     }
 }
@@ -525,6 +530,12 @@ impl WorkerConfig {
             return Err(invalid(
                 "http.bearer_token",
                 "must not be empty (remove it to disable)",
+            ));
+        }
+        if self.http.admin_token.as_deref() == Some("") {
+            return Err(invalid(
+                "http.admin_token",
+                "must not be empty (remove it to disable the admin operations)",
             ));
         }
         if !(self.engine.eviction_horizon_days.is_finite()

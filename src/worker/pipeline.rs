@@ -78,6 +78,43 @@ pub struct CoreHandle {
     /// The pipeline thread, to wake it when a partition queue fills or the
     /// worker stops.
     thread: OnceLock<Thread>,
+    /// Requests from other threads (reload, erasure), carried out by the
+    /// pipeline thread between bursts.
+    commands: Mutex<Vec<Command>>,
+    /// Set while `commands` may be non-empty: the loop checks it without a lock.
+    has_commands: AtomicBool,
+}
+
+/// A request to a pipeline thread, carried out on it between bursts (so it
+/// never waits for a lock held across polls, and applies between batches).
+pub enum Command {
+    /// Score with `model` from the next batch on.
+    Reload {
+        /// The new model, validated.
+        model: Arc<RiskModel>,
+        /// Answered once the thread's partitions use it.
+        done: tokio::sync::oneshot::Sender<()>,
+    },
+    /// Erase a customer if one of the thread's partitions holds it.
+    Erase {
+        /// The customer.
+        customer_id: String,
+        /// Answered with the outcome.
+        done: tokio::sync::oneshot::Sender<EraseOutcome>,
+    },
+}
+
+/// What an erasure found on one pipeline thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EraseOutcome {
+    /// Removed from this input partition; its tombstone follows with the next flush.
+    Erased(i32),
+    /// Not held here; `restoring`: some of the thread's partitions are still
+    /// being restored, so the customer may yet appear.
+    NotFound {
+        /// A partition is still restoring.
+        restoring: bool,
+    },
 }
 
 impl CoreHandle {
@@ -87,7 +124,29 @@ impl CoreHandle {
             core: Mutex::new(core),
             wanted: AtomicBool::new(false),
             thread: OnceLock::new(),
+            commands: Mutex::new(Vec::new()),
+            has_commands: AtomicBool::new(false),
         }
+    }
+
+    /// Queues a command for the pipeline thread and wakes it.
+    pub fn send(&self, command: Command) {
+        if let Ok(mut queue) = self.commands.lock() {
+            queue.push(command);
+            self.has_commands.store(true, Ordering::Release);
+        }
+        self.wake();
+    }
+
+    /// The queued commands (from the pipeline thread).
+    pub fn take_commands(&self) -> Vec<Command> {
+        if !self.has_commands.swap(false, Ordering::AcqRel) {
+            return Vec::new();
+        }
+        self.commands
+            .lock()
+            .map(|mut q| std::mem::take(&mut *q))
+            .unwrap_or_default()
     }
 
     /// Locks the core from the pipeline thread that owns it; a poisoned lock
@@ -260,6 +319,49 @@ impl Core {
             shutdown_deadline: None,
             wall_base: (Instant::now(), wall_clock_ms()),
         }
+    }
+
+    /// Carries out a command (on the pipeline thread, between bursts).
+    pub fn execute(&mut self, command: Command) {
+        match command {
+            Command::Reload { model, done } => {
+                self.adopt_model(model);
+                let _ = done.send(());
+            }
+            Command::Erase { customer_id, done } => {
+                let outcome = self.erase(&customer_id);
+                let _ = done.send(outcome);
+            }
+        }
+    }
+
+    /// Scores with `model` from now on: every partition's customers are
+    /// converted (counters by type name, timers re-derived at the
+    /// partition's watermark). Alerts already decided keep the model
+    /// version they were decided with.
+    fn adopt_model(&mut self, model: Arc<RiskModel>) {
+        if Arc::ptr_eq(&self.model, &model) {
+            return;
+        }
+        let old = std::mem::replace(&mut self.model, model);
+        for owned in self.partitions.values_mut() {
+            owned.task.adopt_model(&old, &self.model);
+        }
+    }
+
+    /// Erases a customer from whichever of this core's partitions holds it.
+    fn erase(&mut self, customer_id: &str) -> EraseOutcome {
+        let mut restoring = false;
+        for (&p, owned) in self.partitions.iter_mut() {
+            if !owned.task.is_live() {
+                restoring = true;
+            } else if owned.task.erase(customer_id) {
+                self.metrics.customers_erased.inc();
+                self.update_customer_gauge();
+                return EraseOutcome::Erased(p);
+            }
+        }
+        EraseOutcome::NotFound { restoring }
     }
 
     /// The producer, for metadata look-ups.
@@ -599,7 +701,13 @@ impl Core {
         for &p in partitions {
             let epoch = self.next_epoch;
             self.next_epoch += 1;
-            let task = PartitionTask::new(p, epoch, &self.settings, &self.metrics);
+            let task = PartitionTask::new(
+                p,
+                epoch,
+                &self.settings,
+                &self.metrics,
+                Arc::clone(&self.model),
+            );
             self.shared.insert_partition(p, task.data(), false);
             self.ledger.assign(p, epoch);
             self.partitions.insert(
@@ -634,7 +742,10 @@ impl Core {
             return None;
         }
         let customers = restored.store.len();
-        let (waited, rewind) = owned.task.install_restore(restored.store, restored.clock);
+        let (waited, rewind) =
+            owned
+                .task
+                .install_restore(restored.store, restored.clock, &restored.model);
         tracing::info!(
             partition,
             customers,

@@ -1,5 +1,6 @@
 //! Restoring a partition's customers from the state changelog.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -27,6 +28,9 @@ pub struct Restored {
     pub undecodable: u64,
     /// Wall time taken.
     pub elapsed: Duration,
+    /// The model the store is held for (the one current when the restore
+    /// started; converted on install if a reload happened meanwhile).
+    pub model: Arc<RiskModel>,
 }
 
 /// Reads changelog partition `partition` from its low to its high watermark
@@ -34,7 +38,7 @@ pub struct Restored {
 /// record (tombstone) forgets the customer.
 pub fn restore_partition(
     config: &WorkerConfig,
-    model: &RiskModel,
+    model: &Arc<RiskModel>,
     partition: i32,
     progress: &prometheus::Gauge,
 ) -> Result<Restored, WorkerError> {
@@ -117,6 +121,7 @@ pub fn restore_partition(
         records,
         undecodable,
         elapsed: started.elapsed(),
+        model: Arc::clone(model),
     })
 }
 

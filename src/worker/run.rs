@@ -106,7 +106,7 @@ impl Restores {
         cores: &[CoreHandle],
         consumer: &Consumer0,
         config: &WorkerConfig,
-        model: &Arc<RiskModel>,
+        shared: &WorkerShared,
         metrics: &Metrics,
     ) -> Result<(), WorkerError> {
         let now = Instant::now();
@@ -128,7 +128,8 @@ impl Restores {
         for (partition, epoch) in requests {
             let tx = self.tx.clone();
             let config = config.clone();
-            let model = Arc::clone(model);
+            // The model in use now; a reload while it runs is applied on install.
+            let model = shared.current_model();
             let progress = metrics
                 .partition_restore_progress
                 .with_label_values(&[&partition.to_string()]);
@@ -196,7 +197,6 @@ impl Restores {
 /// becomes the group thread and starts `pipeline.threads` pipeline threads.
 pub fn run_pipeline(
     config: WorkerConfig,
-    model: Arc<RiskModel>,
     metrics: Metrics,
     shared: Arc<WorkerShared>,
     shutdown: CancellationToken,
@@ -215,18 +215,22 @@ pub fn run_pipeline(
         producers
             .push(kafka::producer_config(&config).create_with_context(DeliveryContext::default())?);
     }
-    let cores: Arc<[CoreHandle]> = producers
-        .into_iter()
-        .map(|producer| {
-            CoreHandle::new(Core::new(
-                &config,
-                Arc::clone(&model),
-                metrics.clone(),
-                Arc::clone(&shared),
-                producer,
-            ))
-        })
-        .collect();
+    // Registered with the shared handle, which sends them reloads and erasures.
+    let cores: Arc<[CoreHandle]> = shared.start_cores(|model: &Arc<RiskModel>| {
+        producers
+            .into_iter()
+            .map(|producer| {
+                CoreHandle::new(Core::new(
+                    &config,
+                    Arc::clone(model),
+                    metrics.clone(),
+                    Arc::clone(&shared),
+                    producer,
+                ))
+            })
+            .collect()
+    });
+    let _registered = Registered(&shared);
     let context = GroupContext {
         cores: Arc::clone(&cores),
         shared: Arc::clone(&shared),
@@ -295,7 +299,7 @@ pub fn run_pipeline(
         if handles.iter().any(JoinHandle::is_finished) {
             break Stop::Failed(WorkerError::PipelineStopped);
         }
-        restores.step(&cores, &consumer, &config, &model, &metrics)?;
+        restores.step(&cores, &consumer, &config, &shared, &metrics)?;
         let timeout = if restores.running > 0 || !restores.retry.is_empty() {
             Duration::from_millis(10)
         } else {
@@ -319,6 +323,8 @@ pub fn run_pipeline(
         }
     };
 
+    // Commands from now on are refused (their callers see the worker stopping).
+    shared.stop_cores();
     stop.store(true, Ordering::Release);
     for h in &cores[..] {
         h.wake();
@@ -346,6 +352,15 @@ pub fn run_pipeline(
                 unsettled: outcome.unsettled,
             })
         }
+    }
+}
+
+/// Takes the cores off the shared handle however `run_pipeline` ends.
+struct Registered<'a>(&'a WorkerShared);
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.0.stop_cores();
     }
 }
 
@@ -399,6 +414,15 @@ fn pipeline_loop(
     let mut next_queue = 0_usize;
     let mut consumer_errors = LogLimiter::default();
     while !stop.load(Ordering::Acquire) {
+        // Between bursts, with no batch half-processed: a reload applies
+        // to whole batches.
+        let commands = handle.take_commands();
+        if !commands.is_empty() {
+            let mut c = handle.lock()?;
+            for command in commands {
+                c.execute(command);
+            }
+        }
         state = match state {
             LoopState::Backpressured => {
                 let mut c = handle.lock()?;
