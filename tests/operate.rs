@@ -260,3 +260,95 @@ fn sighup_reloads_the_model_file_without_a_restart() {
         "clean exit after {elapsed:?}"
     );
 }
+
+/// The last changelog record of `key`, once `done` holds for it.
+fn last_state_record(
+    bootstrap: &str,
+    key: &str,
+    timeout: Duration,
+    done: impl Fn(Option<&TopicMessage>) -> bool,
+) -> Option<TopicMessage> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let records = read_topic(
+            bootstrap,
+            "churn-scorer-state",
+            usize::MAX,
+            Duration::from_millis(700),
+        );
+        let last = records
+            .into_iter()
+            .filter(|r| r.key.as_deref() == Some(key))
+            .max_by_key(|r| r.offset);
+        if done(last.as_ref()) {
+            return last;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {key}'s changelog record (last: {last:?})"
+        );
+    }
+}
+
+#[test]
+fn an_erased_customer_stays_gone_across_a_restart_until_a_new_event() {
+    let broker = broker(2);
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let mut config = worker_config(&bootstrap);
+    config.http.admin_token = Some(ADMIN.into());
+    config.pipeline.threads = 2;
+    let model = RiskModel::default_model();
+    let lines = journeys("e", 6, T0_MS);
+    produce_events(&bootstrap, "customer-events", &lines);
+    let worker = RunningWorker::start(config.clone(), model.clone());
+    for c in 0..6 {
+        customer_with_events(worker.http, &format!("e-{c}"), 5, Duration::from_secs(30));
+    }
+    last_state_record(&bootstrap, "e-1", Duration::from_secs(20), |r| {
+        r.is_some_and(|r| r.value.is_some())
+    });
+
+    let (status, body) = http_request(worker.http, "DELETE", "/v1/customers/e-1", None);
+    assert_eq!(status, 401, "the admin token is required: {body}");
+    let (status, body) = http_request(worker.http, "DELETE", "/v1/customers/e-1", Some(ADMIN));
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(answer["erased"], true);
+    let (status, _) = http_get(worker.http, "/v1/customers/e-1", None);
+    assert_eq!(status, 404, "gone at once");
+    let (status, _) = http_request(worker.http, "DELETE", "/v1/customers/e-1", Some(ADMIN));
+    assert_eq!(status, 404, "nothing left to erase");
+    assert_eq!(worker.metrics().customers_erased.get(), 1);
+    let tombstone = last_state_record(&bootstrap, "e-1", Duration::from_secs(20), |r| {
+        r.is_some_and(|r| r.value.as_deref().is_none_or(<[u8]>::is_empty))
+    });
+    let tombstone = tombstone.expect("a record");
+    assert_eq!(
+        tombstone.partition,
+        answer["partition"].as_i64().expect("partition") as i32,
+        "on the customer's partition"
+    );
+    customer_with_events(worker.http, "e-2", 5, Duration::from_secs(5));
+    worker.stop().expect("clean stop");
+
+    // Restored from the changelog: the tombstone wins.
+    let worker = RunningWorker::start(config, model);
+    worker.wait_until("ready", Duration::from_secs(30), |w| w.shared.is_ready());
+    customer_with_events(worker.http, "e-2", 5, Duration::from_secs(30));
+    let (status, body) = http_get(worker.http, "/v1/customers/e-1", None);
+    assert_eq!(status, 404, "still gone after a restart: {body}");
+    let last = last_state_record(&bootstrap, "e-1", Duration::from_secs(5), |_| true);
+    assert!(
+        last.is_some_and(|r| r.value.as_deref().is_none_or(<[u8]>::is_empty)),
+        "the last changelog record is a tombstone"
+    );
+
+    // A new event starts the customer afresh.
+    produce_events(
+        &bootstrap,
+        "customer-events",
+        &[event("e-1", "login", T0_MS + 6 * DAY_MS, None)],
+    );
+    customer_with_events(worker.http, "e-1", 1, Duration::from_secs(30));
+    worker.stop().expect("clean stop");
+}
