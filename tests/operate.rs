@@ -352,3 +352,72 @@ fn an_erased_customer_stays_gone_across_a_restart_until_a_new_event() {
     customer_with_events(worker.http, "e-1", 1, Duration::from_secs(30));
     worker.stop().expect("clean stop");
 }
+
+#[test]
+fn a_deletion_topic_record_erases_once_across_a_restart() {
+    let broker = broker(2);
+    let bootstrap = broker.bootstrap_servers().to_string();
+    broker
+        .create_topic("customer-deletions", 2)
+        .expect("deletion topic");
+    let mut config = worker_config(&bootstrap);
+    config.topics.deletion = Some("customer-deletions".into());
+    config.pipeline.threads = 2;
+    let model = RiskModel::default_model();
+    produce_events(&bootstrap, "customer-events", &journeys("d", 4, T0_MS));
+    let worker = RunningWorker::start(config.clone(), model.clone());
+    for c in 0..4 {
+        customer_with_events(worker.http, &format!("d-{c}"), 5, Duration::from_secs(30));
+    }
+    // Keyed like the events, so it lands on the customer's partition number.
+    produce(
+        &bootstrap,
+        "customer-deletions",
+        &[("d-2".to_string(), Vec::new())],
+    );
+    worker.wait_until("d-2 erased", Duration::from_secs(30), |w| {
+        http_get(w.http, "/v1/customers/d-2", None).0 == 404
+    });
+    assert_eq!(worker.metrics().customers_erased.get(), 1);
+    let tombstone = last_state_record(&bootstrap, "d-2", Duration::from_secs(20), |r| {
+        r.is_some_and(|r| r.value.as_deref().is_none_or(<[u8]>::is_empty))
+    })
+    .expect("a tombstone");
+    // The position applied is on the changelog, after the tombstone.
+    let position = last_state_record(
+        &bootstrap,
+        "\u{0}churn-scorer/deletion-position",
+        Duration::from_secs(20),
+        |r| r.is_some_and(|r| r.partition == tombstone.partition),
+    )
+    .expect("a position record");
+    assert!(position.offset > tombstone.offset);
+    customer_with_events(worker.http, "d-1", 5, Duration::from_secs(5));
+    worker.stop().expect("clean stop");
+
+    // Restarted: the request is not applied again, so the customer who
+    // comes back stays.
+    let worker = RunningWorker::start(config, model);
+    worker.wait_until("ready", Duration::from_secs(30), |w| w.shared.is_ready());
+    let (status, _) = http_get(worker.http, "/v1/customers/d-2", None);
+    assert_eq!(status, 404, "still gone after a restart");
+    produce_events(
+        &bootstrap,
+        "customer-events",
+        &[event("d-2", "login", T0_MS + 6 * DAY_MS, None)],
+    );
+    customer_with_events(worker.http, "d-2", 1, Duration::from_secs(30));
+    produce_events(
+        &bootstrap,
+        "customer-events",
+        &[event("d-2", "login", T0_MS + 7 * DAY_MS, None)],
+    );
+    customer_with_events(worker.http, "d-2", 2, Duration::from_secs(30));
+    assert_eq!(
+        worker.metrics().customers_erased.get(),
+        0,
+        "not erased twice"
+    );
+    customer_with_events(worker.http, "d-1", 5, Duration::from_secs(5));
+    worker.stop().expect("clean stop");
+}

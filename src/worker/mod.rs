@@ -6,6 +6,7 @@
 //! threads of their own so live partitions keep flowing; tokio runs HTTP and
 //! signal handling. See `ARCHITECTURE.md` and `docs/operations.md`.
 
+mod deletions;
 mod group;
 mod kafka;
 pub mod ledger;
@@ -84,6 +85,22 @@ pub enum WorkerError {
         state: String,
         /// Its partitions.
         state_partitions: usize,
+        /// Input topic.
+        input: String,
+        /// Its partitions.
+        input_partitions: usize,
+    },
+    /// The deletion topic's partition count differs from the input topic's.
+    #[error(
+        "deletion topic `{deletion}` has {deletion_partitions} partitions but input topic \
+         `{input}` has {input_partitions}; they must match (deletion partition p holds the \
+         requests for input partition p's customers)"
+    )]
+    DeletionPartitionMismatch {
+        /// Deletion topic.
+        deletion: String,
+        /// Its partitions.
+        deletion_partitions: usize,
         /// Input topic.
         input: String,
         /// Its partitions.
@@ -511,6 +528,26 @@ fn preflight(
             input: config.topics.input.clone(),
             input_partitions: input,
         });
+    }
+    if let Some(deletion) = &config.topics.deletion {
+        let Some(count) = partitions_of(deletion)? else {
+            return Ok(None);
+        };
+        if count == 0 {
+            return Err(WorkerError::MissingTopic {
+                topic: deletion.clone(),
+                partitions: input as i32,
+                extra: "",
+            });
+        }
+        if count != input {
+            return Err(WorkerError::DeletionPartitionMismatch {
+                deletion: deletion.clone(),
+                deletion_partitions: count,
+                input: config.topics.input.clone(),
+                input_partitions: input,
+            });
+        }
     }
     Ok(Some(input))
 }

@@ -21,7 +21,10 @@ use prometheus::IntGauge;
 use rustc_hash::FxHashSet;
 
 use crate::alert::{ALERT_SCHEMA_VERSION, Alert};
-use crate::changelog::{PartitionClock, WATERMARK_KEY, encode_clock, encode_state};
+use crate::changelog::{
+    DELETION_POSITION_KEY, PartitionClock, WATERMARK_KEY, encode_clock, encode_position,
+    encode_state,
+};
 use crate::config::WorkerConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 
@@ -199,6 +202,10 @@ pub struct PartitionTask {
     /// Customers erased since the last flush: their tombstones lead the
     /// next flush's state records.
     erased: Vec<String>,
+    /// Next offset to read from the deletion topic's partition of the same
+    /// number, and the one last put in a flush (after its tombstones).
+    deletion_position: Option<i64>,
+    written_deletion_position: Option<i64>,
     firings: Vec<TimerFiring>,
     /// The dirty customers in store order, reused across closes.
     sorted_dirty: Vec<CustomerIndex>,
@@ -240,6 +247,8 @@ impl PartitionTask {
             last_eviction: Instant::now(),
             written_clock: None,
             erased: Vec::new(),
+            deletion_position: None,
+            written_deletion_position: None,
             firings: Vec::new(),
             sorted_dirty: Vec::new(),
             misrouted_log: LogLimiter::default(),
@@ -307,6 +316,24 @@ impl PartitionTask {
         true
     }
 
+    /// Next offset to read from the deletion topic's partition of this
+    /// number (`None`: none was ever applied: read it from the beginning).
+    pub fn deletion_position(&self) -> Option<i64> {
+        self.deletion_position
+    }
+
+    /// Applies the deletion-topic record at `offset` (erasing the customer
+    /// if held); its position is written with the next flush, after the
+    /// tombstone. A record at or before the position applied is a re-read
+    /// and changes nothing. Returns whether a customer was erased.
+    pub fn erase_from_topic(&mut self, customer_id: &str, offset: i64) -> bool {
+        if self.deletion_position.is_some_and(|next| offset < next) {
+            return false;
+        }
+        self.deletion_position = Some(offset.saturating_add(1));
+        self.erase(customer_id)
+    }
+
     /// Installs a restored store and clock; returns the offset to seek back
     /// to (if messages were dropped while restoring).
     pub fn install_restore(
@@ -314,7 +341,10 @@ impl PartitionTask {
         mut store: CustomerStore,
         clock: PartitionClock,
         restored_with: &RiskModel,
+        deletion_position: Option<i64>,
     ) -> (Option<Duration>, Option<i64>) {
+        self.deletion_position = deletion_position;
+        self.written_deletion_position = deletion_position;
         if let Ok(mut data) = self.data.write() {
             if !std::ptr::eq(restored_with, &*data.model) {
                 // The model was reloaded while the changelog was read.
@@ -564,6 +594,13 @@ impl PartitionTask {
         if self.written_clock != Some(clock) {
             snapshots.push(WATERMARK_KEY, |out| encode_clock(&clock, out));
             self.written_clock = Some(clock);
+        }
+        // Last: the tombstones it covers come earlier in the same flush.
+        if let Some(next) = self.deletion_position
+            && self.written_deletion_position != Some(next)
+        {
+            snapshots.push(DELETION_POSITION_KEY, |out| encode_position(next, out));
+            self.written_deletion_position = Some(next);
         }
         Some(ClosedBatch {
             last_offset: self.open_last_offset.take(),

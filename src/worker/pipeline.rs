@@ -102,6 +102,19 @@ pub enum Command {
         /// Answered with the outcome.
         done: tokio::sync::oneshot::Sender<EraseOutcome>,
     },
+    /// A deletion-topic record: erase the customer from input partition
+    /// `partition` (the deletion topic's partition of the same number), if
+    /// it is still ours in assignment `epoch`.
+    EraseFromTopic {
+        /// Input partition (= deletion topic partition).
+        partition: i32,
+        /// Assignment epoch the record was read for.
+        epoch: u64,
+        /// The record's key.
+        customer_id: String,
+        /// The record's offset.
+        offset: i64,
+    },
 }
 
 /// What an erasure found on one pipeline thread.
@@ -332,7 +345,36 @@ impl Core {
                 let outcome = self.erase(&customer_id);
                 let _ = done.send(outcome);
             }
+            Command::EraseFromTopic {
+                partition,
+                epoch,
+                customer_id,
+                offset,
+            } => {
+                let Some(owned) = self.partitions.get_mut(&partition) else {
+                    return;
+                };
+                // Revoked (and perhaps re-assigned) since it was read: the
+                // next owner reads it again from the position it restores.
+                if owned.task.epoch() != epoch || !owned.task.is_live() {
+                    return;
+                }
+                if owned.task.erase_from_topic(&customer_id, offset) {
+                    self.metrics.customers_erased.inc();
+                    self.update_customer_gauge();
+                }
+            }
         }
+    }
+
+    /// Live partitions with their assignment epoch and the next offset to
+    /// read from the deletion topic's partition of the same number.
+    pub fn deletion_positions(&self) -> Vec<(i32, u64, Option<i64>)> {
+        self.partitions
+            .iter()
+            .filter(|(_, o)| o.task.is_live())
+            .map(|(&p, o)| (p, o.task.epoch(), o.task.deletion_position()))
+            .collect()
     }
 
     /// Scores with `model` from now on: every partition's customers are
@@ -742,10 +784,12 @@ impl Core {
             return None;
         }
         let customers = restored.store.len();
-        let (waited, rewind) =
-            owned
-                .task
-                .install_restore(restored.store, restored.clock, &restored.model);
+        let (waited, rewind) = owned.task.install_restore(
+            restored.store,
+            restored.clock,
+            &restored.model,
+            restored.deletion_position,
+        );
         tracing::info!(
             partition,
             customers,

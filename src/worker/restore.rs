@@ -7,7 +7,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::changelog::{PartitionClock, WATERMARK_KEY, decode_clock, decode_state};
+use crate::changelog::{
+    DELETION_POSITION_KEY, PartitionClock, WATERMARK_KEY, decode_clock, decode_position,
+    decode_state,
+};
 use crate::config::WorkerConfig;
 use crate::engine::CustomerStore;
 use crate::model::RiskModel;
@@ -22,6 +25,9 @@ pub struct Restored {
     /// if it left none, derived from the newest event restored), never ahead
     /// of the wall clock plus the allowed skew.
     pub clock: PartitionClock,
+    /// How far the deletion topic's partition of the same number has been
+    /// applied (next offset to read), if a flush ever wrote it.
+    pub deletion_position: Option<i64>,
     /// State records read.
     pub records: u64,
     /// Records that could not be decoded (logged and skipped).
@@ -58,6 +64,7 @@ pub fn restore_partition(
     let mut records = 0_u64;
     let mut undecodable = 0_u64;
     let mut saved_clock: Option<PartitionClock> = None;
+    let mut deletion_position: Option<i64> = None;
     if high > low {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition, Offset::Offset(low))?;
@@ -76,6 +83,20 @@ pub fn restore_partition(
                                 tracing::warn!(partition, offset = msg.offset(), error = %e, "skipping undecodable partition clock");
                             }
                             None => saved_clock = None,
+                        }
+                        if msg.offset() >= high - 1 {
+                            break;
+                        }
+                        continue;
+                    }
+                    if msg.key() == Some(DELETION_POSITION_KEY) {
+                        match msg.payload().map(decode_position) {
+                            Some(Ok(next)) => deletion_position = Some(next),
+                            Some(Err(e)) => {
+                                undecodable += 1;
+                                tracing::warn!(partition, offset = msg.offset(), error = %e, "skipping undecodable deletion position");
+                            }
+                            None => deletion_position = None,
                         }
                         if msg.offset() >= high - 1 {
                             break;
@@ -117,6 +138,7 @@ pub fn restore_partition(
     store.rebuild_timers(model, clock.watermark_ms);
     Ok(Restored {
         clock,
+        deletion_position,
         store,
         records,
         undecodable,

@@ -33,6 +33,7 @@ use crate::config::WorkerConfig;
 use crate::model::RiskModel;
 use crate::telemetry::Metrics;
 
+use super::deletions::DeletionReader;
 use super::group::{CommitOutcome, GroupContext, commit_with_deadline, store_offsets};
 use super::kafka::{self, DeliveryContext};
 use super::pipeline::{Core, CoreHandle, owner_of, set_paused};
@@ -291,6 +292,7 @@ pub fn run_pipeline(
     }
 
     let mut restores = Restores::new();
+    let mut deletions = DeletionReader::new(&config)?;
     let mut consumer_errors = LogLimiter::default();
     let stopped = loop {
         if shutdown.is_cancelled() {
@@ -300,6 +302,9 @@ pub fn run_pipeline(
             break Stop::Failed(WorkerError::PipelineStopped);
         }
         restores.step(&cores, &consumer, &config, &shared, &metrics)?;
+        if let Some(d) = &mut deletions {
+            d.step(&cores)?;
+        }
         let timeout = if restores.running > 0 || !restores.retry.is_empty() {
             Duration::from_millis(10)
         } else {
