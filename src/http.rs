@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::config::HttpConfig;
 use crate::offline::parse_date_arg;
-use crate::worker::{EraseOutcome, ReloadError, WorkerShared};
+use crate::worker::{ReloadError, WorkerShared};
 
 /// How long an admin request waits for every pipeline thread to act on it
 /// (each does between bursts, within milliseconds unless it is stuck).
@@ -158,12 +158,14 @@ async fn reload(State(state): State<AppState>, headers: HeaderMap) -> Response {
 #[derive(Serialize)]
 struct ErasedBody {
     customer_id: String,
-    partition: i32,
+    /// Input partitions it was removed from (one unless its events were misrouted).
+    partitions: Vec<i32>,
     erased: bool,
 }
 
 /// `DELETE /v1/customers/{id}`: erases the customer on the pipeline thread
-/// that owns its partition.
+/// that owns its partition (every thread is asked; at most one holds it,
+/// unless its events were misrouted).
 async fn erase(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -178,19 +180,24 @@ async fn erase(
     };
     let deadline = tokio::time::Instant::now() + ADMIN_WAIT;
     let mut incomplete = false;
+    let mut partitions = Vec::new();
     for rx in answers {
         match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(EraseOutcome::Erased(partition))) => {
-                return Json(ErasedBody {
-                    customer_id: id,
-                    partition,
-                    erased: true,
-                })
-                .into_response();
+            Ok(Ok(outcome)) => {
+                partitions.extend(outcome.erased);
+                incomplete |= outcome.restoring;
             }
-            Ok(Ok(EraseOutcome::NotFound { restoring })) => incomplete |= restoring,
             Ok(Err(_)) | Err(_) => incomplete = true,
         }
+    }
+    if !partitions.is_empty() {
+        partitions.sort_unstable();
+        return Json(ErasedBody {
+            customer_id: id,
+            partitions,
+            erased: true,
+        })
+        .into_response();
     }
     if incomplete {
         error(

@@ -325,7 +325,7 @@ fn an_erased_customer_stays_gone_across_a_restart_until_a_new_event() {
     let tombstone = tombstone.expect("a record");
     assert_eq!(
         tombstone.partition,
-        answer["partition"].as_i64().expect("partition") as i32,
+        answer["partitions"][0].as_i64().expect("partition") as i32,
         "on the customer's partition"
     );
     customer_with_events(worker.http, "e-2", 5, Duration::from_secs(5));

@@ -117,17 +117,16 @@ pub enum Command {
     },
 }
 
-/// What an erasure found on one pipeline thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EraseOutcome {
-    /// Removed from this input partition; its tombstone follows with the next flush.
-    Erased(i32),
-    /// Not held here; `restoring`: some of the thread's partitions are still
-    /// being restored, so the customer may yet appear.
-    NotFound {
-        /// A partition is still restoring.
-        restoring: bool,
-    },
+/// What an erasure did on one pipeline thread.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EraseOutcome {
+    /// Input partitions the customer was removed from (more than one only
+    /// if its events were misrouted); their tombstones follow with the next
+    /// flush.
+    pub erased: Vec<i32>,
+    /// Some of the thread's partitions are still being restored, so the
+    /// customer may yet appear there.
+    pub restoring: bool,
 }
 
 impl CoreHandle {
@@ -391,19 +390,22 @@ impl Core {
         }
     }
 
-    /// Erases a customer from whichever of this core's partitions holds it.
+    /// Erases a customer from every one of this core's partitions that
+    /// holds it (one, unless its events were misrouted).
     fn erase(&mut self, customer_id: &str) -> EraseOutcome {
-        let mut restoring = false;
+        let mut outcome = EraseOutcome::default();
         for (&p, owned) in self.partitions.iter_mut() {
             if !owned.task.is_live() {
-                restoring = true;
+                outcome.restoring = true;
             } else if owned.task.erase(customer_id) {
-                self.metrics.customers_erased.inc();
-                self.update_customer_gauge();
-                return EraseOutcome::Erased(p);
+                outcome.erased.push(p);
             }
         }
-        EraseOutcome::NotFound { restoring }
+        if !outcome.erased.is_empty() {
+            self.metrics.customers_erased.inc();
+            self.update_customer_gauge();
+        }
+        outcome
     }
 
     /// The producer, for metadata look-ups.
@@ -779,10 +781,21 @@ impl Core {
         epoch: u64,
         restored: Restored,
     ) -> Option<Option<i64>> {
-        let owned = self.partitions.get_mut(&partition)?;
-        if owned.task.epoch() != epoch {
+        if self
+            .partitions
+            .get(&partition)
+            .is_none_or(|o| o.task.epoch() != epoch)
+        {
             return None;
         }
+        // A reload this core has not carried out yet, but the restore was
+        // read with: adopt it now (its command then changes nothing), so
+        // the restored counters are not converted through the older model.
+        let current = self.shared.current_model();
+        if !Arc::ptr_eq(&current, &self.model) && Arc::ptr_eq(&current, &restored.model) {
+            self.adopt_model(current);
+        }
+        let owned = self.partitions.get_mut(&partition)?;
         let customers = restored.store.len();
         let (waited, rewind) = owned.task.install_restore(
             restored.store,
