@@ -135,23 +135,28 @@ impl DeletionReader {
             .collect();
         for p in &gone {
             drop_tpl.add_partition(&self.topic, *p);
-            self.assigned.remove(p);
         }
         if drop_tpl.count() > 0 {
             self.consumer.incremental_unassign(&drop_tpl)?;
+            for p in &gone {
+                self.assigned.remove(p);
+            }
         }
         let mut add_tpl = TopicPartitionList::new();
+        let mut added = Vec::new();
         for (&p, &(epoch, next)) in &wanted {
             if self.assigned.contains_key(&p) {
                 continue;
             }
             let offset = next.map_or(Offset::Beginning, Offset::Offset);
             add_tpl.add_partition_offset(&self.topic, p, offset)?;
-            self.assigned.insert(p, epoch);
+            added.push((p, epoch));
         }
-        if add_tpl.count() > 0 {
-            tracing::info!(topic = %self.topic, partitions = ?add_tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), "reading deletion partitions");
+        if !added.is_empty() {
             self.consumer.incremental_assign(&add_tpl)?;
+            tracing::info!(topic = %self.topic, partitions = ?added.iter().map(|(p, _)| *p).collect::<Vec<_>>(), "reading deletion partitions");
+            // Recorded only once assigned: a failed call is retried at the next reconcile.
+            self.assigned.extend(added);
         }
         Ok(())
     }

@@ -243,6 +243,9 @@ pub fn run_pipeline(
     let consumer: Arc<Consumer0> = Arc::new(
         kafka::consumer_config(&config, &config.kafka.group_id).create_with_context(context)?,
     );
+    // Before any pipeline thread starts: nothing to stop if it fails.
+    let mut deletions = DeletionReader::new(&config)?;
+    let mut deletion_errors = LogLimiter::default();
     // Split before the first poll, so no message of these partitions is
     // fetched onto the main queue.
     let mut queues: Vec<Vec<(i32, Queue)>> = (0..threads).map(|_| Vec::new()).collect();
@@ -292,7 +295,6 @@ pub fn run_pipeline(
     }
 
     let mut restores = Restores::new();
-    let mut deletions = DeletionReader::new(&config)?;
     let mut consumer_errors = LogLimiter::default();
     let stopped = loop {
         if shutdown.is_cancelled() {
@@ -302,8 +304,13 @@ pub fn run_pipeline(
             break Stop::Failed(WorkerError::PipelineStopped);
         }
         restores.step(&cores, &consumer, &config, &shared, &metrics)?;
-        if let Some(d) = &mut deletions {
-            d.step(&cores)?;
+        // A failure is retried at the next step; the partitions' positions
+        // stay where they were applied.
+        if let Some(d) = &mut deletions
+            && let Err(e) = d.step(&cores)
+            && let Some(held_back) = deletion_errors.allow(Duration::from_secs(10))
+        {
+            tracing::warn!(error = %e, similar_not_logged = held_back, "deletion topic reader");
         }
         let timeout = if restores.running > 0 || !restores.retry.is_empty() {
             Duration::from_millis(10)
