@@ -92,7 +92,7 @@ fn main() {
     let handles: Vec<_> = (0..partitions)
         .map(|p| {
             let config = config.clone();
-            let model = model.clone();
+            let model = std::sync::Arc::new(model.clone());
             std::thread::spawn(move || {
                 let progress = prometheus::Gauge::new("restore_progress", "bench").expect("gauge");
                 restore_partition(&config, &model, p, &progress).expect("restore")

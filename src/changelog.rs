@@ -28,6 +28,11 @@
 //! under a key no customer id can have ([`WATERMARK_KEY`], it starts with a
 //! control character): format version, watermark (ms), newest event time (ms;
 //! `i64::MIN` if none).
+//!
+//! With a deletion topic configured, one more record per partition carries
+//! how far that topic's partition of the same number has been applied
+//! ([`DELETION_POSITION_KEY`]): format version, next offset to read. It is
+//! written in the same flush as the tombstones it covers, after them.
 
 use crate::engine::CustomerState;
 use crate::model::RiskModel;
@@ -41,6 +46,32 @@ const OLDEST_READABLE_VERSION: u8 = 1;
 /// Key of the per-partition clock record. Customer ids cannot contain control
 /// characters, so it never collides with one.
 pub const WATERMARK_KEY: &[u8] = b"\x00churn-scorer/partition-clock";
+
+/// Key of the per-partition deletion-topic position record (see the module
+/// documentation); like [`WATERMARK_KEY`], no customer id can have it.
+pub const DELETION_POSITION_KEY: &[u8] = b"\x00churn-scorer/deletion-position";
+
+/// Encodes a deletion-topic position (the next offset to read), appending to `out`.
+pub fn encode_position(next_offset: i64, out: &mut Vec<u8>) {
+    out.push(STATE_FORMAT_VERSION);
+    out.extend_from_slice(&next_offset.to_le_bytes());
+}
+
+/// Decodes a deletion-topic position record.
+pub fn decode_position(bytes: &[u8]) -> Result<i64, StateDecodeError> {
+    let mut r = Reader { bytes };
+    let version = r
+        .u8()
+        .map_err(|_| StateDecodeError::Malformed("empty record"))?;
+    if version != STATE_FORMAT_VERSION {
+        return Err(StateDecodeError::UnknownVersion(version));
+    }
+    let next = r.i64()?;
+    if !r.bytes.is_empty() {
+        return Err(StateDecodeError::Malformed("trailing bytes"));
+    }
+    Ok(next)
+}
 
 /// A partition's event-time clock, as persisted on the changelog.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -323,5 +354,10 @@ mod tests {
             assert_eq!(decode_clock(&bytes), Ok(clock));
         }
         assert!(std::str::from_utf8(WATERMARK_KEY).is_ok_and(|k| k.starts_with('\0')));
+        assert!(std::str::from_utf8(DELETION_POSITION_KEY).is_ok_and(|k| k.starts_with('\0')));
+        let mut out = Vec::new();
+        encode_position(42, &mut out);
+        assert_eq!(decode_position(&out), Ok(42));
+        assert!(decode_position(&out[..5]).is_err());
     }
 }

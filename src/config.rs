@@ -159,6 +159,10 @@ pub struct TopicsConfig {
     pub dead_letter: String,
     /// State changelog (compacted).
     pub state: String,
+    /// Erasure requests for bulk pipelines (optional): a record keyed by a
+    /// customer id erases that customer as `DELETE /v1/customers/{id}` does.
+    /// Same partition count as `input`, keyed with the same partitioner.
+    pub deletion: Option<String>,
 }
 
 impl Default for TopicsConfig {
@@ -168,6 +172,7 @@ impl Default for TopicsConfig {
             alerts: "churn-alerts".into(),
             dead_letter: "churn-events-dlq".into(),
             state: "churn-scorer-state".into(),
+            deletion: None,
         }
     }
 }
@@ -180,6 +185,10 @@ pub struct HttpConfig {
     pub addr: String,
     /// Bearer token required on `/v1` when set.
     pub bearer_token: Option<String>,
+    /// Bearer token of the admin operations (`POST /admin/reload`,
+    /// `DELETE /v1/customers/{id}`); unset: those answer 403. It also
+    /// grants what `bearer_token` grants.
+    pub admin_token: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -187,6 +196,7 @@ impl Default for HttpConfig {
         HttpConfig {
             addr: "0.0.0.0:9464".into(),
             bearer_token: None,
+            admin_token: None,
         }
     }
 }
@@ -508,6 +518,27 @@ impl WorkerConfig {
                 return Err(invalid(key, "must not be empty"));
             }
         }
+        if let Some(deletion) = &self.topics.deletion {
+            if deletion.trim().is_empty() {
+                return Err(invalid(
+                    "topics.deletion",
+                    "must not be empty (remove it to read no deletion topic)",
+                ));
+            }
+            if [
+                &self.topics.input,
+                &self.topics.alerts,
+                &self.topics.dead_letter,
+                &self.topics.state,
+            ]
+            .contains(&deletion)
+            {
+                return Err(invalid(
+                    "topics.deletion",
+                    "must differ from the other topics",
+                ));
+            }
+        }
         if [
             &self.topics.alerts,
             &self.topics.dead_letter,
@@ -525,6 +556,12 @@ impl WorkerConfig {
             return Err(invalid(
                 "http.bearer_token",
                 "must not be empty (remove it to disable)",
+            ));
+        }
+        if self.http.admin_token.as_deref() == Some("") {
+            return Err(invalid(
+                "http.admin_token",
+                "must not be empty (remove it to disable the admin operations)",
             ));
         }
         if !(self.engine.eviction_horizon_days.is_finite()
@@ -714,6 +751,19 @@ mod tests {
         assert_eq!(
             key(load("[topics]\ninput = \"churn-alerts\"\n", &[], &o).expect_err("same topic")),
             "topics.input"
+        );
+        for file in [
+            "[topics]\ndeletion = \"\"\n",
+            "[topics]\ndeletion = \"customer-events\"\n",
+        ] {
+            assert_eq!(
+                key(load(file, &[], &o).expect_err("bad deletion topic")),
+                "topics.deletion"
+            );
+        }
+        assert_eq!(
+            key(load("[http]\nadmin_token = \"\"\n", &[], &o).expect_err("empty token")),
+            "http.admin_token"
         );
     }
 }

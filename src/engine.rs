@@ -296,6 +296,31 @@ impl CustomerState {
         self.events = self.events.saturating_add(1);
     }
 
+    /// Re-keys the per-type counters, held for `old`'s event types, to
+    /// `new`'s by type name (as the changelog does); counters of types `new`
+    /// does not name are dropped. Counter values are kept as they are, even
+    /// where `new` gives the type another half-life: they decay at the new
+    /// rate from here on.
+    pub(crate) fn remap_kinds(&mut self, old: &RiskModel, new: &RiskModel) {
+        let mut counts: Vec<(u8, f64)> = Vec::with_capacity(self.type_counts.len());
+        let mut mask = self.type_mask;
+        let mut slot = 0;
+        while mask != 0 {
+            let k = mask.trailing_zeros() as usize;
+            if let Some(kind) = old.kinds().get(k)
+                && let Some(nk) = new.kind_of(&kind.name)
+                && let Some(&c) = self.type_counts.get(slot)
+            {
+                counts.push((nk, c));
+            }
+            mask &= mask - 1;
+            slot += 1;
+        }
+        counts.sort_by_key(|(k, _)| *k);
+        self.type_mask = counts.iter().fold(0, |m, (k, _)| m | (1 << k));
+        self.type_counts = counts.into_iter().map(|(_, c)| c).collect();
+    }
+
     /// Moves every counter's reference time forward to `t_ms`.
     fn advance_to(&mut self, model: &RiskModel, t_ms: i64) {
         let dt = t_ms - self.last_event_ms;
@@ -822,7 +847,10 @@ impl CustomerStore {
             if due == STEPS_DONE {
                 continue;
             }
-            if due == NEVER {
+            if due == NEVER && self.states[i].alert_open {
+                // Nothing can change in silence while an alert is open.
+                self.states[i].timer_due_ms = STEPS_DONE;
+            } else if due == NEVER {
                 let state = &mut self.states[i];
                 let next = model.next_silence_step(
                     state.last_event_ms,
@@ -843,6 +871,22 @@ impl CustomerStore {
                     .push(i as CustomerIndex);
             }
         }
+    }
+
+    /// Moves every customer from model `old` to model `new` (a hot reload):
+    /// per-type counters are re-keyed by type name, and every pending silence
+    /// step is re-derived with `new` from `watermark_ms`, the point the
+    /// stream has reached, so no step at or before it fires (again).
+    pub fn adopt_model(&mut self, old: &RiskModel, new: &RiskModel, watermark_ms: i64) {
+        for (id, state) in self.ids.iter().zip(self.states.iter_mut()) {
+            if id.is_empty() {
+                continue;
+            }
+            state.remap_kinds(old, new);
+            // "Not scheduled": rebuild_timers derives the next step after the watermark.
+            state.timer_due_ms = NEVER;
+        }
+        self.rebuild_timers(new, watermark_ms);
     }
 
     /// Removes a customer (eviction or a tombstone in the changelog).
@@ -1472,6 +1516,63 @@ mod tests {
         assert!(!one.is_empty());
         assert_eq!(one, run(7));
         assert_eq!(one, run(1000));
+    }
+
+    #[test]
+    fn an_adopted_model_keeps_counters_by_type_name_and_refires_no_past_step() {
+        let old = days_only();
+        let mut spec = old.spec().clone();
+        // A type sorting first shifts every index; one type is dropped.
+        let rule = spec.events["complaint"].clone();
+        spec.events.insert("aaa_new".into(), rule);
+        spec.events.remove("login");
+        spec.model_version = "next".into();
+        let new = RiskModel::from_spec(spec).expect("valid");
+        let steps: Vec<i64> = old.inactivity_steps_ms().iter().map(|s| s.0).collect();
+        let wm = steps[1] + 1;
+        let mut store = CustomerStore::new();
+        store.apply(&old, &ev("c", "complaint", 0, None), None, true);
+        store.apply(&old, &ev("c", "login", 1, None), None, true);
+        // Purchases keep the customer below the threshold, so silence opens
+        // no alert (which would stop the steps) before the last one checked.
+        for k in 0..10 {
+            store.apply(
+                &old,
+                &ev("c", "purchase", 1, Some(50.0 + k as f64)),
+                None,
+                true,
+            );
+        }
+        let mut out = Vec::new();
+        store.fire_due_timers(&old, wm, &mut out);
+        assert_eq!(out.len(), 2, "two steps fired under the old model");
+        let before = store.get("c").expect("kept").clone();
+        store.adopt_model(&old, &new, wm);
+        let after = store.get("c").expect("kept");
+        assert_eq!(after.events(), before.events(), "nothing lost");
+        let complaint = |m: &RiskModel, s: &CustomerState| {
+            s.explain(m, wm)
+                .reasons
+                .iter()
+                .find(|r| r.factor == "event:complaint")
+                .map(|r| r.points)
+        };
+        assert_eq!(complaint(&new, after), complaint(&old, &before));
+        assert!(
+            after
+                .explain(&new, wm)
+                .reasons
+                .iter()
+                .all(|r| r.factor != "event:login" && r.factor != "event:aaa_new")
+        );
+        out.clear();
+        store.fire_due_timers(&new, wm, &mut out);
+        assert!(
+            out.is_empty(),
+            "steps at or before the watermark never fire again"
+        );
+        store.fire_due_timers(&new, steps[2] + 1, &mut out);
+        assert_eq!(out.len(), 1, "the next step fires under the new model");
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! HTTP routes: `/metrics`, `/healthz`, `/readyz` and
-//! `GET /v1/customers/{id}[?as_of=RFC3339]`. The routes own no state; they
-//! read the worker through its [`WorkerShared`] handle.
+//! HTTP routes: `/metrics`, `/healthz`, `/readyz`,
+//! `GET /v1/customers/{id}[?as_of=RFC3339]`, and the admin operations
+//! `POST /admin/reload` and `DELETE /v1/customers/{id}` (only with
+//! `http.admin_token`). The routes own no state; they reach the worker
+//! through its [`WorkerShared`] handle.
 
 use std::sync::Arc;
 
@@ -10,32 +12,43 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
+use crate::config::HttpConfig;
 use crate::offline::parse_date_arg;
-use crate::worker::WorkerShared;
+use crate::worker::{ReloadError, WorkerShared};
+
+/// How long an admin request waits for every pipeline thread to act on it
+/// (each does between bursts, within milliseconds unless it is stuck).
+const ADMIN_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 struct AppState {
     shared: Arc<WorkerShared>,
     bearer_token: Option<Arc<str>>,
+    admin_token: Option<Arc<str>>,
 }
 
-/// Builds the router. With `bearer_token`, `/v1` requires
-/// `Authorization: Bearer <token>`; the operational endpoints stay open.
-pub fn router(shared: Arc<WorkerShared>, bearer_token: Option<String>) -> Router {
+/// Builds the router. With `http.bearer_token`, `/v1` requires
+/// `Authorization: Bearer <token>` (the admin token is accepted too); the
+/// operational endpoints stay open. The admin operations require
+/// `http.admin_token` and answer 403 while it is not set.
+pub fn router(shared: Arc<WorkerShared>, http: &HttpConfig) -> Router {
     let state = AppState {
         shared,
-        bearer_token: bearer_token.map(Arc::from),
+        bearer_token: http.bearer_token.as_deref().map(Arc::from),
+        admin_token: http.admin_token.as_deref().map(Arc::from),
     };
     let v1 = Router::new()
-        .route("/v1/customers/{id}", get(customer))
+        .route("/v1/customers/{id}", get(customer).delete(erase))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/admin/reload", post(reload))
         .merge(v1)
         .with_state(state)
 }
@@ -62,20 +75,141 @@ async fn require_token(
     next: Next,
 ) -> Response {
     if let Some(expected) = &state.bearer_token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes())) {
-            let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            return response;
+        let given = bearer(&headers);
+        let matches =
+            |token: &str| given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()));
+        // The admin token grants reading too.
+        if !matches(expected) && !state.admin_token.as_deref().is_some_and(matches) {
+            return unauthorized();
         }
     }
     next.run(request).await
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+fn unauthorized() -> Response {
+    let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    response
+}
+
+/// The admin token check: `None` if granted, else the refusal (403 while
+/// no admin token is configured, 401 on a missing or wrong one).
+fn refuse_admin(state: &AppState, headers: &HeaderMap) -> Option<Response> {
+    let Some(expected) = &state.admin_token else {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "admin operations are disabled: set http.admin_token",
+        ));
+    };
+    match bearer(headers) {
+        Some(given) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => None,
+        _ => Some(unauthorized()),
+    }
+}
+
+#[derive(Serialize)]
+struct ReloadBody {
+    model_version: String,
+    previous_version: String,
+    /// Every pipeline thread confirmed it scores with the new model.
+    applied: bool,
+}
+
+/// `POST /admin/reload`: re-reads the model file (as SIGHUP does).
+async fn reload(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(response) = refuse_admin(&state, &headers) {
+        return response;
+    }
+    let shared = Arc::clone(&state.shared);
+    // Reads a file: off the async workers.
+    let result = tokio::task::spawn_blocking(move || shared.reload_model()).await;
+    match result {
+        Ok(Ok(reloaded)) => {
+            let deadline = tokio::time::Instant::now() + ADMIN_WAIT;
+            let mut applied = true;
+            for rx in reloaded.applied {
+                applied &= matches!(tokio::time::timeout_at(deadline, rx).await, Ok(Ok(())));
+            }
+            Json(ReloadBody {
+                model_version: reloaded.model_version,
+                previous_version: reloaded.previous_version,
+                applied,
+            })
+            .into_response()
+        }
+        Ok(Err(e @ ReloadError::NoModelFile)) => error(StatusCode::CONFLICT, e.to_string()),
+        Ok(Err(e @ ReloadError::Invalid { .. })) => {
+            error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+        }
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "reload failed"),
+    }
+}
+
+#[derive(Serialize)]
+struct ErasedBody {
+    customer_id: String,
+    /// Input partitions it was removed from (one unless its events were misrouted).
+    partitions: Vec<i32>,
+    erased: bool,
+}
+
+/// `DELETE /v1/customers/{id}`: erases the customer on the pipeline thread
+/// that owns its partition (every thread is asked; at most one holds it,
+/// unless its events were misrouted).
+async fn erase(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(response) = refuse_admin(&state, &headers) {
+        return response;
+    }
+    let answers = match state.shared.erase_customer(&id) {
+        Ok(a) => a,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let deadline = tokio::time::Instant::now() + ADMIN_WAIT;
+    let mut incomplete = false;
+    let mut partitions = Vec::new();
+    for rx in answers {
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(outcome)) => {
+                partitions.extend(outcome.erased);
+                incomplete |= outcome.restoring;
+            }
+            Ok(Err(_)) | Err(_) => incomplete = true,
+        }
+    }
+    if !partitions.is_empty() {
+        partitions.sort_unstable();
+        return Json(ErasedBody {
+            customer_id: id,
+            partitions,
+            erased: true,
+        })
+        .into_response();
+    }
+    if incomplete {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not found, but some partitions are restoring or did not answer: retry",
+        )
+    } else {
+        error(
+            StatusCode::NOT_FOUND,
+            "unknown customer (not in this instance's partitions)",
+        )
+    }
 }
 
 /// Compares without an early exit, so response time does not leak the token.
@@ -153,11 +287,11 @@ async fn customer(
     };
     let shared = Arc::clone(&state.shared);
     // Scoring takes read locks the pipeline also takes: keep it off the async workers.
-    let view = tokio::task::spawn_blocking(move || shared.lookup(&id, as_of)).await;
+    let view = tokio::task::spawn_blocking(move || shared.lookup_with_model(&id, as_of)).await;
     match view {
-        Ok(Some(view)) => {
+        Ok(Some((view, model))) => {
             let mut body = serde_json::to_value(&view).unwrap_or_default();
-            label_reasons(&mut body, state.shared.model());
+            label_reasons(&mut body, &model);
             Json(body).into_response()
         }
         Ok(None) => error(
@@ -193,8 +327,87 @@ mod tests {
     use tower::ServiceExt;
 
     fn app(token: Option<&str>) -> Router {
+        admin_app(token, None)
+    }
+
+    fn admin_app(token: Option<&str>, admin: Option<&str>) -> Router {
         let shared = WorkerShared::new(Arc::new(RiskModel::default_model()), Metrics::new());
-        router(shared, token.map(String::from))
+        let http = HttpConfig {
+            bearer_token: token.map(String::from),
+            admin_token: admin.map(String::from),
+            ..HttpConfig::default()
+        };
+        router(shared, &http)
+    }
+
+    async fn send(
+        app: Router,
+        method: &str,
+        uri: &str,
+        auth: Option<&str>,
+    ) -> (StatusCode, String) {
+        let mut req = axum::http::Request::builder().method(method).uri(uri);
+        if let Some(a) = auth {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        let resp = app
+            .oneshot(req.body(Body::empty()).expect("request"))
+            .await
+            .expect("response");
+        let status = resp.status();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn admin_operations_need_the_admin_token() {
+        for (method, uri) in [("POST", "/admin/reload"), ("DELETE", "/v1/customers/x")] {
+            let (s, _) = send(admin_app(None, None), method, uri, None).await;
+            assert_eq!(
+                s,
+                StatusCode::FORBIDDEN,
+                "{method} {uri} without an admin token"
+            );
+            let (s, _) = send(admin_app(None, Some("adm")), method, uri, None).await;
+            assert_eq!(
+                s,
+                StatusCode::UNAUTHORIZED,
+                "{method} {uri} with no token given"
+            );
+            let (s, _) = send(
+                admin_app(None, Some("adm")),
+                method,
+                uri,
+                Some("Bearer nope"),
+            )
+            .await;
+            assert_eq!(
+                s,
+                StatusCode::UNAUTHORIZED,
+                "{method} {uri} with a wrong token"
+            );
+            let (s, _) = send(
+                admin_app(Some("read"), Some("adm")),
+                method,
+                uri,
+                Some("Bearer read"),
+            )
+            .await;
+            assert_eq!(
+                s,
+                StatusCode::UNAUTHORIZED,
+                "{method} {uri}: the read token is not admin"
+            );
+        }
+        // Right token: no model file to re-read, no pipeline running.
+        let app = admin_app(Some("read"), Some("adm"));
+        let (s, _) = send(app.clone(), "POST", "/admin/reload", Some("Bearer adm")).await;
+        assert_eq!(s, StatusCode::CONFLICT);
+        let (s, _) = send(app.clone(), "DELETE", "/v1/customers/x", Some("Bearer adm")).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        // The admin token also reads.
+        let (s, _) = send(app, "GET", "/v1/customers/x", Some("Bearer adm")).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
     }
 
     async fn get_status(app: Router, uri: &str, auth: Option<&str>) -> (StatusCode, String) {

@@ -328,6 +328,40 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// Re-reads the model file on every SIGHUP until `token` is cancelled
+/// (a refused model is logged and counted by the worker, which keeps the
+/// previous one).
+async fn reload_on_sighup(
+    shared: std::sync::Arc<churn_scorer::worker::WorkerShared>,
+    token: tokio_util::sync::CancellationToken,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; use POST /admin/reload");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                got = hangup.recv() => if got.is_none() { return },
+            }
+            tracing::info!("SIGHUP: reloading the model");
+            let shared = std::sync::Arc::clone(&shared);
+            // Reads a file: off the async workers. The outcome is logged there.
+            let _ = tokio::task::spawn_blocking(move || shared.reload_model()).await;
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (shared, token);
+    }
+}
+
 /// Cancels `token` on Ctrl-C or SIGTERM.
 async fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -412,6 +446,7 @@ fn run_worker(args: RunArgs) -> Result<()> {
             .with_context(|| {
                 format!("cannot listen on {http_addr} (set by --http-addr or `http.addr`)")
             })?;
+        tokio::spawn(reload_on_sighup(worker.shared(), token.clone()));
         let check_config = config.clone();
         let check_token = token.clone();
         let deadline = std::time::Duration::from_secs(args.connect_timeout);

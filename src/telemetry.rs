@@ -14,6 +14,9 @@ use prometheus::{
 /// Reason labels of `events_dropped_total`.
 pub const DROP_REASONS: [&str; 3] = ["alert_rejected", "dead_letter_rejected", "state_rejected"];
 
+/// Result labels of `model_reloads_total`.
+pub const RELOAD_RESULTS: [&str; 2] = ["ok", "invalid"];
+
 /// Prefix of every metric this program exports.
 pub const METRIC_PREFIX: &str = "churn_scorer_";
 
@@ -72,6 +75,13 @@ pub struct Metrics {
     pub partition_idle_rule_active: IntGaugeVec,
     /// Fraction (0-1) of a partition's changelog read by its restore, by partition.
     pub partition_restore_progress: GaugeVec,
+    /// Model reloads (SIGHUP or `POST /admin/reload`), by result: `ok` (the
+    /// new model scores from the next batch on) or `invalid` (refused; the
+    /// previous model keeps scoring).
+    pub model_reloads: IntCounterVec,
+    /// Customers erased on request (`DELETE /v1/customers/{id}`): state
+    /// removed and a tombstone written to the changelog.
+    pub customers_erased: IntCounter,
 }
 
 impl Metrics {
@@ -242,6 +252,20 @@ impl Metrics {
                 &["partition"],
             )
             .expect("valid metric"),
+            model_reloads: IntCounterVec::new(
+                opts(
+                    "model_reloads_total",
+                    "Model reloads (SIGHUP or POST /admin/reload), by result: ok (swapped in) \
+                     or invalid (refused, the previous model keeps scoring).",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+            customers_erased: IntCounter::with_opts(opts(
+                "customers_erased_total",
+                "Customers erased on request: state removed, tombstone written to the changelog.",
+            ))
+            .expect("valid metric"),
             registry,
         };
         for collector in m.collectors() {
@@ -259,6 +283,9 @@ impl Metrics {
         }
         for reason in DROP_REASONS {
             m.events_dropped.with_label_values(&[reason]);
+        }
+        for result in RELOAD_RESULTS {
+            m.model_reloads.with_label_values(&[result]);
         }
         m
     }
@@ -288,6 +315,8 @@ impl Metrics {
             Box::new(self.events_dropped.clone()),
             Box::new(self.partition_idle_rule_active.clone()),
             Box::new(self.partition_restore_progress.clone()),
+            Box::new(self.model_reloads.clone()),
+            Box::new(self.customers_erased.clone()),
         ]
     }
 
@@ -319,6 +348,8 @@ impl Metrics {
 
     /// Sets `build_info` for this build and the loaded model.
     pub fn set_build_info(&self, model_version: &str) {
+        // One series: the model version in use now (a reload replaces it).
+        self.build_info.reset();
         self.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), model_version])
             .set(1);

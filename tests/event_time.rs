@@ -320,6 +320,12 @@ fn a_broker_outage_fires_no_inactivity_alert_for_customers_who_stay_active() {
         w.metrics().events_consumed.get() >= total
     });
     let quiet_due = predicted_at_risk(&model, &quiet_lines);
+    // The quiet customer's alert needs its partition's idle rule, which
+    // waits for the consumer's statistics to show it caught up again after
+    // the outage: slow on a loaded machine, so wait for it with a deadline.
+    w.wait_until("the quiet customer's alert", Duration::from_secs(60), |w| {
+        alerts_acknowledged(w) >= 1
+    });
     let alerts = read_alerts(&bootstrap, Duration::from_secs(3));
     w.stop().expect("clean stop");
 

@@ -6,6 +6,7 @@
 //! threads of their own so live partitions keep flowing; tokio runs HTTP and
 //! signal handling. See `ARCHITECTURE.md` and `docs/operations.md`.
 
+mod deletions;
 mod group;
 mod kafka;
 pub mod ledger;
@@ -16,8 +17,9 @@ mod run;
 pub mod sink;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
@@ -28,11 +30,12 @@ use tokio_util::sync::CancellationToken;
 use crate::config::WorkerConfig;
 use crate::engine::{Explanation, Features};
 use crate::event::format_timestamp_ms;
-use crate::model::RiskModel;
+use crate::model::{ModelError, RiskModel};
 use crate::offline::band;
 use crate::telemetry::Metrics;
 
-pub use pipeline::PartitionData;
+use pipeline::{Command, CoreHandle};
+pub use pipeline::{EraseOutcome, PartitionData};
 pub use restore::restore_partition;
 pub use run::run_pipeline;
 
@@ -87,6 +90,22 @@ pub enum WorkerError {
         /// Its partitions.
         input_partitions: usize,
     },
+    /// The deletion topic's partition count differs from the input topic's.
+    #[error(
+        "deletion topic `{deletion}` has {deletion_partitions} partitions but input topic \
+         `{input}` has {input_partitions}; they must match (deletion partition p holds the \
+         requests for input partition p's customers)"
+    )]
+    DeletionPartitionMismatch {
+        /// Deletion topic.
+        deletion: String,
+        /// Its partitions.
+        deletion_partitions: usize,
+        /// Input topic.
+        input: String,
+        /// Its partitions.
+        input_partitions: usize,
+    },
     /// A changelog restore made no progress.
     #[error("restore of partition {partition} made no progress for 60 s")]
     RestoreStalled {
@@ -125,6 +144,50 @@ pub enum WorkerError {
     },
 }
 
+/// The model in use and the pipeline threads it is handed to, changed
+/// together under one lock so a reload never misses a thread being started.
+struct Control {
+    model: Arc<RiskModel>,
+    /// The file a reload reads (`None`: the built-in model, nothing to reload).
+    model_path: Option<PathBuf>,
+    cores: Option<Arc<[CoreHandle]>>,
+}
+
+/// Why a reload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The worker runs the built-in model: there is no file to re-read.
+    #[error("no model file configured (`model.path`): the built-in model cannot be reloaded")]
+    NoModelFile,
+    /// The file is unreadable or not a valid model; the previous model keeps scoring.
+    #[error("model refused, the previous one ({kept}) keeps scoring: {source}")]
+    Invalid {
+        /// Version of the model still in use.
+        kept: String,
+        /// What is wrong with the file.
+        source: ModelError,
+    },
+}
+
+/// A model swapped in by [`WorkerShared::reload_model`].
+pub struct Reloaded {
+    /// Version of the model replaced.
+    pub previous_version: String,
+    /// Version of the model now in use.
+    pub model_version: String,
+    /// One per pipeline thread, answered once its partitions score with the
+    /// new model (empty before the pipeline has started).
+    pub applied: Vec<tokio::sync::oneshot::Receiver<()>>,
+}
+
+/// Why an erasure could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum EraseError {
+    /// The pipeline is not running (starting or stopping).
+    #[error("the pipeline is not running")]
+    NotRunning,
+}
+
 struct SharedPartition {
     data: Arc<RwLock<PartitionData>>,
     live: bool,
@@ -132,7 +195,7 @@ struct SharedPartition {
 
 /// What the HTTP server reads from the running worker.
 pub struct WorkerShared {
-    model: Arc<RiskModel>,
+    control: Mutex<Control>,
     metrics: Metrics,
     partitions: RwLock<BTreeMap<i32, SharedPartition>>,
     joined: AtomicBool,
@@ -171,7 +234,11 @@ impl WorkerShared {
     /// A handle with no partitions.
     pub fn new(model: Arc<RiskModel>, metrics: Metrics) -> Arc<Self> {
         Arc::new(WorkerShared {
-            model,
+            control: Mutex::new(Control {
+                model,
+                model_path: None,
+                cores: None,
+            }),
             metrics,
             partitions: RwLock::new(BTreeMap::new()),
             joined: AtomicBool::new(false),
@@ -183,9 +250,114 @@ impl WorkerShared {
         &self.metrics
     }
 
-    /// The model in use.
-    pub fn model(&self) -> &RiskModel {
-        &self.model
+    /// The control block. Its holders only swap pointers and queue
+    /// commands, so a panic cannot leave it half-changed: a poisoned lock
+    /// is used as is.
+    fn control(&self) -> std::sync::MutexGuard<'_, Control> {
+        self.control
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The model in use (the latest one reloaded).
+    pub fn current_model(&self) -> Arc<RiskModel> {
+        Arc::clone(&self.control().model)
+    }
+
+    /// Sets the file [`WorkerShared::reload_model`] re-reads.
+    pub fn set_model_path(&self, path: Option<PathBuf>) {
+        self.control().model_path = path;
+    }
+
+    /// Re-reads the model file (blocking I/O: call it off async workers).
+    /// A valid model becomes the current one and is handed to every
+    /// pipeline thread, which swaps it in between batches; an invalid one is
+    /// refused and the previous model keeps scoring. Either way it is
+    /// logged and counted in `model_reloads_total`.
+    pub fn reload_model(&self) -> Result<Reloaded, ReloadError> {
+        let path = self
+            .control()
+            .model_path
+            .clone()
+            .ok_or(ReloadError::NoModelFile)?;
+        // Read and validated without the lock: restores and erasures go on.
+        let loaded = RiskModel::load(&path);
+        let mut control = self.control();
+        let previous_version = control.model.version().to_string();
+        let model = match loaded {
+            Ok(m) => Arc::new(m),
+            Err(source) => {
+                self.metrics
+                    .model_reloads
+                    .with_label_values(&["invalid"])
+                    .inc();
+                tracing::error!(path = %path.display(), error = %source, kept = %previous_version, "model reload refused; the previous model keeps scoring");
+                return Err(ReloadError::Invalid {
+                    kept: previous_version,
+                    source,
+                });
+            }
+        };
+        control.model = Arc::clone(&model);
+        let mut applied = Vec::new();
+        if let Some(cores) = &control.cores {
+            for core in cores.iter() {
+                let (done, rx) = tokio::sync::oneshot::channel();
+                core.send(Command::Reload {
+                    model: Arc::clone(&model),
+                    done,
+                });
+                applied.push(rx);
+            }
+        }
+        drop(control);
+        self.metrics.model_reloads.with_label_values(&["ok"]).inc();
+        self.metrics.set_build_info(model.version());
+        tracing::info!(path = %path.display(), previous = %previous_version, model_version = model.version(), "model reloaded");
+        Ok(Reloaded {
+            previous_version,
+            model_version: model.version().to_string(),
+            applied,
+        })
+    }
+
+    /// Asks every pipeline thread to erase `customer_id`; each answers with
+    /// what it found (at most one holds the customer).
+    pub fn erase_customer(
+        &self,
+        customer_id: &str,
+    ) -> Result<Vec<tokio::sync::oneshot::Receiver<EraseOutcome>>, EraseError> {
+        let control = self.control();
+        let cores = control.cores.as_ref().ok_or(EraseError::NotRunning)?;
+        Ok(cores
+            .iter()
+            .map(|core| {
+                let (done, rx) = tokio::sync::oneshot::channel();
+                core.send(Command::Erase {
+                    customer_id: customer_id.to_string(),
+                    done,
+                });
+                rx
+            })
+            .collect())
+    }
+
+    /// Builds the pipeline cores with the current model and registers them
+    /// for reloads and erasures (under the lock a reload takes, so none is
+    /// missed).
+    fn start_cores(
+        &self,
+        build: impl FnOnce(&Arc<RiskModel>) -> Arc<[CoreHandle]>,
+    ) -> Arc<[CoreHandle]> {
+        let mut control = self.control();
+        let cores = build(&control.model);
+        control.cores = Some(Arc::clone(&cores));
+        cores
+    }
+
+    /// Unregisters the cores (the pipeline is stopping).
+    fn stop_cores(&self) {
+        self.control().cores = None;
     }
 
     /// Ready: joined the group and every assigned partition is restored.
@@ -243,6 +415,17 @@ impl WorkerShared {
 
     /// Scores one customer at `as_of_ms` (default: its partition's watermark).
     pub fn lookup(&self, customer_id: &str, as_of_ms: Option<i64>) -> Option<CustomerView> {
+        self.lookup_with_model(customer_id, as_of_ms)
+            .map(|(v, _)| v)
+    }
+
+    /// As [`WorkerShared::lookup`], with the model that scored it (its
+    /// partition's, which a reload swaps together with the states).
+    pub fn lookup_with_model(
+        &self,
+        customer_id: &str,
+        as_of_ms: Option<i64>,
+    ) -> Option<(CustomerView, Arc<RiskModel>)> {
         let partitions = self.partitions.read().ok()?;
         for (&p, shared) in partitions.iter() {
             let Ok(data) = shared.data.read() else {
@@ -254,25 +437,27 @@ impl WorkerShared {
             let as_of = as_of_ms
                 .unwrap_or(data.clock.watermark_ms)
                 .max(state.last_event_ms());
+            let model = &data.model;
             let Explanation {
                 risk_score,
                 points,
                 reasons,
-            } = state.explain(&self.model, as_of);
-            return Some(CustomerView {
+            } = state.explain(model, as_of);
+            let view = CustomerView {
                 customer_id: customer_id.to_string(),
                 partition: p,
                 as_of: format_timestamp_ms(as_of),
                 risk_score,
-                band: band(&self.model, risk_score),
+                band: band(model, risk_score),
                 points,
                 reasons,
-                features: state.features(&self.model, as_of),
+                features: state.features(model, as_of),
                 last_event_at: format_timestamp_ms(state.last_event_ms()),
                 events: state.events(),
                 alert_open: state.alert_open(),
-                model_version: self.model.version().to_string(),
-            });
+                model_version: model.version().to_string(),
+            };
+            return Some((view, Arc::clone(model)));
         }
         None
     }
@@ -344,6 +529,26 @@ fn preflight(
             input_partitions: input,
         });
     }
+    if let Some(deletion) = &config.topics.deletion {
+        let Some(count) = partitions_of(deletion)? else {
+            return Ok(None);
+        };
+        if count == 0 {
+            return Err(WorkerError::MissingTopic {
+                topic: deletion.clone(),
+                partitions: input as i32,
+                extra: "",
+            });
+        }
+        if count != input {
+            return Err(WorkerError::DeletionPartitionMismatch {
+                deletion: deletion.clone(),
+                deletion_partitions: count,
+                input: config.topics.input.clone(),
+                input_partitions: input,
+            });
+        }
+    }
     Ok(Some(input))
 }
 
@@ -351,7 +556,6 @@ fn preflight(
 /// model loaded, ready to [`run`](Worker::run).
 pub struct Worker {
     config: WorkerConfig,
-    model: Arc<RiskModel>,
     metrics: Metrics,
     shared: Arc<WorkerShared>,
     listener: tokio::net::TcpListener,
@@ -367,13 +571,13 @@ impl Worker {
         let model = Arc::new(model);
         metrics.set_build_info(model.version());
         let shared = WorkerShared::new(Arc::clone(&model), metrics.clone());
+        shared.set_model_path(config.model.path.clone());
         let addr = config
             .http_addr()
             .map_err(|e| WorkerError::Http(std::io::Error::other(e.to_string())))?;
         let listener = tokio::net::TcpListener::bind(addr).await?;
         Ok(Worker {
             config,
-            model,
             metrics,
             shared,
             listener,
@@ -397,13 +601,12 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let Worker {
             config,
-            model,
             metrics,
             shared,
             listener,
         } = self;
         tracing::info!(addr = %listener.local_addr()?, "http listening");
-        let router = crate::http::router(Arc::clone(&shared), config.http.bearer_token.clone());
+        let router = crate::http::router(Arc::clone(&shared), &config.http);
         let http_shutdown = shutdown.clone();
         let http = tokio::spawn(async move {
             axum::serve(listener, router)
@@ -415,7 +618,7 @@ impl Worker {
         std::thread::Builder::new()
             .name("group".into())
             .spawn(move || {
-                let result = run_pipeline(config, model, metrics, shared, pipeline_shutdown);
+                let result = run_pipeline(config, metrics, shared, pipeline_shutdown);
                 let _ = done_tx.send(result);
             })?;
         let result = done_rx.await.unwrap_or(Err(WorkerError::PipelineStopped));

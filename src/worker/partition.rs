@@ -21,7 +21,10 @@ use prometheus::IntGauge;
 use rustc_hash::FxHashSet;
 
 use crate::alert::{ALERT_SCHEMA_VERSION, Alert};
-use crate::changelog::{PartitionClock, WATERMARK_KEY, encode_clock, encode_state};
+use crate::changelog::{
+    DELETION_POSITION_KEY, PartitionClock, WATERMARK_KEY, encode_clock, encode_position,
+    encode_state,
+};
 use crate::config::WorkerConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 
@@ -48,6 +51,10 @@ pub struct PartitionData {
     /// The partition's event-time clock: newest accepted event time and the
     /// watermark (timers up to it have fired; events before it are late).
     pub clock: StreamClock,
+    /// The model `store` is held for (its per-type counters are indices into
+    /// this model's event types): swapped together with the store's
+    /// conversion on a reload, so a reader never pairs one with the other's.
+    pub model: Arc<RiskModel>,
 }
 
 /// Settings every partition shares, read from the configuration once.
@@ -192,6 +199,13 @@ pub struct PartitionTask {
     last_eviction: Instant,
     /// The clock as last put in a batch's state records.
     written_clock: Option<PartitionClock>,
+    /// Customers erased since the last flush: their tombstones lead the
+    /// next flush's state records.
+    erased: Vec<String>,
+    /// Next offset to read from the deletion topic's partition of the same
+    /// number, and the one last put in a flush (after its tombstones).
+    deletion_position: Option<i64>,
+    written_deletion_position: Option<i64>,
     firings: Vec<TimerFiring>,
     /// The dirty customers in store order, reused across closes.
     sorted_dirty: Vec<CustomerIndex>,
@@ -202,7 +216,13 @@ pub struct PartitionTask {
 
 impl PartitionTask {
     /// A newly assigned partition, waiting for its restore.
-    pub fn new(id: i32, epoch: u64, settings: &PartitionSettings, metrics: &Metrics) -> Self {
+    pub fn new(
+        id: i32,
+        epoch: u64,
+        settings: &PartitionSettings,
+        metrics: &Metrics,
+        model: Arc<RiskModel>,
+    ) -> Self {
         let label = id.to_string();
         PartitionTask {
             id,
@@ -210,6 +230,7 @@ impl PartitionTask {
             data: Arc::new(RwLock::new(PartitionData {
                 store: CustomerStore::new(),
                 clock: StreamClock::new(settings.lateness_ms),
+                model,
             })),
             status: Status::Restoring {
                 since: Instant::now(),
@@ -225,6 +246,9 @@ impl PartitionTask {
             evict_due: false,
             last_eviction: Instant::now(),
             written_clock: None,
+            erased: Vec::new(),
+            deletion_position: None,
+            written_deletion_position: None,
             firings: Vec::new(),
             sorted_dirty: Vec::new(),
             misrouted_log: LogLimiter::default(),
@@ -257,16 +281,75 @@ impl PartitionTask {
         self.open_last_offset.is_some()
             || !self.open_outputs.is_empty()
             || !self.open_alerts.is_empty()
+            || !self.erased.is_empty()
+    }
+
+    /// Moves the partition's customers from model `old` to `new` (see
+    /// [`CustomerStore::adopt_model`]); between batches, so every batch is
+    /// scored by one model.
+    pub fn adopt_model(&mut self, old: &RiskModel, new: &Arc<RiskModel>) {
+        if let Ok(mut data) = self.data.write() {
+            let data = &mut *data;
+            let watermark = data.clock.watermark_ms;
+            // A restoring partition's store is empty; its restore is converted when installed.
+            if self.is_live() {
+                data.store.adopt_model(old, new, watermark);
+            }
+            data.model = Arc::clone(new);
+        }
+    }
+
+    /// Forgets a customer on request (erasure): its state and pending
+    /// timer go at once; a tombstone follows with the next flush. Returns
+    /// whether this partition held it.
+    pub fn erase(&mut self, customer_id: &str) -> bool {
+        let Ok(mut data) = self.data.write() else {
+            return false;
+        };
+        let Some(customer) = data.store.find(customer_id) else {
+            return false;
+        };
+        // Its slot may be reused: it must not be written as a changed customer.
+        self.dirty.remove(&customer);
+        data.store.remove(customer_id);
+        self.erased.push(customer_id.to_string());
+        true
+    }
+
+    /// Next offset to read from the deletion topic's partition of this
+    /// number (`None`: none was ever applied: read it from the beginning).
+    pub fn deletion_position(&self) -> Option<i64> {
+        self.deletion_position
+    }
+
+    /// Applies the deletion-topic record at `offset` (erasing the customer
+    /// if held); its position is written with the next flush, after the
+    /// tombstone. A record at or before the position applied is a re-read
+    /// and changes nothing. Returns whether a customer was erased.
+    pub fn erase_from_topic(&mut self, customer_id: &str, offset: i64) -> bool {
+        if self.deletion_position.is_some_and(|next| offset < next) {
+            return false;
+        }
+        self.deletion_position = Some(offset.saturating_add(1));
+        self.erase(customer_id)
     }
 
     /// Installs a restored store and clock; returns the offset to seek back
     /// to (if messages were dropped while restoring).
     pub fn install_restore(
         &mut self,
-        store: CustomerStore,
+        mut store: CustomerStore,
         clock: PartitionClock,
+        restored_with: &RiskModel,
+        deletion_position: Option<i64>,
     ) -> (Option<Duration>, Option<i64>) {
+        self.deletion_position = deletion_position;
+        self.written_deletion_position = deletion_position;
         if let Ok(mut data) = self.data.write() {
+            if !std::ptr::eq(restored_with, &*data.model) {
+                // The model was reloaded while the changelog was read.
+                store.adopt_model(restored_with, &data.model, clock.watermark_ms);
+            }
             data.store = store;
             data.clock.max_event_ms = clock.max_event_ms;
             data.clock.watermark_ms = clock.watermark_ms;
@@ -473,7 +556,12 @@ impl PartitionTask {
                 received: std::mem::take(&mut self.open_received),
             });
         }
-        let mut snapshots = Snapshots::with_capacity(self.dirty.len() + 1);
+        let mut snapshots = Snapshots::with_capacity(self.erased.len() + self.dirty.len() + 1);
+        // First: a customer that came back after its erasure has a newer
+        // state among the changed ones below.
+        for id in self.erased.drain(..) {
+            snapshots.push(id.as_bytes(), |_| {});
+        }
         if let Some(horizon) = settings.eviction_horizon_ms
             && std::mem::take(&mut self.evict_due)
         {
@@ -506,6 +594,13 @@ impl PartitionTask {
         if self.written_clock != Some(clock) {
             snapshots.push(WATERMARK_KEY, |out| encode_clock(&clock, out));
             self.written_clock = Some(clock);
+        }
+        // Last: the tombstones it covers come earlier in the same flush.
+        if let Some(next) = self.deletion_position
+            && self.written_deletion_position != Some(next)
+        {
+            snapshots.push(DELETION_POSITION_KEY, |out| encode_position(next, out));
+            self.written_deletion_position = Some(next);
         }
         Some(ClosedBatch {
             last_offset: self.open_last_offset.take(),

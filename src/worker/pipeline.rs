@@ -78,6 +78,55 @@ pub struct CoreHandle {
     /// The pipeline thread, to wake it when a partition queue fills or the
     /// worker stops.
     thread: OnceLock<Thread>,
+    /// Requests from other threads (reload, erasure), carried out by the
+    /// pipeline thread between bursts.
+    commands: Mutex<Vec<Command>>,
+    /// Set while `commands` may be non-empty: the loop checks it without a lock.
+    has_commands: AtomicBool,
+}
+
+/// A request to a pipeline thread, carried out on it between bursts (so it
+/// never waits for a lock held across polls, and applies between batches).
+pub enum Command {
+    /// Score with `model` from the next batch on.
+    Reload {
+        /// The new model, validated.
+        model: Arc<RiskModel>,
+        /// Answered once the thread's partitions use it.
+        done: tokio::sync::oneshot::Sender<()>,
+    },
+    /// Erase a customer if one of the thread's partitions holds it.
+    Erase {
+        /// The customer.
+        customer_id: String,
+        /// Answered with the outcome.
+        done: tokio::sync::oneshot::Sender<EraseOutcome>,
+    },
+    /// A deletion-topic record: erase the customer from input partition
+    /// `partition` (the deletion topic's partition of the same number), if
+    /// it is still ours in assignment `epoch`.
+    EraseFromTopic {
+        /// Input partition (= deletion topic partition).
+        partition: i32,
+        /// Assignment epoch the record was read for.
+        epoch: u64,
+        /// The record's key.
+        customer_id: String,
+        /// The record's offset.
+        offset: i64,
+    },
+}
+
+/// What an erasure did on one pipeline thread.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EraseOutcome {
+    /// Input partitions the customer was removed from (more than one only
+    /// if its events were misrouted); their tombstones follow with the next
+    /// flush.
+    pub erased: Vec<i32>,
+    /// Some of the thread's partitions are still being restored, so the
+    /// customer may yet appear there.
+    pub restoring: bool,
 }
 
 impl CoreHandle {
@@ -87,7 +136,29 @@ impl CoreHandle {
             core: Mutex::new(core),
             wanted: AtomicBool::new(false),
             thread: OnceLock::new(),
+            commands: Mutex::new(Vec::new()),
+            has_commands: AtomicBool::new(false),
         }
+    }
+
+    /// Queues a command for the pipeline thread and wakes it.
+    pub fn send(&self, command: Command) {
+        if let Ok(mut queue) = self.commands.lock() {
+            queue.push(command);
+            self.has_commands.store(true, Ordering::Release);
+        }
+        self.wake();
+    }
+
+    /// The queued commands (from the pipeline thread).
+    pub fn take_commands(&self) -> Vec<Command> {
+        if !self.has_commands.swap(false, Ordering::AcqRel) {
+            return Vec::new();
+        }
+        self.commands
+            .lock()
+            .map(|mut q| std::mem::take(&mut *q))
+            .unwrap_or_default()
     }
 
     /// Locks the core from the pipeline thread that owns it; a poisoned lock
@@ -260,6 +331,81 @@ impl Core {
             shutdown_deadline: None,
             wall_base: (Instant::now(), wall_clock_ms()),
         }
+    }
+
+    /// Carries out a command (on the pipeline thread, between bursts).
+    pub fn execute(&mut self, command: Command) {
+        match command {
+            Command::Reload { model, done } => {
+                self.adopt_model(model);
+                let _ = done.send(());
+            }
+            Command::Erase { customer_id, done } => {
+                let outcome = self.erase(&customer_id);
+                let _ = done.send(outcome);
+            }
+            Command::EraseFromTopic {
+                partition,
+                epoch,
+                customer_id,
+                offset,
+            } => {
+                let Some(owned) = self.partitions.get_mut(&partition) else {
+                    return;
+                };
+                // Revoked (and perhaps re-assigned) since it was read: the
+                // next owner reads it again from the position it restores.
+                if owned.task.epoch() != epoch || !owned.task.is_live() {
+                    return;
+                }
+                if owned.task.erase_from_topic(&customer_id, offset) {
+                    self.metrics.customers_erased.inc();
+                    self.update_customer_gauge();
+                }
+            }
+        }
+    }
+
+    /// Live partitions with their assignment epoch and the next offset to
+    /// read from the deletion topic's partition of the same number.
+    pub fn deletion_positions(&self) -> Vec<(i32, u64, Option<i64>)> {
+        self.partitions
+            .iter()
+            .filter(|(_, o)| o.task.is_live())
+            .map(|(&p, o)| (p, o.task.epoch(), o.task.deletion_position()))
+            .collect()
+    }
+
+    /// Scores with `model` from now on: every partition's customers are
+    /// converted (counters by type name, timers re-derived at the
+    /// partition's watermark). Alerts already decided keep the model
+    /// version they were decided with.
+    fn adopt_model(&mut self, model: Arc<RiskModel>) {
+        if Arc::ptr_eq(&self.model, &model) {
+            return;
+        }
+        let old = std::mem::replace(&mut self.model, model);
+        for owned in self.partitions.values_mut() {
+            owned.task.adopt_model(&old, &self.model);
+        }
+    }
+
+    /// Erases a customer from every one of this core's partitions that
+    /// holds it (one, unless its events were misrouted).
+    fn erase(&mut self, customer_id: &str) -> EraseOutcome {
+        let mut outcome = EraseOutcome::default();
+        for (&p, owned) in self.partitions.iter_mut() {
+            if !owned.task.is_live() {
+                outcome.restoring = true;
+            } else if owned.task.erase(customer_id) {
+                outcome.erased.push(p);
+            }
+        }
+        if !outcome.erased.is_empty() {
+            self.metrics.customers_erased.inc();
+            self.update_customer_gauge();
+        }
+        outcome
     }
 
     /// The producer, for metadata look-ups.
@@ -599,7 +745,13 @@ impl Core {
         for &p in partitions {
             let epoch = self.next_epoch;
             self.next_epoch += 1;
-            let task = PartitionTask::new(p, epoch, &self.settings, &self.metrics);
+            let task = PartitionTask::new(
+                p,
+                epoch,
+                &self.settings,
+                &self.metrics,
+                Arc::clone(&self.model),
+            );
             self.shared.insert_partition(p, task.data(), false);
             self.ledger.assign(p, epoch);
             self.partitions.insert(
@@ -629,12 +781,28 @@ impl Core {
         epoch: u64,
         restored: Restored,
     ) -> Option<Option<i64>> {
-        let owned = self.partitions.get_mut(&partition)?;
-        if owned.task.epoch() != epoch {
+        if self
+            .partitions
+            .get(&partition)
+            .is_none_or(|o| o.task.epoch() != epoch)
+        {
             return None;
         }
+        // A reload this core has not carried out yet, but the restore was
+        // read with: adopt it now (its command then changes nothing), so
+        // the restored counters are not converted through the older model.
+        let current = self.shared.current_model();
+        if !Arc::ptr_eq(&current, &self.model) && Arc::ptr_eq(&current, &restored.model) {
+            self.adopt_model(current);
+        }
+        let owned = self.partitions.get_mut(&partition)?;
         let customers = restored.store.len();
-        let (waited, rewind) = owned.task.install_restore(restored.store, restored.clock);
+        let (waited, rewind) = owned.task.install_restore(
+            restored.store,
+            restored.clock,
+            &restored.model,
+            restored.deletion_position,
+        );
         tracing::info!(
             partition,
             customers,

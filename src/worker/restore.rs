@@ -1,12 +1,16 @@
 //! Restoring a partition's customers from the state changelog.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::changelog::{PartitionClock, WATERMARK_KEY, decode_clock, decode_state};
+use crate::changelog::{
+    DELETION_POSITION_KEY, PartitionClock, WATERMARK_KEY, decode_clock, decode_position,
+    decode_state,
+};
 use crate::config::WorkerConfig;
 use crate::engine::CustomerStore;
 use crate::model::RiskModel;
@@ -21,12 +25,18 @@ pub struct Restored {
     /// if it left none, derived from the newest event restored), never ahead
     /// of the wall clock plus the allowed skew.
     pub clock: PartitionClock,
+    /// How far the deletion topic's partition of the same number has been
+    /// applied (next offset to read), if a flush ever wrote it.
+    pub deletion_position: Option<i64>,
     /// State records read.
     pub records: u64,
     /// Records that could not be decoded (logged and skipped).
     pub undecodable: u64,
     /// Wall time taken.
     pub elapsed: Duration,
+    /// The model the store is held for (the one current when the restore
+    /// started; converted on install if a reload happened meanwhile).
+    pub model: Arc<RiskModel>,
 }
 
 /// Reads changelog partition `partition` from its low to its high watermark
@@ -34,7 +44,7 @@ pub struct Restored {
 /// record (tombstone) forgets the customer.
 pub fn restore_partition(
     config: &WorkerConfig,
-    model: &RiskModel,
+    model: &Arc<RiskModel>,
     partition: i32,
     progress: &prometheus::Gauge,
 ) -> Result<Restored, WorkerError> {
@@ -54,6 +64,7 @@ pub fn restore_partition(
     let mut records = 0_u64;
     let mut undecodable = 0_u64;
     let mut saved_clock: Option<PartitionClock> = None;
+    let mut deletion_position: Option<i64> = None;
     if high > low {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition, Offset::Offset(low))?;
@@ -72,6 +83,20 @@ pub fn restore_partition(
                                 tracing::warn!(partition, offset = msg.offset(), error = %e, "skipping undecodable partition clock");
                             }
                             None => saved_clock = None,
+                        }
+                        if msg.offset() >= high - 1 {
+                            break;
+                        }
+                        continue;
+                    }
+                    if msg.key() == Some(DELETION_POSITION_KEY) {
+                        match msg.payload().map(decode_position) {
+                            Some(Ok(next)) => deletion_position = Some(next),
+                            Some(Err(e)) => {
+                                undecodable += 1;
+                                tracing::warn!(partition, offset = msg.offset(), error = %e, "skipping undecodable deletion position");
+                            }
+                            None => deletion_position = None,
                         }
                         if msg.offset() >= high - 1 {
                             break;
@@ -113,10 +138,12 @@ pub fn restore_partition(
     store.rebuild_timers(model, clock.watermark_ms);
     Ok(Restored {
         clock,
+        deletion_position,
         store,
         records,
         undecodable,
         elapsed: started.elapsed(),
+        model: Arc::clone(model),
     })
 }
 

@@ -33,6 +33,7 @@ use crate::config::WorkerConfig;
 use crate::model::RiskModel;
 use crate::telemetry::Metrics;
 
+use super::deletions::DeletionReader;
 use super::group::{CommitOutcome, GroupContext, commit_with_deadline, store_offsets};
 use super::kafka::{self, DeliveryContext};
 use super::pipeline::{Core, CoreHandle, owner_of, set_paused};
@@ -106,7 +107,7 @@ impl Restores {
         cores: &[CoreHandle],
         consumer: &Consumer0,
         config: &WorkerConfig,
-        model: &Arc<RiskModel>,
+        shared: &WorkerShared,
         metrics: &Metrics,
     ) -> Result<(), WorkerError> {
         let now = Instant::now();
@@ -128,7 +129,8 @@ impl Restores {
         for (partition, epoch) in requests {
             let tx = self.tx.clone();
             let config = config.clone();
-            let model = Arc::clone(model);
+            // The model in use now; a reload while it runs is applied on install.
+            let model = shared.current_model();
             let progress = metrics
                 .partition_restore_progress
                 .with_label_values(&[&partition.to_string()]);
@@ -196,7 +198,6 @@ impl Restores {
 /// becomes the group thread and starts `pipeline.threads` pipeline threads.
 pub fn run_pipeline(
     config: WorkerConfig,
-    model: Arc<RiskModel>,
     metrics: Metrics,
     shared: Arc<WorkerShared>,
     shutdown: CancellationToken,
@@ -215,18 +216,22 @@ pub fn run_pipeline(
         producers
             .push(kafka::producer_config(&config).create_with_context(DeliveryContext::default())?);
     }
-    let cores: Arc<[CoreHandle]> = producers
-        .into_iter()
-        .map(|producer| {
-            CoreHandle::new(Core::new(
-                &config,
-                Arc::clone(&model),
-                metrics.clone(),
-                Arc::clone(&shared),
-                producer,
-            ))
-        })
-        .collect();
+    // Registered with the shared handle, which sends them reloads and erasures.
+    let cores: Arc<[CoreHandle]> = shared.start_cores(|model: &Arc<RiskModel>| {
+        producers
+            .into_iter()
+            .map(|producer| {
+                CoreHandle::new(Core::new(
+                    &config,
+                    Arc::clone(model),
+                    metrics.clone(),
+                    Arc::clone(&shared),
+                    producer,
+                ))
+            })
+            .collect()
+    });
+    let _registered = Registered(&shared);
     let context = GroupContext {
         cores: Arc::clone(&cores),
         shared: Arc::clone(&shared),
@@ -238,6 +243,9 @@ pub fn run_pipeline(
     let consumer: Arc<Consumer0> = Arc::new(
         kafka::consumer_config(&config, &config.kafka.group_id).create_with_context(context)?,
     );
+    // Before any pipeline thread starts: nothing to stop if it fails.
+    let mut deletions = DeletionReader::new(&config)?;
+    let mut deletion_errors = LogLimiter::default();
     // Split before the first poll, so no message of these partitions is
     // fetched onto the main queue.
     let mut queues: Vec<Vec<(i32, Queue)>> = (0..threads).map(|_| Vec::new()).collect();
@@ -295,7 +303,15 @@ pub fn run_pipeline(
         if handles.iter().any(JoinHandle::is_finished) {
             break Stop::Failed(WorkerError::PipelineStopped);
         }
-        restores.step(&cores, &consumer, &config, &model, &metrics)?;
+        restores.step(&cores, &consumer, &config, &shared, &metrics)?;
+        // A failure is retried at the next step; the partitions' positions
+        // stay where they were applied.
+        if let Some(d) = &mut deletions
+            && let Err(e) = d.step(&cores)
+            && let Some(held_back) = deletion_errors.allow(Duration::from_secs(10))
+        {
+            tracing::warn!(error = %e, similar_not_logged = held_back, "deletion topic reader");
+        }
         let timeout = if restores.running > 0 || !restores.retry.is_empty() {
             Duration::from_millis(10)
         } else {
@@ -319,6 +335,8 @@ pub fn run_pipeline(
         }
     };
 
+    // Commands from now on are refused (their callers see the worker stopping).
+    shared.stop_cores();
     stop.store(true, Ordering::Release);
     for h in &cores[..] {
         h.wake();
@@ -346,6 +364,15 @@ pub fn run_pipeline(
                 unsettled: outcome.unsettled,
             })
         }
+    }
+}
+
+/// Takes the cores off the shared handle however `run_pipeline` ends.
+struct Registered<'a>(&'a WorkerShared);
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.0.stop_cores();
     }
 }
 
@@ -399,6 +426,15 @@ fn pipeline_loop(
     let mut next_queue = 0_usize;
     let mut consumer_errors = LogLimiter::default();
     while !stop.load(Ordering::Acquire) {
+        // Between bursts, with no batch half-processed: a reload applies
+        // to whole batches.
+        let commands = handle.take_commands();
+        if !commands.is_empty() {
+            let mut c = handle.lock()?;
+            for command in commands {
+                c.execute(command);
+            }
+        }
         state = match state {
             LoopState::Backpressured => {
                 let mut c = handle.lock()?;

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -242,6 +243,16 @@ impl Drop for RunningWorker {
 
 /// `GET path` on `addr`; returns (status, body).
 pub fn http_get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (u16, String) {
+    http_request(addr, "GET", path, bearer)
+}
+
+/// `method path` (no body) on `addr`; returns (status, body).
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -251,7 +262,7 @@ pub fn http_get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (u16, Str
         .unwrap_or_default();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: test\r\n{auth}Connection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: test\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .expect("write");
     let mut response = String::new();
@@ -349,6 +360,24 @@ impl WorkerProcess {
     /// whole TOML sections appended (any but `[kafka]`, `[kafka.consumer]`,
     /// `[http]`, `[model]` and `[pipeline]`).
     pub fn start_with(bootstrap: &str, consumer_extra: &str, sections: &str) -> Self {
+        Self::start_full(
+            bootstrap,
+            consumer_extra,
+            sections,
+            "",
+            Path::new("config/model.toml"),
+        )
+    }
+
+    /// As [`WorkerProcess::start_with`], with lines added under `[http]`
+    /// and the model file to load (and reload).
+    pub fn start_full(
+        bootstrap: &str,
+        consumer_extra: &str,
+        sections: &str,
+        http_extra: &str,
+        model: &Path,
+    ) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
@@ -372,8 +401,8 @@ impl WorkerProcess {
             "[kafka]\nbootstrap_servers = \"{bootstrap}\"\n\
              [kafka.consumer]\n{session}{commit}\
              {consumer_extra}\n\
-             [http]\naddr = \"127.0.0.1:{port}\"\n\
-             [model]\npath = \"config/model.toml\"\n\
+             [http]\naddr = \"127.0.0.1:{port}\"\n{http_extra}\n\
+             [model]\npath = {model:?}\n\
              [pipeline]\nbatch_size = 500\n\
              {sections}\n"
         )
@@ -427,6 +456,15 @@ impl WorkerProcess {
             std::thread::sleep(Duration::from_millis(20));
         }
         (started.elapsed(), None)
+    }
+
+    /// Sends SIGHUP (the worker re-reads its model file).
+    pub fn hangup(&self) {
+        let sent = std::process::Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "SIGHUP delivered");
     }
 
     /// SIGKILL: no drain, no commit, no goodbye.
