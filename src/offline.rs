@@ -95,7 +95,22 @@ pub fn replay(
     store: &mut CustomerStore,
     limit: TimeLimit,
     strict: bool,
+    on_bad_line: impl FnMut(&BadLine),
+) -> Result<ReplayStats, ReplayError> {
+    replay_each(input, limit, strict, on_bad_line, |event| {
+        store.apply(model, event, None, false);
+    })
+}
+
+/// The replay loop: parses `input`, counts, reports bad lines (or stops at
+/// the first with `strict`), and hands every event the time limit admits to
+/// `apply`, in input order.
+pub fn replay_each(
+    input: impl BufRead,
+    limit: TimeLimit,
+    strict: bool,
     mut on_bad_line: impl FnMut(&BadLine),
+    mut apply: impl FnMut(&crate::event::CustomerEvent<'_>),
 ) -> Result<ReplayStats, ReplayError> {
     let mut stats = ReplayStats::default();
     for_each_line(input, |line_no, line| {
@@ -109,7 +124,7 @@ pub fn replay(
                     stats.ignored_after_limit += 1;
                     return Ok(());
                 }
-                store.apply(model, &event, None, false);
+                apply(&event);
                 stats.accepted += 1;
                 stats.max_event_ms = Some(
                     stats

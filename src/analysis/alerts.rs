@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::analysis::labels::Labels;
 use crate::engine::{AlertKind, ApplyOutcome, CustomerStore};
 use crate::model::RiskModel;
-use crate::offline::{ReplayError, ReplayStats, replay_alerts};
+use crate::offline::{ReplayError, ReplayStats, TimeLimit, replay_alerts, replay_each};
 
 /// Alert figures of one replayed history.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,65 +95,38 @@ pub fn replay_with_peaks(
     input: impl std::io::BufRead,
     cutoff_ms: i64,
     strict: bool,
-    mut on_bad_line: impl FnMut(&crate::offline::BadLine),
+    on_bad_line: impl FnMut(&crate::offline::BadLine),
 ) -> Result<(CustomerStore, ReplayStats, Vec<f64>), ReplayError> {
-    use crate::event::parse_event;
-    use crate::offline::{BadLine, for_each_line};
     let window_start = cutoff_ms.saturating_sub(VOLUME_WINDOW_MS);
     let mut store = CustomerStore::new();
-    let mut stats = ReplayStats::default();
     let mut peaks: Vec<f64> = Vec::new();
-    for_each_line(input, |line_no, line| {
-        stats.lines_read = line_no;
-        if line.iter().all(u8::is_ascii_whitespace) {
-            return Ok(());
-        }
-        match parse_event(line) {
-            Ok(event) => {
-                if event.timestamp_ms >= cutoff_ms {
-                    stats.ignored_after_limit += 1;
-                    return Ok(());
+    let stats = replay_each(
+        input,
+        TimeLimit::Before(cutoff_ms),
+        strict,
+        on_bad_line,
+        |event| {
+            let in_window = event.timestamp_ms >= window_start;
+            let before = match store.find(&event.customer_id) {
+                Some(c) if in_window => Some(store.state(c).risk(model, event.timestamp_ms)),
+                _ => None,
+            };
+            if let ApplyOutcome::Scored {
+                customer,
+                risk_score,
+                ..
+            } = store.apply(model, event, None, false)
+            {
+                let i = customer as usize;
+                if peaks.len() <= i {
+                    peaks.resize(i + 1, f64::NEG_INFINITY);
                 }
-                let in_window = event.timestamp_ms >= window_start;
-                let before = match store.find(&event.customer_id) {
-                    Some(c) if in_window => Some(store.state(c).risk(model, event.timestamp_ms)),
-                    _ => None,
-                };
-                if let ApplyOutcome::Scored {
-                    customer,
-                    risk_score,
-                    ..
-                } = store.apply(model, &event, None, false)
-                {
-                    let i = customer as usize;
-                    if peaks.len() <= i {
-                        peaks.resize(i + 1, f64::NEG_INFINITY);
-                    }
-                    if in_window {
-                        peaks[i] = peaks[i].max(risk_score).max(before.unwrap_or(0.0));
-                    }
+                if in_window {
+                    peaks[i] = peaks[i].max(risk_score).max(before.unwrap_or(0.0));
                 }
-                stats.accepted += 1;
-                stats.max_event_ms = Some(
-                    stats
-                        .max_event_ms
-                        .map_or(event.timestamp_ms, |m| m.max(event.timestamp_ms)),
-                );
             }
-            Err(error) => {
-                let bad = BadLine {
-                    line: line_no,
-                    error,
-                };
-                if strict {
-                    return Err(ReplayError::Strict(bad));
-                }
-                *stats.rejected.entry(bad.error.reason()).or_default() += 1;
-                on_bad_line(&bad);
-            }
-        }
-        Ok(())
-    })?;
+        },
+    )?;
     for (i, peak) in peaks.iter_mut().enumerate() {
         let state = store.state(i as u32);
         if state.events() > 0 {
