@@ -102,39 +102,25 @@ fn purchases() -> Stream {
 fn model_and_recency_auc(model: &RiskModel, s: &Stream) -> (f64, f64) {
     let backtest = run_backtest(model, &s.events[..], &labels(s), s.cutoff_ms, true, |_| {})
         .expect("backtest");
+    let mut last = std::collections::HashMap::new();
+    for line in s.events.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let e = churn_scorer::event::parse_event(line).expect("generated lines are valid");
+        if e.timestamp_ms < s.cutoff_ms {
+            last.insert(e.customer_id.to_string(), e.timestamp_ms);
+        }
+    }
     let recency: Vec<(f64, bool)> = backtest
         .customers
         .iter()
-        .map(|c| c.customer_id.as_str())
-        .zip(backtest.customers.iter().map(|c| c.churned))
-        .map(|(id, churned)| (last_event_before(s, id), churned))
-        .map(|(last, churned)| ((s.cutoff_ms - last) as f64, churned))
+        .map(|c| {
+            let last = last.get(&c.customer_id).copied().unwrap_or(i64::MIN / 2);
+            ((s.cutoff_ms - last) as f64, c.churned)
+        })
         .collect();
     let model_auc = backtest.summary.roc_auc.expect("both classes");
     let recency_auc = roc_auc(&recency).expect("both classes");
     eprintln!("model AUC {model_auc:.4}, recency AUC {recency_auc:.4}");
     (model_auc, recency_auc)
-}
-
-fn last_event_before(s: &Stream, id: &str) -> i64 {
-    thread_local! {
-        static LAST: std::cell::RefCell<(usize, std::collections::HashMap<String, i64>)> =
-            Default::default();
-    }
-    LAST.with_borrow_mut(|(key, last)| {
-        // One stream per test thread; recompute when it changes.
-        if *key != s.events.as_ptr() as usize {
-            *key = s.events.as_ptr() as usize;
-            last.clear();
-            for line in s.events.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                let e = churn_scorer::event::parse_event(line).expect("generated lines are valid");
-                if e.timestamp_ms < s.cutoff_ms {
-                    last.insert(e.customer_id.to_string(), e.timestamp_ms);
-                }
-            }
-        }
-        last.get(id).copied().unwrap_or(i64::MIN / 2)
-    })
 }
 
 #[test]

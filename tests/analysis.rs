@@ -482,3 +482,42 @@ fn fit_command_writes_a_model_that_score_and_backtest_load() {
     // The cutoff is honoured: unparseable ones are errors, not guesses.
     assert!(parse_timestamp_ms("2025-13-01").is_err());
 }
+
+#[test]
+fn fit_replaces_a_poor_half_life_and_still_scores_exactly_what_it_fitted() {
+    let (events, all, cutoff) = generated(800, 11, Vocabulary::Default);
+    let labels = labels_of(&all, |_| true);
+    // A base whose activity types fade within a day.
+    let mut spec = RiskModel::default_model().spec().clone();
+    for name in ["session", "login", "feature_used"] {
+        spec.events
+            .get_mut(name)
+            .expect("in the default")
+            .half_life_days = 1.0;
+    }
+    let base = RiskModel::from_spec(spec).expect("valid");
+    let mut options = FitOptions::new(cutoff);
+    options.folds = 3;
+    options.lambdas = vec![0.3, 1.0];
+    options.half_life_grid = vec![30.0];
+    // Any gain moves a half-life (on 400 customers the default bar of 0.002
+    // keeps every one: the silence curves carry most of the ranking).
+    options.half_life_min_gain = 0.0;
+    let outcome = run_fit(|| Ok(&events[..]), &labels, &base, &options, |_| {}).expect("fit");
+    let changed: Vec<&(String, f64)> = outcome
+        .summary
+        .half_lives
+        .iter()
+        .filter(|(t, h)| ["session", "login", "feature_used"].contains(&t.as_str()) && *h == 30.0)
+        .collect();
+    assert!(!changed.is_empty(), "{:?}", outcome.summary.half_lives);
+    for (t, h) in &changed {
+        assert_eq!(outcome.spec.events[t.as_str()].half_life_days, *h);
+    }
+    // The model written, with its new half-lives, scores the fitted probabilities.
+    assert!(
+        outcome.summary.max_score_deviation < 1e-9,
+        "{}",
+        outcome.summary.max_score_deviation
+    );
+}

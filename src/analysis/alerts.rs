@@ -152,6 +152,9 @@ pub struct ThresholdRow {
     pub recall: Option<f64>,
 }
 
+/// The thresholds the text output and the report list (besides the chosen ones).
+pub const SHOWN_THRESHOLDS: [f64; 8] = [50.0, 60.0, 70.0, 75.0, 80.0, 85.0, 90.0, 95.0];
+
 /// Every labelled customer's peak risk in the month before the cutoff (0
 /// for a customer without events) with its label.
 pub fn labelled_peaks(store: &CustomerStore, peaks: &[f64], labels: &Labels) -> Vec<(f64, bool)> {

@@ -427,7 +427,7 @@ fn write_thresholds(t: &ThresholdChoice, out: &mut impl Write) -> Result<(), Bac
     for r in t
         .table
         .iter()
-        .filter(|r| [50.0, 60.0, 70.0, 75.0, 80.0, 85.0, 90.0, 95.0].contains(&r.threshold))
+        .filter(|r| super::alerts::SHOWN_THRESHOLDS.contains(&r.threshold))
     {
         row(r, out)?;
     }

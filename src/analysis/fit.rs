@@ -85,6 +85,9 @@ pub struct FitOptions {
     /// Half-lives (days) tried for each fitted event type; empty keeps the
     /// base model's.
     pub half_life_grid: Vec<f64>,
+    /// The least cross-validated AUC gain for which a type leaves its
+    /// current half-life (default [`HALF_LIFE_MIN_GAIN`]).
+    pub half_life_min_gain: f64,
 }
 
 /// The default half-lives tried per event type, in days.
@@ -94,7 +97,7 @@ const HALF_LIFE_LAMBDA: f64 = 1e-2;
 /// A half-life other than the base model's must raise the cross-validated
 /// AUC by at least this much: smaller gains are fold noise, and chasing them
 /// lets rare types trade signs with their neighbours.
-const HALF_LIFE_MIN_GAIN: f64 = 0.002;
+pub const HALF_LIFE_MIN_GAIN: f64 = 0.002;
 
 /// What the fitted model's at-risk threshold should reach, measured on the
 /// labelled customers over the month before the cutoff
@@ -128,6 +131,7 @@ impl FitOptions {
             one_standard_error: false,
             alert_target: None,
             half_life_grid: DEFAULT_HALF_LIFE_GRID.to_vec(),
+            half_life_min_gain: HALF_LIFE_MIN_GAIN,
         }
     }
 }
@@ -993,6 +997,7 @@ pub fn run_fit<R: BufRead>(
             candidates.push((h, x_h));
         }
         let mut current = cv_at(&x)?;
+        let mut changed = false;
         for (k, kind) in shape.kinds().iter().enumerate() {
             if !skeleton.fitted.contains(&kind.name) {
                 continue;
@@ -1012,13 +1017,14 @@ pub fn run_fit<R: BufRead>(
                     }
                 }
                 let auc = cv_at(&trial)?;
-                if auc > best.map_or(current + HALF_LIFE_MIN_GAIN, |b| b.1) {
+                if auc > best.map_or(current + options.half_life_min_gain, |b| b.1) {
                     best = Some((*h, auc));
                     x = trial;
                 }
             }
             if let Some((h, auc)) = best {
                 current = auc;
+                changed = true;
                 if let Some(rule) = skeleton.spec.events.get_mut(&kind.name) {
                     rule.half_life_days = h;
                 }
@@ -1030,26 +1036,21 @@ pub fn run_fit<R: BufRead>(
                 .map_or(0.0, |r| r.half_life_days);
             half_lives.push((kind.name.clone(), chosen));
         }
-        // The store the model will score must hold the chosen half-lives.
-        shape = RiskModel::from_spec(skeleton.spec.clone())?;
-        store = CustomerStore::new();
-        replay_stats = replay(
-            open_events()?,
-            &shape,
-            &mut store,
-            TimeLimit::Before(options.cutoff_ms),
-            false,
-            |_| {},
-        )?;
-        x = design(
-            &shape,
-            &skeleton.spec,
-            &store,
-            &rows,
-            &columns,
-            &knots,
-            options.cutoff_ms,
-        )?;
+        // `x` already holds each type's columns at its chosen half-life (a
+        // type's counters never depend on another's); the store the model
+        // will score must hold them too.
+        if changed {
+            shape = RiskModel::from_spec(skeleton.spec.clone())?;
+            store = CustomerStore::new();
+            replay_stats = replay(
+                open_events()?,
+                &shape,
+                &mut store,
+                TimeLimit::Before(options.cutoff_ms),
+                false,
+                |_| {},
+            )?;
+        }
     }
     let (lambda, cv) = choose_lambda(&x, &y, &constraints, &fold_of, &grid, options)?;
     let cv_auc = cv

@@ -650,7 +650,7 @@ td.name, th.name {{ text-align: left; font-family: monospace; }}
         );
         let chosen = [t.for_precision.as_ref(), t.for_rate.as_ref()];
         for r in t.table.iter().filter(|r| {
-            [50.0, 60.0, 70.0, 75.0, 80.0, 85.0, 90.0, 95.0].contains(&r.threshold)
+            super::alerts::SHOWN_THRESHOLDS.contains(&r.threshold)
                 || chosen.iter().flatten().any(|c| c.threshold == r.threshold)
         }) {
             let _ = writeln!(
