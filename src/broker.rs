@@ -127,7 +127,8 @@ impl EmbeddedBroker {
         rx.recv().map_err(|_| BrokerError::Stopped)?
     }
 
-    /// Creates the input, alerts, dead-letter and state topics with `partitions` each.
+    /// Creates the input, alerts, dead-letter and state topics (and the shadow
+    /// alerts topic, if named) with `partitions` each.
     pub fn create_default_topics(
         &self,
         topics: &TopicsConfig,
@@ -138,7 +139,10 @@ impl EmbeddedBroker {
             &topics.alerts,
             &topics.dead_letter,
             &topics.state,
-        ] {
+        ]
+        .into_iter()
+        .chain(&topics.shadow_alerts)
+        {
             self.create_topic(name, partitions)?;
         }
         Ok(())

@@ -163,6 +163,9 @@ pub struct TopicsConfig {
     /// customer id erases that customer as `DELETE /v1/customers/{id}` does.
     /// Same partition count as `input`, keyed with the same partitioner.
     pub deletion: Option<String>,
+    /// Alerts of the shadow model (`model.shadow_path`), optional: unset,
+    /// shadow decisions are only counted. Never the live alerts topic.
+    pub shadow_alerts: Option<String>,
 }
 
 impl Default for TopicsConfig {
@@ -173,6 +176,7 @@ impl Default for TopicsConfig {
             dead_letter: "churn-events-dlq".into(),
             state: "churn-scorer-state".into(),
             deletion: None,
+            shadow_alerts: None,
         }
     }
 }
@@ -208,6 +212,11 @@ pub struct ModelConfig {
     /// Model file path; `None`: the built-in default model. A relative path
     /// in a configuration file is resolved against that file's directory.
     pub path: Option<PathBuf>,
+    /// A second model file scored beside the live one (shadow scoring):
+    /// its decisions are counted, shown in `/v1`, and published to
+    /// `topics.shadow_alerts` if set, never to the alerts topic. Resolved
+    /// like `path`; re-read with it on a reload.
+    pub shadow_path: Option<PathBuf>,
 }
 
 /// librdkafka properties that name files: relative values in a configuration
@@ -469,6 +478,9 @@ impl WorkerConfig {
         if let Some(p) = &self.model.path {
             self.model.path = Some(resolve_path(base, p));
         }
+        if let Some(p) = &self.model.shadow_path {
+            self.model.shadow_path = Some(resolve_path(base, p));
+        }
         for map in [&mut self.kafka.consumer, &mut self.kafka.producer] {
             for (key, value) in map.iter_mut() {
                 // `probe` is librdkafka's "search the system's CA locations".
@@ -536,6 +548,35 @@ impl WorkerConfig {
                 return Err(invalid(
                     "topics.deletion",
                     "must differ from the other topics",
+                ));
+            }
+        }
+        if let Some(shadow) = &self.topics.shadow_alerts {
+            if shadow.trim().is_empty() {
+                return Err(invalid(
+                    "topics.shadow_alerts",
+                    "must not be empty (remove it to publish no shadow alerts)",
+                ));
+            }
+            if self.model.shadow_path.is_none() {
+                return Err(invalid(
+                    "topics.shadow_alerts",
+                    "needs a shadow model (`model.shadow_path`)",
+                ));
+            }
+            if [
+                &self.topics.input,
+                &self.topics.alerts,
+                &self.topics.dead_letter,
+                &self.topics.state,
+            ]
+            .contains(&shadow)
+                || self.topics.deletion.as_ref() == Some(shadow)
+            {
+                return Err(invalid(
+                    "topics.shadow_alerts",
+                    "must differ from the other topics (shadow alerts never reach the live \
+                     alerts topic)",
                 ));
             }
         }
@@ -752,6 +793,17 @@ mod tests {
             key(load("[topics]\ninput = \"churn-alerts\"\n", &[], &o).expect_err("same topic")),
             "topics.input"
         );
+        for file in [
+            "[topics]\nshadow_alerts = \"shadow\"\n",
+            "[model]\nshadow_path = \"m.toml\"\n[topics]\nshadow_alerts = \"churn-alerts\"\n",
+            "[model]\nshadow_path = \"m.toml\"\n[topics]\nshadow_alerts = \"\"\n",
+        ] {
+            assert_eq!(
+                key(load(file, &[], &o).expect_err("bad shadow topic")),
+                "topics.shadow_alerts",
+                "{file}"
+            );
+        }
         for file in [
             "[topics]\ndeletion = \"\"\n",
             "[topics]\ndeletion = \"customer-events\"\n",

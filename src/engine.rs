@@ -734,7 +734,7 @@ const TIMER_BUCKET_MS: i64 = 60_000;
 
 /// The customers of one partition (or one offline replay): their states,
 /// their ids stored once, and the inactivity timers ordered by due time.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct CustomerStore {
     index: HashTable<CustomerIndex>,
     hasher: FxBuildHasher,

@@ -121,6 +121,9 @@ fn refuse_admin(state: &AppState, headers: &HeaderMap) -> Option<Response> {
 struct ReloadBody {
     model_version: String,
     previous_version: String,
+    /// The shadow model's version (`model.shadow_path`), re-read too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shadow_version: Option<String>,
     /// Every pipeline thread confirmed it scores with the new model.
     applied: bool,
 }
@@ -142,13 +145,14 @@ async fn reload(State(state): State<AppState>, headers: HeaderMap) -> Response {
             }
             Json(ReloadBody {
                 model_version: reloaded.model_version,
+                shadow_version: reloaded.shadow_version,
                 previous_version: reloaded.previous_version,
                 applied,
             })
             .into_response()
         }
         Ok(Err(e @ ReloadError::NoModelFile)) => error(StatusCode::CONFLICT, e.to_string()),
-        Ok(Err(e @ ReloadError::Invalid { .. })) => {
+        Ok(Err(e @ (ReloadError::Invalid { .. } | ReloadError::InvalidShadow { .. }))) => {
             error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
         }
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "reload failed"),

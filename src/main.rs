@@ -441,11 +441,16 @@ fn run_worker(args: RunArgs) -> Result<()> {
     let result = rt.block_on(async move {
         let token = tokio_util::sync::CancellationToken::new();
         tokio::spawn(cancel_on_signal(token.clone()));
-        let worker = churn_scorer::worker::Worker::bind(config.clone(), model, metrics)
-            .await
-            .with_context(|| {
-                format!("cannot listen on {http_addr} (set by --http-addr or `http.addr`)")
-            })?;
+        let worker = match churn_scorer::worker::Worker::bind(config.clone(), model, metrics).await
+        {
+            Ok(worker) => worker,
+            Err(e @ churn_scorer::worker::WorkerError::Http(_)) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "cannot listen on {http_addr} (set by --http-addr or `http.addr`)"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
         tokio::spawn(reload_on_sighup(worker.shared(), token.clone()));
         let check_config = config.clone();
         let check_token = token.clone();

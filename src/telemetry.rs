@@ -12,10 +12,21 @@ use prometheus::{
 };
 
 /// Reason labels of `events_dropped_total`.
-pub const DROP_REASONS: [&str; 3] = ["alert_rejected", "dead_letter_rejected", "state_rejected"];
+pub const DROP_REASONS: [&str; 4] = [
+    "alert_rejected",
+    "shadow_alert_rejected",
+    "dead_letter_rejected",
+    "state_rejected",
+];
 
 /// Result labels of `model_reloads_total`.
 pub const RELOAD_RESULTS: [&str; 2] = ["ok", "invalid"];
+
+/// `opened_by` labels of `shadow_alert_agreement_total`.
+pub const SHADOW_OPENED_BY: [&str; 2] = ["live", "shadow"];
+
+/// `other` labels of `shadow_alert_agreement_total`.
+pub const SHADOW_OTHER: [&str; 2] = ["open", "not_open"];
 
 /// Prefix of every metric this program exports.
 pub const METRIC_PREFIX: &str = "churn_scorer_";
@@ -82,6 +93,16 @@ pub struct Metrics {
     /// Customers erased on request (`DELETE /v1/customers/{id}`): state
     /// removed and a tombstone written to the changelog.
     pub customers_erased: IntCounter,
+    /// Alert decisions of the shadow model (`model.shadow_path`), by kind:
+    /// what it would have published (on the shadow topic, if one is set).
+    pub shadow_alerts: IntCounterVec,
+    /// At-risk alerts opened by one model (`opened_by`: `live` or `shadow`),
+    /// by whether the other model's alert for the same customer was open
+    /// after the same event or timer (`other`: `open` or `not_open`).
+    pub shadow_alert_agreement: IntCounterVec,
+    /// Constant 1, labelled with the shadow model's version (no series
+    /// without a shadow model).
+    pub shadow_model_info: IntGaugeVec,
 }
 
 impl Metrics {
@@ -266,6 +287,32 @@ impl Metrics {
                 "Customers erased on request: state removed, tombstone written to the changelog.",
             ))
             .expect("valid metric"),
+            shadow_alerts: IntCounterVec::new(
+                opts(
+                    "shadow_alerts_total",
+                    "Alert decisions of the shadow model, by kind (never published to the \
+                     alerts topic).",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
+            shadow_alert_agreement: IntCounterVec::new(
+                opts(
+                    "shadow_alert_agreement_total",
+                    "At-risk alerts opened by the live or the shadow model (opened_by), by \
+                     whether the other model's alert for that customer was open then (other).",
+                ),
+                &["opened_by", "other"],
+            )
+            .expect("valid metric"),
+            shadow_model_info: IntGaugeVec::new(
+                opts(
+                    "shadow_model_info",
+                    "Constant 1, labelled with the shadow model's version.",
+                ),
+                &["model_version"],
+            )
+            .expect("valid metric"),
             registry,
         };
         for collector in m.collectors() {
@@ -317,6 +364,9 @@ impl Metrics {
             Box::new(self.partition_restore_progress.clone()),
             Box::new(self.model_reloads.clone()),
             Box::new(self.customers_erased.clone()),
+            Box::new(self.shadow_alerts.clone()),
+            Box::new(self.shadow_alert_agreement.clone()),
+            Box::new(self.shadow_model_info.clone()),
         ]
     }
 
@@ -353,6 +403,25 @@ impl Metrics {
         self.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), model_version])
             .set(1);
+    }
+
+    /// Sets `shadow_model_info` (`None`: no shadow model, no series) and
+    /// makes the shadow series read 0 from the start.
+    pub fn set_shadow_model(&self, model_version: Option<&str>) {
+        self.shadow_model_info.reset();
+        let Some(version) = model_version else {
+            return;
+        };
+        self.shadow_model_info.with_label_values(&[version]).set(1);
+        for kind in crate::engine::AlertKind::ALL {
+            self.shadow_alerts.with_label_values(&[kind.as_str()]);
+        }
+        for opened_by in SHADOW_OPENED_BY {
+            for other in SHADOW_OTHER {
+                self.shadow_alert_agreement
+                    .with_label_values(&[opened_by, other]);
+            }
+        }
     }
 
     /// Renders every metric in the Prometheus text exposition format.

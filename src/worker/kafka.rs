@@ -64,6 +64,8 @@ pub fn producer_config(config: &WorkerConfig) -> ClientConfig {
 pub enum OutputKind {
     /// An alert on the alerts topic.
     Alert(AlertKind),
+    /// A shadow model's alert on the shadow alerts topic.
+    ShadowAlert(AlertKind),
     /// A dead letter, with its reason label.
     DeadLetter(&'static str),
     /// A state record on the changelog.

@@ -112,6 +112,14 @@ pub enum WorkerError {
         /// Input partition.
         partition: i32,
     },
+    /// The shadow model file is unreadable or not a valid model.
+    #[error("shadow model file {} (configuration key `model.shadow_path`): {source}", path.display())]
+    ShadowModel {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: ModelError,
+    },
     /// The HTTP server failed.
     #[error("http server: {0}")]
     Http(#[from] std::io::Error),
@@ -144,12 +152,26 @@ pub enum WorkerError {
     },
 }
 
-/// The model in use and the pipeline threads it is handed to, changed
+/// The live model and the shadow model scored beside it, if any: swapped
+/// together by a reload.
+#[derive(Clone)]
+pub struct ModelSet {
+    /// The model whose alerts are published.
+    pub live: Arc<RiskModel>,
+    /// `model.shadow_path`: scored on every event too, its alerts only
+    /// counted (and published to `topics.shadow_alerts`, if set).
+    pub shadow: Option<Arc<RiskModel>>,
+}
+
+/// The models in use and the pipeline threads they are handed to, changed
 /// together under one lock so a reload never misses a thread being started.
 struct Control {
     model: Arc<RiskModel>,
+    shadow: Option<Arc<RiskModel>>,
     /// The file a reload reads (`None`: the built-in model, nothing to reload).
     model_path: Option<PathBuf>,
+    /// The shadow model's file, re-read with the model's on a reload.
+    shadow_path: Option<PathBuf>,
     cores: Option<Arc<[CoreHandle]>>,
 }
 
@@ -167,6 +189,18 @@ pub enum ReloadError {
         /// What is wrong with the file.
         source: ModelError,
     },
+    /// The shadow model's file is unreadable or invalid; neither model is
+    /// swapped (a reload changes both or neither).
+    #[error(
+        "shadow model refused (`model.shadow_path`); neither model was swapped, {kept} keeps \
+         scoring: {source}"
+    )]
+    InvalidShadow {
+        /// Version of the model still in use.
+        kept: String,
+        /// What is wrong with the file.
+        source: ModelError,
+    },
 }
 
 /// A model swapped in by [`WorkerShared::reload_model`].
@@ -175,6 +209,8 @@ pub struct Reloaded {
     pub previous_version: String,
     /// Version of the model now in use.
     pub model_version: String,
+    /// Version of the shadow model now in use, if any.
+    pub shadow_version: Option<String>,
     /// One per pipeline thread, answered once its partitions score with the
     /// new model (empty before the pipeline has started).
     pub applied: Vec<tokio::sync::oneshot::Receiver<()>>,
@@ -228,6 +264,26 @@ pub struct CustomerView {
     pub alert_open: bool,
     /// Model version.
     pub model_version: String,
+    /// The same customer scored by the shadow model (`model.shadow_path`), if one is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowView>,
+}
+
+/// A customer as the shadow model sees it (in [`CustomerView`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct ShadowView {
+    /// The shadow model's version.
+    pub model_version: String,
+    /// 0–100, by the shadow model, at the same `as_of`.
+    pub risk_score: f64,
+    /// `low`, `medium` or `high`, by the shadow model's thresholds.
+    pub band: &'static str,
+    /// Total points.
+    pub points: f64,
+    /// Factors, largest first.
+    pub reasons: Vec<crate::engine::Reason>,
+    /// Whether the shadow model holds an at-risk alert open for the customer.
+    pub alert_open: bool,
 }
 
 impl WorkerShared {
@@ -236,7 +292,9 @@ impl WorkerShared {
         Arc::new(WorkerShared {
             control: Mutex::new(Control {
                 model,
+                shadow: None,
                 model_path: None,
+                shadow_path: None,
                 cores: None,
             }),
             metrics,
@@ -264,9 +322,27 @@ impl WorkerShared {
         Arc::clone(&self.control().model)
     }
 
+    /// The live and shadow models in use.
+    pub fn current_models(&self) -> ModelSet {
+        let control = self.control();
+        ModelSet {
+            live: Arc::clone(&control.model),
+            shadow: control.shadow.clone(),
+        }
+    }
+
     /// Sets the file [`WorkerShared::reload_model`] re-reads.
     pub fn set_model_path(&self, path: Option<PathBuf>) {
         self.control().model_path = path;
+    }
+
+    /// Sets the shadow model and the file a reload re-reads for it (before
+    /// the pipeline starts).
+    pub fn set_shadow(&self, shadow: Option<(Arc<RiskModel>, PathBuf)>) {
+        let mut control = self.control();
+        self.metrics
+            .set_shadow_model(shadow.as_ref().map(|(m, _)| m.version()));
+        (control.shadow, control.shadow_path) = shadow.unzip();
     }
 
     /// Re-reads the model file (blocking I/O: call it off async workers).
@@ -280,10 +356,27 @@ impl WorkerShared {
             .model_path
             .clone()
             .ok_or(ReloadError::NoModelFile)?;
+        let shadow_path = self.control().shadow_path.clone();
         // Read and validated without the lock: restores and erasures go on.
         let loaded = RiskModel::load(&path);
+        let loaded_shadow = shadow_path.as_deref().map(RiskModel::load);
         let mut control = self.control();
         let previous_version = control.model.version().to_string();
+        let shadow = match loaded_shadow {
+            None => None,
+            Some(Ok(m)) => Some(Arc::new(m)),
+            Some(Err(source)) => {
+                self.metrics
+                    .model_reloads
+                    .with_label_values(&["invalid"])
+                    .inc();
+                tracing::error!(path = ?shadow_path, error = %source, kept = %previous_version, "model reload refused: the shadow model is invalid; neither model was swapped");
+                return Err(ReloadError::InvalidShadow {
+                    kept: previous_version,
+                    source,
+                });
+            }
+        };
         let model = match loaded {
             Ok(m) => Arc::new(m),
             Err(source) => {
@@ -299,12 +392,17 @@ impl WorkerShared {
             }
         };
         control.model = Arc::clone(&model);
+        control.shadow.clone_from(&shadow);
+        let models = ModelSet {
+            live: Arc::clone(&model),
+            shadow,
+        };
         let mut applied = Vec::new();
         if let Some(cores) = &control.cores {
             for core in cores.iter() {
                 let (done, rx) = tokio::sync::oneshot::channel();
                 core.send(Command::Reload {
-                    model: Arc::clone(&model),
+                    models: models.clone(),
                     done,
                 });
                 applied.push(rx);
@@ -313,9 +411,12 @@ impl WorkerShared {
         drop(control);
         self.metrics.model_reloads.with_label_values(&["ok"]).inc();
         self.metrics.set_build_info(model.version());
-        tracing::info!(path = %path.display(), previous = %previous_version, model_version = model.version(), "model reloaded");
+        let shadow_version = models.shadow.as_ref().map(|m| m.version().to_string());
+        self.metrics.set_shadow_model(shadow_version.as_deref());
+        tracing::info!(path = %path.display(), previous = %previous_version, model_version = model.version(), shadow_version = ?shadow_version, "model reloaded");
         Ok(Reloaded {
             previous_version,
+            shadow_version,
             model_version: model.version().to_string(),
             applied,
         })
@@ -345,12 +446,12 @@ impl WorkerShared {
     /// Builds the pipeline cores with the current model and registers them
     /// for reloads and erasures (under the lock a reload takes, so none is
     /// missed).
-    fn start_cores(
-        &self,
-        build: impl FnOnce(&Arc<RiskModel>) -> Arc<[CoreHandle]>,
-    ) -> Arc<[CoreHandle]> {
+    fn start_cores(&self, build: impl FnOnce(ModelSet) -> Arc<[CoreHandle]>) -> Arc<[CoreHandle]> {
         let mut control = self.control();
-        let cores = build(&control.model);
+        let cores = build(ModelSet {
+            live: Arc::clone(&control.model),
+            shadow: control.shadow.clone(),
+        });
         control.cores = Some(Arc::clone(&cores));
         cores
     }
@@ -456,6 +557,23 @@ impl WorkerShared {
                 events: state.events(),
                 alert_open: state.alert_open(),
                 model_version: model.version().to_string(),
+                shadow: data.shadow.as_ref().and_then(|shadow| {
+                    let state = shadow.store.get(customer_id)?;
+                    let model = &shadow.model;
+                    let Explanation {
+                        risk_score,
+                        points,
+                        reasons,
+                    } = state.explain(model, as_of);
+                    Some(ShadowView {
+                        model_version: model.version().to_string(),
+                        risk_score,
+                        band: band(model, risk_score),
+                        points,
+                        reasons,
+                        alert_open: state.alert_open(),
+                    })
+                }),
             };
             return Some((view, Arc::clone(model)));
         }
@@ -549,6 +667,18 @@ fn preflight(
             });
         }
     }
+    if let Some(shadow) = &config.topics.shadow_alerts {
+        let Some(count) = partitions_of(shadow)? else {
+            return Ok(None);
+        };
+        if count == 0 {
+            return Err(WorkerError::MissingTopic {
+                topic: shadow.clone(),
+                partitions: input as i32,
+                extra: "",
+            });
+        }
+    }
     Ok(Some(input))
 }
 
@@ -572,6 +702,14 @@ impl Worker {
         metrics.set_build_info(model.version());
         let shared = WorkerShared::new(Arc::clone(&model), metrics.clone());
         shared.set_model_path(config.model.path.clone());
+        if let Some(path) = &config.model.shadow_path {
+            let shadow = RiskModel::load(path).map_err(|source| WorkerError::ShadowModel {
+                path: path.clone(),
+                source,
+            })?;
+            tracing::info!(path = %path.display(), model_version = shadow.version(), "shadow model loaded");
+            shared.set_shadow(Some((Arc::new(shadow), path.clone())));
+        }
         let addr = config
             .http_addr()
             .map_err(|e| WorkerError::Http(std::io::Error::other(e.to_string())))?;

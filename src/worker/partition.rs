@@ -55,11 +55,27 @@ pub struct PartitionData {
     /// this model's event types): swapped together with the store's
     /// conversion on a reload, so a reader never pairs one with the other's.
     pub model: Arc<RiskModel>,
+    /// The shadow model and its own customers' states, if one is configured.
+    pub shadow: Option<ShadowScorer>,
+}
+
+/// A second model scored beside the live one, with states of its own (its
+/// half-lives, event types and alert decisions may all differ). It is
+/// never written to the changelog: a restore seeds it from the restored
+/// live states, converted as a reload to it would convert them, so after a
+/// restart the shadow shows what switching to it then would do.
+pub struct ShadowScorer {
+    /// The shadow model.
+    pub model: Arc<RiskModel>,
+    /// Its customers, held for `model`.
+    pub store: CustomerStore,
 }
 
 /// Settings every partition shares, read from the configuration once.
 pub struct PartitionSettings {
     dead_letter_topic: String,
+    /// Where shadow alerts are published (`None`: only counted).
+    shadow_alerts_topic: Option<String>,
     lateness_ms: i64,
     max_skew_ms: i64,
     idle_after: Duration,
@@ -74,6 +90,7 @@ impl PartitionSettings {
         let days = config.engine.eviction_horizon_days;
         PartitionSettings {
             dead_letter_topic: config.topics.dead_letter.clone(),
+            shadow_alerts_topic: config.topics.shadow_alerts.clone(),
             lateness_ms: config.engine.allowed_lateness_ms(),
             max_skew_ms: config.engine.max_future_skew_ms(),
             idle_after: Duration::from_secs(config.engine.idle_timeout_secs),
@@ -165,6 +182,8 @@ pub struct ClosedBatch {
     pub outputs: Vec<(OutputKind, OutputRecord)>,
     /// Alerts, to send now.
     pub alerts: AlertBuffer,
+    /// Shadow alerts, to send now to the shadow topic (empty without one).
+    pub shadow_alerts: AlertBuffer,
     /// State records of a flush (empty if the close did not flush), to send
     /// once the ledger releases them.
     pub snapshots: Snapshots,
@@ -189,6 +208,7 @@ pub struct PartitionTask {
     open_last_offset: Option<i64>,
     open_outputs: Vec<(OutputKind, OutputRecord)>,
     open_alerts: AlertBuffer,
+    open_shadow_alerts: AlertBuffer,
     open_received: Vec<Instant>,
     last_message_at: Instant,
     /// Since when the partition is known to be fetched and caught up.
@@ -207,6 +227,7 @@ pub struct PartitionTask {
     deletion_position: Option<i64>,
     written_deletion_position: Option<i64>,
     firings: Vec<TimerFiring>,
+    shadow_firings: Vec<TimerFiring>,
     /// The dirty customers in store order, reused across closes.
     sorted_dirty: Vec<CustomerIndex>,
     misrouted_log: LogLimiter,
@@ -222,6 +243,7 @@ impl PartitionTask {
         settings: &PartitionSettings,
         metrics: &Metrics,
         model: Arc<RiskModel>,
+        shadow: Option<Arc<RiskModel>>,
     ) -> Self {
         let label = id.to_string();
         PartitionTask {
@@ -231,6 +253,10 @@ impl PartitionTask {
                 store: CustomerStore::new(),
                 clock: StreamClock::new(settings.lateness_ms),
                 model,
+                shadow: shadow.map(|model| ShadowScorer {
+                    model,
+                    store: CustomerStore::new(),
+                }),
             })),
             status: Status::Restoring {
                 since: Instant::now(),
@@ -239,6 +265,7 @@ impl PartitionTask {
             open_last_offset: None,
             open_outputs: Vec::new(),
             open_alerts: AlertBuffer::default(),
+            open_shadow_alerts: AlertBuffer::default(),
             open_received: Vec::new(),
             last_message_at: Instant::now(),
             caught_up_since: None,
@@ -250,6 +277,7 @@ impl PartitionTask {
             deletion_position: None,
             written_deletion_position: None,
             firings: Vec::new(),
+            shadow_firings: Vec::new(),
             sorted_dirty: Vec::new(),
             misrouted_log: LogLimiter::default(),
             watermark_gauge: metrics
@@ -281,13 +309,19 @@ impl PartitionTask {
         self.open_last_offset.is_some()
             || !self.open_outputs.is_empty()
             || !self.open_alerts.is_empty()
+            || !self.open_shadow_alerts.is_empty()
             || !self.erased.is_empty()
     }
 
     /// Moves the partition's customers from model `old` to `new` (see
     /// [`CustomerStore::adopt_model`]); between batches, so every batch is
     /// scored by one model.
-    pub fn adopt_model(&mut self, old: &RiskModel, new: &Arc<RiskModel>) {
+    pub fn adopt_model(
+        &mut self,
+        old: &RiskModel,
+        new: &Arc<RiskModel>,
+        new_shadow: Option<&Arc<RiskModel>>,
+    ) {
         if let Ok(mut data) = self.data.write() {
             let data = &mut *data;
             let watermark = data.clock.watermark_ms;
@@ -296,6 +330,14 @@ impl PartitionTask {
                 data.store.adopt_model(old, new, watermark);
             }
             data.model = Arc::clone(new);
+            if let (Some(shadow), Some(new_shadow)) = (&mut data.shadow, new_shadow)
+                && !Arc::ptr_eq(&shadow.model, new_shadow)
+            {
+                shadow
+                    .store
+                    .adopt_model(&shadow.model, new_shadow, watermark);
+                shadow.model = Arc::clone(new_shadow);
+            }
         }
     }
 
@@ -312,6 +354,9 @@ impl PartitionTask {
         // Its slot may be reused: it must not be written as a changed customer.
         self.dirty.remove(&customer);
         data.store.remove(customer_id);
+        if let Some(shadow) = &mut data.shadow {
+            shadow.store.remove(customer_id);
+        }
         self.erased.push(customer_id.to_string());
         true
     }
@@ -346,9 +391,16 @@ impl PartitionTask {
         self.deletion_position = deletion_position;
         self.written_deletion_position = deletion_position;
         if let Ok(mut data) = self.data.write() {
+            let data = &mut *data;
             if !std::ptr::eq(restored_with, &*data.model) {
                 // The model was reloaded while the changelog was read.
                 store.adopt_model(restored_with, &data.model, clock.watermark_ms);
+            }
+            if let Some(shadow) = &mut data.shadow {
+                // Never on the changelog: seeded as a reload to it would convert.
+                let mut seeded = store.clone();
+                seeded.adopt_model(&data.model, &shadow.model, clock.watermark_ms);
+                shadow.store = seeded;
             }
             data.store = store;
             data.clock.max_event_ms = clock.max_event_ms;
@@ -432,6 +484,7 @@ impl PartitionTask {
                 };
                 let data = &mut *data;
                 self.firings.clear();
+                let clock_before = data.clock;
                 let (outcome, late) = data.store.apply_in_stream(
                     model,
                     &mut data.clock,
@@ -439,6 +492,24 @@ impl PartitionTask {
                     Some(msg.offset),
                     &mut self.firings,
                 );
+                let shadow_decision = data.shadow.as_mut().and_then(|shadow| {
+                    // Its own copy of the clock: it moves exactly as the live one did.
+                    let mut clock = clock_before;
+                    self.shadow_firings.clear();
+                    let (outcome, _) = shadow.store.apply_in_stream(
+                        &shadow.model,
+                        &mut clock,
+                        &event,
+                        Some(msg.offset),
+                        &mut self.shadow_firings,
+                    );
+                    match outcome {
+                        ApplyOutcome::Scored {
+                            customer, decision, ..
+                        } => decision.map(|d| (customer, d)),
+                        ApplyOutcome::Duplicate => None,
+                    }
+                });
                 push_firing_alerts(
                     cx,
                     &data.store,
@@ -446,6 +517,33 @@ impl PartitionTask {
                     &mut self.dirty,
                     &mut self.open_alerts,
                 );
+                if let Some(shadow) = &data.shadow {
+                    let publish = settings.shadow_alerts_topic.is_some();
+                    let live = &data.store;
+                    for firing in &self.shadow_firings {
+                        if let Some(decision) = &firing.decision {
+                            shadow_decided(
+                                metrics,
+                                shadow,
+                                live,
+                                firing.customer,
+                                decision,
+                                publish.then_some(&mut self.open_shadow_alerts),
+                            );
+                        }
+                    }
+                    if let Some((customer, decision)) = &shadow_decision {
+                        shadow_decided(
+                            metrics,
+                            shadow,
+                            live,
+                            *customer,
+                            decision,
+                            publish.then_some(&mut self.open_shadow_alerts),
+                        );
+                    }
+                    count_live_agreement(metrics, shadow, &data.store, &self.firings);
+                }
                 match outcome {
                     ApplyOutcome::Duplicate => local.events_duplicate.inc(),
                     ApplyOutcome::Scored {
@@ -459,6 +557,11 @@ impl PartitionTask {
                         local.risk_score.observe(risk_score);
                         self.dirty.insert(customer);
                         if let Some(decision) = decision {
+                            if let Some(shadow) = &data.shadow
+                                && decision.kind == AlertKind::AtRisk
+                            {
+                                live_opened(metrics, shadow, data.store.id(customer));
+                            }
                             self.open_alerts
                                 .push(model, &data.store, customer, &decision);
                         }
@@ -546,12 +649,33 @@ impl PartitionTask {
             &mut self.dirty,
             &mut self.open_alerts,
         );
+        if let Some(shadow) = &mut data.shadow {
+            self.shadow_firings.clear();
+            shadow
+                .store
+                .fire_due_timers(&shadow.model, watermark, &mut self.shadow_firings);
+            let publish = settings.shadow_alerts_topic.is_some();
+            for firing in &self.shadow_firings {
+                if let Some(decision) = &firing.decision {
+                    shadow_decided(
+                        metrics,
+                        shadow,
+                        &data.store,
+                        firing.customer,
+                        decision,
+                        publish.then_some(&mut self.open_shadow_alerts),
+                    );
+                }
+            }
+            count_live_agreement(metrics, shadow, &data.store, &self.firings);
+        }
         self.watermark_gauge.set(watermark.div_euclid(1000));
         if !flush {
             return Some(ClosedBatch {
                 last_offset: self.open_last_offset.take(),
                 outputs: std::mem::take(&mut self.open_outputs),
                 alerts: std::mem::take(&mut self.open_alerts),
+                shadow_alerts: std::mem::take(&mut self.open_shadow_alerts),
                 snapshots: Snapshots::default(),
                 received: std::mem::take(&mut self.open_received),
             });
@@ -574,6 +698,11 @@ impl PartitionTask {
             self.dirty.clear();
             let evicted = data.store.evict_silent(watermark, horizon);
             metrics.customers_evicted.inc_by(evicted.len() as u64);
+            if let Some(shadow) = &mut data.shadow {
+                for id in &evicted {
+                    shadow.store.remove(id);
+                }
+            }
             for id in &evicted {
                 snapshots.push(id.as_bytes(), |_| {});
             }
@@ -606,6 +735,7 @@ impl PartitionTask {
             last_offset: self.open_last_offset.take(),
             outputs: std::mem::take(&mut self.open_outputs),
             alerts: std::mem::take(&mut self.open_alerts),
+            shadow_alerts: std::mem::take(&mut self.open_shadow_alerts),
             snapshots,
             received: std::mem::take(&mut self.open_received),
         })
@@ -647,6 +777,68 @@ fn push_firing_alerts(
             dirty.insert(firing.customer);
             alerts.push(cx.model, store, firing.customer, &decision);
         }
+    }
+}
+
+/// Counts a live at-risk alert against the shadow's view of the customer.
+fn live_opened(metrics: &Metrics, shadow: &ShadowScorer, customer_id: &str) {
+    let other = if shadow
+        .store
+        .get(customer_id)
+        .is_some_and(|s| s.alert_open())
+    {
+        "open"
+    } else {
+        "not_open"
+    };
+    metrics
+        .shadow_alert_agreement
+        .with_label_values(&["live", other])
+        .inc();
+}
+
+/// Counts the live at-risk alerts among `firings` (see [`live_opened`]).
+fn count_live_agreement(
+    metrics: &Metrics,
+    shadow: &ShadowScorer,
+    live: &CustomerStore,
+    firings: &[TimerFiring],
+) {
+    for firing in firings {
+        if firing.decision.is_some_and(|d| d.kind == AlertKind::AtRisk) {
+            live_opened(metrics, shadow, live.id(firing.customer));
+        }
+    }
+}
+
+/// Counts a shadow decision (and its agreement with the live model, for an
+/// at-risk one) and, when shadow alerts are published, serialises it.
+fn shadow_decided(
+    metrics: &Metrics,
+    shadow: &ShadowScorer,
+    live: &CustomerStore,
+    customer: CustomerIndex,
+    decision: &AlertDecision,
+    publish: Option<&mut AlertBuffer>,
+) {
+    metrics
+        .shadow_alerts
+        .with_label_values(&[decision.kind.as_str()])
+        .inc();
+    if decision.kind == AlertKind::AtRisk {
+        let id = shadow.store.id(customer);
+        let other = if live.get(id).is_some_and(|s| s.alert_open()) {
+            "open"
+        } else {
+            "not_open"
+        };
+        metrics
+            .shadow_alert_agreement
+            .with_label_values(&["shadow", other])
+            .inc();
+    }
+    if let Some(buffer) = publish {
+        buffer.push(&shadow.model, &shadow.store, customer, decision);
     }
 }
 

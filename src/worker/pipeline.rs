@@ -47,6 +47,7 @@ use crate::engine::AlertKind;
 use crate::model::RiskModel;
 use crate::telemetry::Metrics;
 
+use super::ModelSet;
 use super::kafka::{DeliveryContext, DeliveryTag, OutputKind};
 use super::ledger::{AckLedger, BatchId};
 use super::partition::{
@@ -90,8 +91,8 @@ pub struct CoreHandle {
 pub enum Command {
     /// Score with `model` from the next batch on.
     Reload {
-        /// The new model, validated.
-        model: Arc<RiskModel>,
+        /// The new models, validated.
+        models: ModelSet,
         /// Answered once the thread's partitions use it.
         done: tokio::sync::oneshot::Sender<()>,
     },
@@ -258,6 +259,10 @@ struct Owned {
 /// The pipeline's state, shared with the consumer's rebalance callbacks.
 pub struct Core {
     model: Arc<RiskModel>,
+    /// The shadow model, if any (swapped with `model` on a reload).
+    shadow: Option<Arc<RiskModel>>,
+    /// Where shadow alerts go (`None`: they are only counted).
+    shadow_alerts_topic: Option<String>,
     metrics: Metrics,
     shared: Arc<WorkerShared>,
     settings: PartitionSettings,
@@ -292,7 +297,7 @@ impl Core {
     /// A pipeline core with no partitions yet.
     pub fn new(
         config: &WorkerConfig,
-        model: Arc<RiskModel>,
+        models: ModelSet,
         metrics: Metrics,
         shared: Arc<WorkerShared>,
         producer: BaseProducer<DeliveryContext>,
@@ -317,7 +322,9 @@ impl Core {
                 .map(|&k| (k, alert_headers(k)))
                 .collect(),
             ids: Vec::new(),
-            model,
+            model: models.live,
+            shadow: models.shadow,
+            shadow_alerts_topic: config.topics.shadow_alerts.clone(),
             metrics,
             shared,
             ledger: AckLedger::new(),
@@ -336,8 +343,8 @@ impl Core {
     /// Carries out a command (on the pipeline thread, between bursts).
     pub fn execute(&mut self, command: Command) {
         match command {
-            Command::Reload { model, done } => {
-                self.adopt_model(model);
+            Command::Reload { models, done } => {
+                self.adopt_model(models);
                 let _ = done.send(());
             }
             Command::Erase { customer_id, done } => {
@@ -380,13 +387,20 @@ impl Core {
     /// converted (counters by type name, timers re-derived at the
     /// partition's watermark). Alerts already decided keep the model
     /// version they were decided with.
-    fn adopt_model(&mut self, model: Arc<RiskModel>) {
-        if Arc::ptr_eq(&self.model, &model) {
+    fn adopt_model(&mut self, models: ModelSet) {
+        let same_shadow = match (&self.shadow, &models.shadow) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (a, b) => a.is_none() && b.is_none(),
+        };
+        if Arc::ptr_eq(&self.model, &models.live) && same_shadow {
             return;
         }
-        let old = std::mem::replace(&mut self.model, model);
+        let old = std::mem::replace(&mut self.model, models.live);
+        self.shadow = models.shadow;
         for owned in self.partitions.values_mut() {
-            owned.task.adopt_model(&old, &self.model);
+            owned
+                .task
+                .adopt_model(&old, &self.model, self.shadow.as_ref());
         }
     }
 
@@ -544,7 +558,8 @@ impl Core {
         let Some(closed) = owned.task.close(&cx, flush) else {
             return;
         };
-        let outputs = (closed.outputs.len() + closed.alerts.len()) as u32;
+        let outputs =
+            (closed.outputs.len() + closed.alerts.len() + closed.shadow_alerts.len()) as u32;
         if closed.last_offset.is_some() || outputs > 0 {
             let Some(id) = self.ledger.record(partition, closed.last_offset, outputs) else {
                 return;
@@ -569,6 +584,21 @@ impl Core {
                 );
             }
             owned.task.recycle_alerts(closed.alerts);
+            if let Some(topic) = &self.shadow_alerts_topic {
+                for (kind, key, payload) in closed.shadow_alerts.iter() {
+                    let Some((_, headers)) = self.alert_headers.iter().find(|(k, _)| *k == kind)
+                    else {
+                        continue;
+                    };
+                    self.sink.send_with_headers(
+                        tag(id, step, OutputKind::ShadowAlert(kind)),
+                        topic,
+                        key,
+                        payload,
+                        headers,
+                    );
+                }
+            }
             for (kind, record) in closed.outputs {
                 self.sink.send(tag(id, step, kind), record);
             }
@@ -691,6 +721,8 @@ impl Core {
             OutputKind::DeadLetter(reason) => {
                 self.metrics.dead_letters.with_label_values(&[reason]).inc()
             }
+            // Counted when decided (`shadow_alerts_total`).
+            OutputKind::ShadowAlert(_) => {}
             OutputKind::State => self.local.state_changelog_records.inc(),
         }
     }
@@ -751,6 +783,7 @@ impl Core {
                 &self.settings,
                 &self.metrics,
                 Arc::clone(&self.model),
+                self.shadow.clone(),
             );
             self.shared.insert_partition(p, task.data(), false);
             self.ledger.assign(p, epoch);
@@ -791,8 +824,8 @@ impl Core {
         // A reload this core has not carried out yet, but the restore was
         // read with: adopt it now (its command then changes nothing), so
         // the restored counters are not converted through the older model.
-        let current = self.shared.current_model();
-        if !Arc::ptr_eq(&current, &self.model) && Arc::ptr_eq(&current, &restored.model) {
+        let current = self.shared.current_models();
+        if !Arc::ptr_eq(&current.live, &self.model) && Arc::ptr_eq(&current.live, &restored.model) {
             self.adopt_model(current);
         }
         let owned = self.partitions.get_mut(&partition)?;

@@ -30,7 +30,6 @@ use rdkafka::producer::BaseProducer;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::WorkerConfig;
-use crate::model::RiskModel;
 use crate::telemetry::Metrics;
 
 use super::deletions::DeletionReader;
@@ -39,7 +38,7 @@ use super::kafka::{self, DeliveryContext};
 use super::pipeline::{Core, CoreHandle, owner_of, set_paused};
 use super::restore::{Restored, restore_partition};
 use super::sink::{LogLimiter, SinkFatal};
-use super::{WorkerError, WorkerShared};
+use super::{ModelSet, WorkerError, WorkerShared};
 
 /// Budgets of the steps after the drain: 7 s in all, leaving room within the
 /// promised 10 s for the process itself to wind down.
@@ -217,13 +216,13 @@ pub fn run_pipeline(
             .push(kafka::producer_config(&config).create_with_context(DeliveryContext::default())?);
     }
     // Registered with the shared handle, which sends them reloads and erasures.
-    let cores: Arc<[CoreHandle]> = shared.start_cores(|model: &Arc<RiskModel>| {
+    let cores: Arc<[CoreHandle]> = shared.start_cores(|models: ModelSet| {
         producers
             .into_iter()
             .map(|producer| {
                 CoreHandle::new(Core::new(
                     &config,
-                    Arc::clone(model),
+                    models.clone(),
                     metrics.clone(),
                     Arc::clone(&shared),
                     producer,

@@ -390,6 +390,7 @@ impl OutputSink {
                 }
                 let reason = match tag.kind {
                     OutputKind::Alert(_) => "alert_rejected",
+                    OutputKind::ShadowAlert(_) => "shadow_alert_rejected",
                     OutputKind::DeadLetter(_) => "dead_letter_rejected",
                     OutputKind::State => "state_rejected",
                 };
