@@ -792,7 +792,7 @@ impl Core {
                 Owned {
                     task,
                     backlog: PartitionBacklog::default(),
-                    last_flush: Instant::now(),
+                    last_flush: staggered_start(p, self.flush_interval, Instant::now()),
                 },
             );
             self.restore_requests.push(RestoreRequest {
@@ -913,6 +913,19 @@ impl Core {
     }
 }
 
+/// The "last flush" a newly assigned partition starts from: partitions
+/// assigned together would otherwise all flush in the same pass, each
+/// thread encoding and producing every changed customer of all its
+/// partitions at once (a pause of tens of milliseconds on a sparse stream,
+/// and a queue of state records ahead of the next alerts). Spread over the
+/// interval by the golden ratio, any set of partition numbers is evenly
+/// spaced; each keeps its phase, since a flush restarts its own interval.
+fn staggered_start(partition: i32, interval: Duration, now: Instant) -> Instant {
+    const GOLDEN: f64 = 0.618_033_988_749_895;
+    let phase = (f64::from(partition) * GOLDEN).fract();
+    now.checked_sub(interval.mul_f64(phase)).unwrap_or(now)
+}
+
 fn tag(id: BatchId, step: u64, kind: OutputKind) -> DeliveryTag {
     DeliveryTag {
         partition: id.partition,
@@ -950,5 +963,38 @@ pub fn set_paused<C: ConsumerContext>(
         consumer.pause(&tpl)
     } else {
         consumer.resume(&tpl)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flushes_of_partitions_assigned_together_are_spread_over_the_interval() {
+        let interval = Duration::from_millis(1000);
+        let now = Instant::now() + Duration::from_secs(10);
+        // Any thread's share of 32 partitions (p mod 2 on two threads, p mod 4 on four).
+        for (threads, thread) in [(1, 0), (2, 0), (2, 1), (4, 3)] {
+            let mut phases: Vec<u128> = (0..32)
+                .filter(|p| p % threads == thread)
+                .map(|p| (now - staggered_start(p, interval, now)).as_millis())
+                .collect();
+            phases.sort_unstable();
+            assert!(phases.iter().all(|&ms| ms < 1000));
+            let count = phases.len() as u128;
+            // No two flushes closer than a fraction of the even spacing, no gap
+            // much wider than it.
+            for pair in phases.windows(2) {
+                let gap = pair[1] - pair[0];
+                assert!(gap * count >= 250, "{threads}/{thread}: {phases:?}");
+                assert!(gap * count <= 3000, "{threads}/{thread}: {phases:?}");
+            }
+        }
+        assert_eq!(
+            staggered_start(0, interval, now),
+            now,
+            "partition 0 flushes a full interval after assignment"
+        );
     }
 }
