@@ -17,6 +17,9 @@ pub const DROP_REASONS: [&str; 3] = ["alert_rejected", "dead_letter_rejected", "
 /// Result labels of `model_reloads_total`.
 pub const RELOAD_RESULTS: [&str; 2] = ["ok", "invalid"];
 
+/// Result labels of `lookups_forwarded_total` (one per instance asked).
+pub const FORWARD_RESULTS: [&str; 5] = ["found", "not_found", "unavailable", "failed", "timeout"];
+
 /// Prefix of every metric this program exports.
 pub const METRIC_PREFIX: &str = "churn_scorer_";
 
@@ -82,6 +85,13 @@ pub struct Metrics {
     /// Customers erased on request (`DELETE /v1/customers/{id}`): state
     /// removed and a tombstone written to the changelog.
     pub customers_erased: IntCounter,
+    /// Lookups of customers not held locally, sent to another instance, by
+    /// its answer: `found`, `not_found`, `unavailable` (it is restoring or
+    /// stopping), `failed` (unreachable or a wrong answer) or `timeout`.
+    pub lookups_forwarded: IntCounterVec,
+    /// Input partitions no instance is known to own, from the membership
+    /// topic (0 without one): lookups of their customers answer 503.
+    pub lookup_partitions_without_owner: IntGauge,
 }
 
 impl Metrics {
@@ -266,6 +276,20 @@ impl Metrics {
                 "Customers erased on request: state removed, tombstone written to the changelog.",
             ))
             .expect("valid metric"),
+            lookups_forwarded: IntCounterVec::new(
+                opts(
+                    "lookups_forwarded_total",
+                    "Lookups of customers not held locally, sent to another instance, by its \
+                     answer: found, not_found, unavailable, failed or timeout.",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+            lookup_partitions_without_owner: IntGauge::with_opts(opts(
+                "lookup_partitions_without_owner",
+                "Input partitions no instance is known to own, from the membership topic.",
+            ))
+            .expect("valid metric"),
             registry,
         };
         for collector in m.collectors() {
@@ -286,6 +310,9 @@ impl Metrics {
         }
         for result in RELOAD_RESULTS {
             m.model_reloads.with_label_values(&[result]);
+        }
+        for result in FORWARD_RESULTS {
+            m.lookups_forwarded.with_label_values(&[result]);
         }
         m
     }
@@ -317,6 +344,8 @@ impl Metrics {
             Box::new(self.partition_restore_progress.clone()),
             Box::new(self.model_reloads.clone()),
             Box::new(self.customers_erased.clone()),
+            Box::new(self.lookups_forwarded.clone()),
+            Box::new(self.lookup_partitions_without_owner.clone()),
         ]
     }
 
