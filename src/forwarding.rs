@@ -160,13 +160,15 @@ impl LookupForwarder {
 
     /// Looks for `customer_id` on the other instances `owners` names;
     /// `path_and_query` is the original request's, sent unchanged with the
-    /// caller's `Authorization`.
+    /// caller's `Authorization`. `restoring`: this instance's partitions
+    /// still being restored (a customer there is not known yet: no 404).
     pub async fn find(
         &self,
         owners: &PartitionOwners,
         customer_id: &str,
         path_and_query: &str,
         authorization: Option<&HeaderValue>,
+        restoring: &[i32],
     ) -> ForwardOutcome {
         let deadline = Instant::now() + self.timeout;
         if owners.partition_count() == 0 {
@@ -189,6 +191,12 @@ impl LookupForwarder {
                 })
             }
         };
+        let restoring = match partition {
+            Some(p) => restoring.contains(&p),
+            None => !restoring.is_empty(),
+        }
+        .then(|| "this instance is restoring the customer's partition: retry".to_string());
+        let unowned = unowned.or(restoring);
         let mut answers = Vec::new();
         // The owner of the customer's partition first: usually the only request.
         let direct = partition
@@ -375,13 +383,13 @@ mod tests {
         );
         let owners = PartitionOwners::resolve(&claims(&closed_url), 1);
         let outcome = forwarder
-            .find(&owners, "c1", "/v1/customers/c1", None)
+            .find(&owners, "c1", "/v1/customers/c1", None, &[])
             .await;
         assert_eq!(outcome.status(), StatusCode::BAD_GATEWAY, "{outcome:?}");
         let owners = PartitionOwners::resolve(&claims(&silent_url), 1);
         let started = std::time::Instant::now();
         let outcome = forwarder
-            .find(&owners, "c1", "/v1/customers/c1", None)
+            .find(&owners, "c1", "/v1/customers/c1", None, &[])
             .await;
         assert_eq!(outcome.status(), StatusCode::GATEWAY_TIMEOUT, "{outcome:?}");
         assert!(
@@ -400,5 +408,43 @@ mod tests {
                 .get();
         assert_eq!(failures, 2);
         drop(silent);
+    }
+
+    #[tokio::test]
+    async fn no_404_while_the_customers_partition_is_restoring_here() {
+        use crate::worker::membership::MemberClaim;
+        // This instance alone owns every partition: nobody else to ask.
+        let claims = [MemberClaim {
+            url: "http://self".into(),
+            group_id: "g".into(),
+            partitions: vec![0, 1],
+            claimed_at_ms: 1,
+        }];
+        let owners = PartitionOwners::resolve(&claims, 2);
+        let forwarder = LookupForwarder::new(
+            "http://self".into(),
+            KeyPartitioner::ConsistentRandom,
+            Duration::from_millis(300),
+            Metrics::new(),
+        );
+        let p = KeyPartitioner::ConsistentRandom
+            .partition(b"c1", 2)
+            .expect("partition");
+        let path = "/v1/customers/c1";
+        let outcome = forwarder.find(&owners, "c1", path, None, &[p]).await;
+        assert_eq!(outcome.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let outcome = forwarder.find(&owners, "c1", path, None, &[1 - p]).await;
+        assert_eq!(
+            outcome,
+            ForwardOutcome::NotFound,
+            "another partition restores"
+        );
+        let outcome = forwarder.find(&owners, "c1", path, None, &[]).await;
+        assert_eq!(outcome, ForwardOutcome::NotFound);
+        // Before any claim is read nothing is known.
+        let outcome = forwarder
+            .find(&PartitionOwners::default(), "c1", path, None, &[])
+            .await;
+        assert_eq!(outcome.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 }

@@ -355,8 +355,21 @@ async fn customer(
             Some(forwarder) => {
                 let path = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
                 let owners = state.shared.partition_owners();
+                let restoring: Vec<i32> = state
+                    .shared
+                    .partition_status()
+                    .into_iter()
+                    .filter(|(_, live)| !live)
+                    .map(|(p, _)| p)
+                    .collect();
                 let outcome = forwarder
-                    .find(&owners, &id, path, headers.get(header::AUTHORIZATION))
+                    .find(
+                        &owners,
+                        &id,
+                        path,
+                        headers.get(header::AUTHORIZATION),
+                        &restoring,
+                    )
                     .await;
                 forwarded_response(outcome)
             }

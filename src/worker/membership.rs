@@ -177,10 +177,15 @@ impl MembershipReader {
     pub(super) fn new(
         config: &WorkerConfig,
         input_partitions: usize,
+        metrics: &Metrics,
     ) -> Result<Option<Self>, WorkerError> {
         let Some(topic) = &config.topics.membership else {
             return Ok(None);
         };
+        // Nobody is known to own anything until the first claims are read.
+        metrics
+            .lookup_partitions_without_owner
+            .set(i64::try_from(input_partitions).unwrap_or(i64::MAX));
         let url = config.http.advertised_url.clone().unwrap_or_default();
         let mut client =
             super::kafka::consumer_config(config, &format!("{}-membership", config.kafka.group_id));

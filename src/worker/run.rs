@@ -250,7 +250,7 @@ pub fn run_pipeline(
     // Before any pipeline thread starts: nothing to stop if it fails.
     let mut deletions = DeletionReader::new(&config)?;
     let mut deletion_errors = LogLimiter::default();
-    let mut membership = MembershipReader::new(&config, input_partitions)?;
+    let mut membership = MembershipReader::new(&config, input_partitions, &metrics)?;
     // Split before the first poll, so no message of these partitions is
     // fetched onto the main queue.
     let mut queues: Vec<Vec<(i32, Queue)>> = (0..threads).map(|_| Vec::new()).collect();
