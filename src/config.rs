@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::partitioner::KeyPartitioner;
+
 /// Environment variable prefix; sections and keys are separated by `__`.
 pub const ENV_PREFIX: &str = "CHURN_SCORER";
 
@@ -92,6 +94,9 @@ pub struct WorkerConfig {
     /// `[shutdown]`: graceful shutdown.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// `[lookup]`: answering `/v1` lookups for customers other instances hold.
+    #[serde(default)]
+    pub lookup: LookupConfig,
 }
 
 /// `[kafka]`.
@@ -166,6 +171,12 @@ pub struct TopicsConfig {
     /// Alerts of the shadow model (`model.shadow_path`), optional: unset,
     /// shadow decisions are only counted. Never the live alerts topic.
     pub shadow_alerts: Option<String>,
+    /// Membership of the instances (optional, compacted, one partition is
+    /// enough): each instance publishes which input partitions it owns and
+    /// how to reach it (`http.advertised_url`), and reads everyone's, so
+    /// that `/v1/customers/{id}` is answered by any instance, forwarded to
+    /// the owner. Unset: each instance answers only for its own partitions.
+    pub membership: Option<String>,
 }
 
 impl Default for TopicsConfig {
@@ -177,6 +188,7 @@ impl Default for TopicsConfig {
             state: "churn-scorer-state".into(),
             deletion: None,
             shadow_alerts: None,
+            membership: None,
         }
     }
 }
@@ -193,6 +205,13 @@ pub struct HttpConfig {
     /// `DELETE /v1/customers/{id}`); unset: those answer 403. It also
     /// grants what `bearer_token` grants.
     pub admin_token: Option<String>,
+    /// How the other instances reach this one's HTTP server
+    /// (`http://host:port`, no path), published on the membership topic.
+    /// Unset: `http://<addr>` with the port actually bound, which only works
+    /// when `addr` names a reachable address; with `addr` on all interfaces
+    /// (0.0.0.0 or ::) and a membership topic it must be set (in Kubernetes,
+    /// from the pod IP: `http://$(POD_IP):9464`).
+    pub advertised_url: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -201,6 +220,34 @@ impl Default for HttpConfig {
             addr: "0.0.0.0:9464".into(),
             bearer_token: None,
             admin_token: None,
+            advertised_url: None,
+        }
+    }
+}
+
+/// `[lookup]`: forwarding of `/v1/customers/{id}` to the instance that owns
+/// the customer (only with `topics.membership`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LookupConfig {
+    /// The producers' key partitioner, to ask the owner of the customer's
+    /// partition first: `consistent_random` (librdkafka's default),
+    /// `murmur2` (the Java client's default) or `none` (unknown: ask every
+    /// instance at once). A customer not found where the partitioner points
+    /// is still looked for on every other instance, so a wrong choice costs
+    /// requests, never a wrong 404.
+    pub partitioner: KeyPartitioner,
+    /// Milliseconds a forwarded lookup waits for the other instances (one
+    /// deadline for all of them); without every answer by then the lookup
+    /// answers 504, never a 404.
+    pub forward_timeout_ms: u64,
+}
+
+impl Default for LookupConfig {
+    fn default() -> Self {
+        LookupConfig {
+            partitioner: KeyPartitioner::default(),
+            forward_timeout_ms: 2000,
         }
     }
 }
@@ -572,11 +619,34 @@ impl WorkerConfig {
             ]
             .contains(&shadow)
                 || self.topics.deletion.as_ref() == Some(shadow)
+                || self.topics.membership.as_ref() == Some(shadow)
             {
                 return Err(invalid(
                     "topics.shadow_alerts",
                     "must differ from the other topics (shadow alerts never reach the live \
                      alerts topic)",
+                ));
+            }
+        }
+        if let Some(membership) = &self.topics.membership {
+            if membership.trim().is_empty() {
+                return Err(invalid(
+                    "topics.membership",
+                    "must not be empty (remove it to answer lookups only for local partitions)",
+                ));
+            }
+            if [
+                &self.topics.input,
+                &self.topics.alerts,
+                &self.topics.dead_letter,
+                &self.topics.state,
+            ]
+            .contains(&membership)
+                || self.topics.deletion.as_ref() == Some(membership)
+            {
+                return Err(invalid(
+                    "topics.membership",
+                    "must differ from the other topics",
                 ));
             }
         }
@@ -603,6 +673,26 @@ impl WorkerConfig {
             return Err(invalid(
                 "http.admin_token",
                 "must not be empty (remove it to disable the admin operations)",
+            ));
+        }
+        if let Some(url) = &self.http.advertised_url {
+            check_advertised_url(url)?;
+        } else if self.topics.membership.is_some() && self.http_addr()?.ip().is_unspecified() {
+            return Err(invalid(
+                "http.advertised_url",
+                format!(
+                    "must be set with topics.membership while http.addr ({}) listens on all \
+                     interfaces: the other instances need an address they can reach, e.g. \
+                     http://<pod IP>:{}",
+                    self.http.addr,
+                    self.http_addr()?.port()
+                ),
+            ));
+        }
+        if !(1..=60_000).contains(&self.lookup.forward_timeout_ms) {
+            return Err(invalid(
+                "lookup.forward_timeout_ms",
+                "must be between 1 and 60000",
             ));
         }
         if !(self.engine.eviction_horizon_days.is_finite()
@@ -634,6 +724,16 @@ impl WorkerConfig {
         Ok(())
     }
 
+    /// The URL other instances reach this one at: `http.advertised_url`,
+    /// else `http://<bound>` (`bound`: the address the listener actually
+    /// bound, which knows the port when `http.addr` asked for port 0).
+    pub fn advertised_url(&self, bound: SocketAddr) -> String {
+        match &self.http.advertised_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!("http://{bound}"),
+        }
+    }
+
     /// The HTTP listen address, parsed.
     pub fn http_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.http
@@ -641,6 +741,29 @@ impl WorkerConfig {
             .parse()
             .map_err(|e| invalid("http.addr", format!("{e}: {:?}", self.http.addr)))
     }
+}
+
+/// `http.advertised_url`: `http://host:port`, nothing after the authority
+/// (forwarded requests append the original path).
+fn check_advertised_url(url: &str) -> Result<(), ConfigError> {
+    let key = "http.advertised_url";
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(invalid(
+            key,
+            format!("{url:?}: must start with http:// (instances talk plain HTTP to each other)"),
+        ));
+    };
+    let authority = rest.trim_end_matches('/');
+    if authority.is_empty() || authority.contains(['/', '?', '#', ' ', '@']) {
+        return Err(invalid(
+            key,
+            format!("{url:?}: must be http://host:port with no path, query or user"),
+        ));
+    }
+    if authority.parse::<axum::http::uri::Authority>().is_err() {
+        return Err(invalid(key, format!("{url:?}: not a valid host:port")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -817,5 +940,59 @@ mod tests {
             key(load("[http]\nadmin_token = \"\"\n", &[], &o).expect_err("empty token")),
             "http.admin_token"
         );
+    }
+
+    #[test]
+    fn lookup_forwarding_settings_are_checked() {
+        let o = Overrides::default();
+        let members = "[topics]\nmembership = \"churn-scorer-members\"\n";
+        // All interfaces and no advertised URL: nobody could reach it.
+        let e = load(members, &[], &o).expect_err("no advertised url");
+        assert!(e.to_string().contains("pod IP"), "{e}");
+        assert_eq!(key(e), "http.advertised_url");
+        // A concrete listen address is advertised as is.
+        let c = load(
+            &format!("{members}[http]\naddr = \"10.1.2.3:9464\"\n"),
+            &[],
+            &o,
+        )
+        .expect("valid");
+        let bound: SocketAddr = "10.1.2.3:9464".parse().expect("addr");
+        assert_eq!(c.advertised_url(bound), "http://10.1.2.3:9464");
+        // The environment sets it (as the Kubernetes manifest does).
+        let env = [(
+            "CHURN_SCORER__HTTP__ADVERTISED_URL",
+            "http://10.0.0.7:9464/",
+        )];
+        let c = load(members, &env, &o).expect("valid");
+        assert_eq!(c.advertised_url(bound), "http://10.0.0.7:9464");
+        for url in [
+            "10.0.0.7:9464",
+            "https://x:1",
+            "http://x:1/v1",
+            "http://",
+            "http://a b",
+        ] {
+            let file = format!("{members}[http]\nadvertised_url = \"{url}\"\n");
+            assert_eq!(
+                key(load(&file, &[], &o).expect_err(url)),
+                "http.advertised_url",
+                "{url}"
+            );
+        }
+        assert_eq!(
+            key(load("[topics]\nmembership = \"churn-alerts\"\n", &[], &o).expect_err("same")),
+            "topics.membership"
+        );
+        assert_eq!(
+            key(load("[lookup]\nforward_timeout_ms = 0\n", &[], &o).expect_err("zero")),
+            "lookup.forward_timeout_ms"
+        );
+        assert_eq!(
+            key(load("[lookup]\npartitioner = \"fnv\"\n", &[], &o).expect_err("unknown")),
+            "lookup.partitioner"
+        );
+        let c = load("[lookup]\npartitioner = \"murmur2\"\n", &[], &o).expect("valid");
+        assert_eq!(c.lookup.partitioner, KeyPartitioner::Murmur2);
     }
 }

@@ -2,13 +2,15 @@
 //! `GET /v1/customers/{id}[?as_of=RFC3339]`, and the admin operations
 //! `POST /admin/reload` and `DELETE /v1/customers/{id}` (only with
 //! `http.admin_token`). The routes own no state; they reach the worker
-//! through its [`WorkerShared`] handle.
+//! through its [`WorkerShared`] handle. With `topics.membership`, a lookup
+//! of a customer held by another instance is forwarded there
+//! ([`crate::forwarding`]).
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{OriginalUri, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -16,7 +18,8 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-use crate::config::HttpConfig;
+use crate::config::{HttpConfig, WorkerConfig};
+use crate::forwarding::{FORWARDED_HEADER, ForwardOutcome, LookupForwarder, SERVED_BY_HEADER};
 use crate::offline::parse_date_arg;
 use crate::worker::{ReloadError, WorkerShared};
 
@@ -29,6 +32,8 @@ struct AppState {
     shared: Arc<WorkerShared>,
     bearer_token: Option<Arc<str>>,
     admin_token: Option<Arc<str>>,
+    /// Set with `topics.membership`: lookups of customers held elsewhere.
+    forwarder: Option<Arc<LookupForwarder>>,
 }
 
 /// Builds the router. With `http.bearer_token`, `/v1` requires
@@ -36,10 +41,35 @@ struct AppState {
 /// operational endpoints stay open. The admin operations require
 /// `http.admin_token` and answer 403 while it is not set.
 pub fn router(shared: Arc<WorkerShared>, http: &HttpConfig) -> Router {
+    build(shared, http, None)
+}
+
+/// The worker's router: as [`router`], and with `topics.membership` a
+/// lookup of a customer held by another instance is forwarded to it
+/// (`http.advertised_url` names this instance; [`crate::worker::Worker::bind`]
+/// sets it).
+pub fn worker_router(shared: Arc<WorkerShared>, config: &WorkerConfig) -> Router {
+    let forwarder = config.topics.membership.as_ref().map(|_| {
+        Arc::new(LookupForwarder::new(
+            config.http.advertised_url.clone().unwrap_or_default(),
+            config.lookup.partitioner,
+            Duration::from_millis(config.lookup.forward_timeout_ms),
+            shared.metrics().clone(),
+        ))
+    });
+    build(shared, &config.http, forwarder)
+}
+
+fn build(
+    shared: Arc<WorkerShared>,
+    http: &HttpConfig,
+    forwarder: Option<Arc<LookupForwarder>>,
+) -> Router {
     let state = AppState {
         shared,
         bearer_token: http.bearer_token.as_deref().map(Arc::from),
         admin_token: http.admin_token.as_deref().map(Arc::from),
+        forwarder,
     };
     let v1 = Router::new()
         .route("/v1/customers/{id}", get(customer).delete(erase))
@@ -284,25 +314,95 @@ async fn customer(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(query): Query<CustomerQuery>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
 ) -> Response {
     let as_of = match query.as_of.as_deref().map(parse_date_arg).transpose() {
         Ok(t) => t,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("as_of: {e}")),
     };
     let shared = Arc::clone(&state.shared);
+    let customer_id = id.clone();
     // Scoring takes read locks the pipeline also takes: keep it off the async workers.
-    let view = tokio::task::spawn_blocking(move || shared.lookup_with_model(&id, as_of)).await;
+    let view =
+        tokio::task::spawn_blocking(move || shared.lookup_with_model(&customer_id, as_of)).await;
     match view {
         Ok(Some((view, model))) => {
             let mut body = serde_json::to_value(&view).unwrap_or_default();
             label_reasons(&mut body, &model);
             Json(body).into_response()
         }
-        Ok(None) => error(
-            StatusCode::NOT_FOUND,
-            "unknown customer (not in this instance's partitions)",
-        ),
+        Ok(None) => match &state.forwarder {
+            None => error(
+                StatusCode::NOT_FOUND,
+                "unknown customer (not in this instance's partitions)",
+            ),
+            // Asked by another instance: answer from local state only (one hop).
+            Some(_) if headers.contains_key(FORWARDED_HEADER) => {
+                if state
+                    .shared
+                    .partition_status()
+                    .iter()
+                    .any(|(_, live)| !live)
+                {
+                    error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not found, but some of this instance's partitions are restoring: retry",
+                    )
+                } else {
+                    error(
+                        StatusCode::NOT_FOUND,
+                        "unknown customer (not in this instance's partitions)",
+                    )
+                }
+            }
+            Some(forwarder) => {
+                let path = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+                let owners = state.shared.partition_owners();
+                let restoring: Vec<i32> = state
+                    .shared
+                    .partition_status()
+                    .into_iter()
+                    .filter(|(_, live)| !live)
+                    .map(|(p, _)| p)
+                    .collect();
+                let outcome = forwarder
+                    .find(
+                        &owners,
+                        &id,
+                        path,
+                        headers.get(header::AUTHORIZATION),
+                        &restoring,
+                    )
+                    .await;
+                forwarded_response(outcome)
+            }
+        },
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "lookup failed"),
+    }
+}
+
+/// The answer to a lookup another instance was asked for.
+fn forwarded_response(outcome: ForwardOutcome) -> Response {
+    let status = outcome.status();
+    match outcome {
+        ForwardOutcome::Found { url, body } => {
+            let mut response =
+                (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+            if let Ok(v) = header::HeaderValue::from_str(&url) {
+                response.headers_mut().insert(SERVED_BY_HEADER, v);
+            }
+            response
+        }
+        ForwardOutcome::NotFound => error(
+            status,
+            "unknown customer (no instance of the group holds it)",
+        ),
+        ForwardOutcome::TimedOut(why) => error(status, format!("lookup incomplete: {why}")),
+        ForwardOutcome::Failed(why) => error(status, format!("lookup incomplete: {why}")),
+        ForwardOutcome::Unavailable(why) => {
+            error(status, format!("lookup incomplete, retry: {why}"))
+        }
     }
 }
 

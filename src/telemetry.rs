@@ -27,6 +27,8 @@ pub const SHADOW_OPENED_BY: [&str; 2] = ["live", "shadow"];
 
 /// `other` labels of `shadow_alert_agreement_total`.
 pub const SHADOW_OTHER: [&str; 2] = ["open", "not_open"];
+/// Result labels of `lookups_forwarded_total` (one per instance asked).
+pub const FORWARD_RESULTS: [&str; 5] = ["found", "not_found", "unavailable", "failed", "timeout"];
 
 /// Prefix of every metric this program exports.
 pub const METRIC_PREFIX: &str = "churn_scorer_";
@@ -103,6 +105,13 @@ pub struct Metrics {
     /// Constant 1, labelled with the shadow model's version (no series
     /// without a shadow model).
     pub shadow_model_info: IntGaugeVec,
+    /// Lookups of customers not held locally, sent to another instance, by
+    /// its answer: `found`, `not_found`, `unavailable` (it is restoring or
+    /// stopping), `failed` (unreachable or a wrong answer) or `timeout`.
+    pub lookups_forwarded: IntCounterVec,
+    /// Input partitions no instance is known to own, from the membership
+    /// topic (0 without one): lookups of their customers answer 503.
+    pub lookup_partitions_without_owner: IntGauge,
 }
 
 impl Metrics {
@@ -313,6 +322,20 @@ impl Metrics {
                 &["model_version"],
             )
             .expect("valid metric"),
+            lookups_forwarded: IntCounterVec::new(
+                opts(
+                    "lookups_forwarded_total",
+                    "Lookups of customers not held locally, sent to another instance, by its \
+                     answer: found, not_found, unavailable, failed or timeout.",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+            lookup_partitions_without_owner: IntGauge::with_opts(opts(
+                "lookup_partitions_without_owner",
+                "Input partitions no instance is known to own, from the membership topic.",
+            ))
+            .expect("valid metric"),
             registry,
         };
         for collector in m.collectors() {
@@ -333,6 +356,9 @@ impl Metrics {
         }
         for result in RELOAD_RESULTS {
             m.model_reloads.with_label_values(&[result]);
+        }
+        for result in FORWARD_RESULTS {
+            m.lookups_forwarded.with_label_values(&[result]);
         }
         m
     }
@@ -367,6 +393,8 @@ impl Metrics {
             Box::new(self.shadow_alerts.clone()),
             Box::new(self.shadow_alert_agreement.clone()),
             Box::new(self.shadow_model_info.clone()),
+            Box::new(self.lookups_forwarded.clone()),
+            Box::new(self.lookup_partitions_without_owner.clone()),
         ]
     }
 

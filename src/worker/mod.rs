@@ -10,6 +10,7 @@ mod deletions;
 mod group;
 mod kafka;
 pub mod ledger;
+pub mod membership;
 mod partition;
 pub mod pipeline;
 mod restore;
@@ -34,6 +35,7 @@ use crate::model::{ModelError, RiskModel};
 use crate::offline::band;
 use crate::telemetry::Metrics;
 
+pub use membership::PartitionOwners;
 use pipeline::{Command, CoreHandle};
 pub use pipeline::{EraseOutcome, PartitionData};
 pub use restore::restore_partition;
@@ -235,6 +237,9 @@ pub struct WorkerShared {
     metrics: Metrics,
     partitions: RwLock<BTreeMap<i32, SharedPartition>>,
     joined: AtomicBool,
+    /// Who owns each input partition, from the membership topic (empty
+    /// without one); replaced whole by the group thread.
+    owners: RwLock<Arc<PartitionOwners>>,
 }
 
 /// One customer, as `GET /v1/customers/{id}` returns it.
@@ -300,6 +305,7 @@ impl WorkerShared {
             metrics,
             partitions: RwLock::new(BTreeMap::new()),
             joined: AtomicBool::new(false),
+            owners: RwLock::new(Arc::new(PartitionOwners::default())),
         })
     }
 
@@ -476,6 +482,21 @@ impl WorkerShared {
             .read()
             .map(|m| m.iter().map(|(p, s)| (*p, s.live)).collect())
             .unwrap_or_default()
+    }
+
+    /// Who owns each input partition, as the membership topic says (empty
+    /// without `topics.membership`, or before its first record is read).
+    pub fn partition_owners(&self) -> Arc<PartitionOwners> {
+        self.owners
+            .read()
+            .map(|o| Arc::clone(&o))
+            .unwrap_or_default()
+    }
+
+    fn set_partition_owners(&self, owners: PartitionOwners) {
+        if let Ok(mut o) = self.owners.write() {
+            *o = Arc::new(owners);
+        }
     }
 
     fn partition_count(&self) -> usize {
@@ -714,6 +735,10 @@ impl Worker {
             .http_addr()
             .map_err(|e| WorkerError::Http(std::io::Error::other(e.to_string())))?;
         let listener = tokio::net::TcpListener::bind(addr).await?;
+        // Known only now when `http.addr` asked for port 0; the membership
+        // claim and loop detection use this one value.
+        let mut config = config;
+        config.http.advertised_url = Some(config.advertised_url(listener.local_addr()?));
         Ok(Worker {
             config,
             metrics,
@@ -744,7 +769,7 @@ impl Worker {
             listener,
         } = self;
         tracing::info!(addr = %listener.local_addr()?, "http listening");
-        let router = crate::http::router(Arc::clone(&shared), &config.http);
+        let router = crate::http::worker_router(Arc::clone(&shared), &config);
         let http_shutdown = shutdown.clone();
         let http = tokio::spawn(async move {
             axum::serve(listener, router)

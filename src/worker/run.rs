@@ -35,6 +35,7 @@ use crate::telemetry::Metrics;
 use super::deletions::DeletionReader;
 use super::group::{CommitOutcome, GroupContext, commit_with_deadline, store_offsets};
 use super::kafka::{self, DeliveryContext};
+use super::membership::MembershipReader;
 use super::pipeline::{Core, CoreHandle, owner_of, set_paused};
 use super::restore::{Restored, restore_partition};
 use super::sink::{LogLimiter, SinkFatal};
@@ -46,6 +47,9 @@ const COMMIT_WAIT: Duration = Duration::from_secs(2);
 const LEAVE_WAIT: Duration = Duration::from_secs(1);
 const CLOSE_WAIT: Duration = Duration::from_millis(2500);
 const FLUSH_WAIT: Duration = Duration::from_millis(1500);
+/// How long the membership tombstone may take, after everything else (the
+/// 10 s promise still holds: 8 s in all).
+const WITHDRAW_WAIT: Duration = Duration::from_secs(1);
 /// How long the group thread waits for the pipeline threads to stop.
 const PIPELINE_STOP_WAIT: Duration = Duration::from_secs(1);
 /// Messages taken from one partition queue before the next queue's turn.
@@ -245,6 +249,7 @@ pub fn run_pipeline(
     // Before any pipeline thread starts: nothing to stop if it fails.
     let mut deletions = DeletionReader::new(&config)?;
     let mut deletion_errors = LogLimiter::default();
+    let mut membership = MembershipReader::new(&config, input_partitions, &metrics)?;
     // Split before the first poll, so no message of these partitions is
     // fetched onto the main queue.
     let mut queues: Vec<Vec<(i32, Queue)>> = (0..threads).map(|_| Vec::new()).collect();
@@ -311,6 +316,11 @@ pub fn run_pipeline(
         {
             tracing::warn!(error = %e, similar_not_logged = held_back, "deletion topic reader");
         }
+        // Reads claims and publishes ours when the assignment changed (a
+        // rebalance callback ran in the previous poll).
+        if let Some(m) = &mut membership {
+            m.step(&shared, &metrics);
+        }
         let timeout = if restores.running > 0 || !restores.retry.is_empty() {
             Duration::from_millis(10)
         } else {
@@ -342,6 +352,11 @@ pub fn run_pipeline(
     }
     let stopped = join_pipelines(handles, stopped);
     let outcome = shut_down(&cores, consumer, &input_topic, drain_timeout)?;
+    // After the partitions are given up: until their new owners claim them,
+    // lookups of their customers answer 503 (retry), never a false 404.
+    if let Some(m) = membership {
+        m.withdraw(WITHDRAW_WAIT);
+    }
     match stopped {
         Stop::Fatal { topic, cause } => Err(WorkerError::OutputFatal { topic, cause }),
         Stop::Failed(e) => Err(e),
