@@ -122,6 +122,22 @@ impl ClientContext for GroupContext {
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            // Before librdkafka is handed the assignment: it starts fetching
+            // at once, and a pipeline thread may poll a message of a new
+            // partition before `post_rebalance` runs. Its core must already
+            // hold the partition (restoring), so the message is set aside
+            // and read again after the restore; a core that does not know
+            // the partition drops it as revoked, and its offset would be
+            // skipped.
+            let partitions = self.input_partitions(tpl);
+            tracing::info!(?partitions, "partitions assigned: restoring state");
+            for (i, mine) in self.by_core(&partitions) {
+                if let Ok(mut core) = self.cores[i].lock_from_outside() {
+                    core.assign(&mine);
+                }
+            }
+        }
         if let Rebalance::Revoke(tpl) = rebalance {
             let partitions = self.input_partitions(tpl);
             tracing::info!(?partitions, "partitions revoked: draining");
@@ -163,16 +179,12 @@ impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                let partitions = self.input_partitions(tpl);
-                tracing::info!(?partitions, "partitions assigned: restoring state");
-                for &p in &partitions {
+                // Best effort: librdkafka may not have applied the
+                // assignment yet, and then ignores the pause. Messages
+                // fetched while restoring are set aside and read again.
+                for &p in &self.input_partitions(tpl) {
                     if let Err(e) = set_paused(consumer, &self.input_topic, p, true) {
                         tracing::warn!(partition = p, error = %e, "cannot pause partition during restore");
-                    }
-                }
-                for (i, mine) in self.by_core(&partitions) {
-                    if let Ok(mut core) = self.cores[i].lock_from_outside() {
-                        core.assign(&mine);
                     }
                 }
                 self.shared.set_joined();

@@ -168,6 +168,11 @@ impl Restores {
                     let Some(rewind) = installed else {
                         continue;
                     };
+                    tracing::debug!(
+                        partition = done.partition,
+                        ?rewind,
+                        "restore installed; resuming"
+                    );
                     if let Some(offset) = rewind
                         && let Err(e) = consumer.seek(
                             input,

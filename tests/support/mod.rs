@@ -167,6 +167,11 @@ pub fn worker_config(bootstrap: &str) -> WorkerConfig {
         .consumer
         .insert("session.timeout.ms".into(), "6000".into());
     c.pipeline.batch_size = 200;
+    // librdkafka's own debug contexts for chasing a flaky test, e.g.
+    // RDK_DEBUG=fetch,cgrp RUST_LOG=debug cargo test --test worker <name>
+    if let Ok(debug) = std::env::var("RDK_DEBUG") {
+        c.kafka.consumer.insert("debug".into(), debug);
+    }
     c
 }
 
