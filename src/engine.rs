@@ -52,6 +52,11 @@ pub struct CustomerState {
     pub(crate) alert_by_inactivity: bool,
     pub(crate) type_mask: u64,
     pub(crate) type_counts: Box<[f64]>,
+    /// The customer's segment (an index into the model's segments; 0: the
+    /// default segment), from the latest event carrying the segment property.
+    pub(crate) segment: u8,
+    /// Event time of that event ([`NEVER`]: no event carried it).
+    pub(crate) segment_ms: i64,
 }
 
 impl Default for CustomerState {
@@ -71,6 +76,8 @@ impl Default for CustomerState {
             alert_by_inactivity: false,
             type_mask: 0,
             type_counts: Box::new([]),
+            segment: 0,
+            segment_ms: NEVER,
         }
     }
 }
@@ -237,6 +244,9 @@ pub struct AlertDecision {
     pub event_time_ms: i64,
     /// What triggered it.
     pub cause: AlertCause,
+    /// The customer's segment when it was decided (0 for a model without
+    /// segments; see [`RiskModel::segment_name`]).
+    pub segment: u8,
 }
 
 impl CustomerState {
@@ -263,6 +273,27 @@ impl CustomerState {
     /// Whether an at-risk alert is open.
     pub fn alert_open(&self) -> bool {
         self.alert_open
+    }
+
+    /// The customer's segment: an index into the model's segments (0: the
+    /// default segment, also for a model without segments). Name it with
+    /// [`RiskModel::segment_name`].
+    pub fn segment(&self) -> u8 {
+        self.segment
+    }
+
+    /// Puts the customer in `segment`, as an event at `t_ms` carrying the
+    /// segment property says, unless an event later in event time already
+    /// did: the segment is that of the latest such event whatever order
+    /// events arrive in (at the same millisecond, the higher index wins).
+    pub fn set_segment(&mut self, segment: u8, t_ms: i64) {
+        if self.segment_ms == NEVER
+            || t_ms > self.segment_ms
+            || (t_ms == self.segment_ms && segment > self.segment)
+        {
+            self.segment = segment;
+            self.segment_ms = t_ms;
+        }
     }
 
     /// Applies one event at its own event time.
@@ -319,6 +350,22 @@ impl CustomerState {
         counts.sort_by_key(|(k, _)| *k);
         self.type_mask = counts.iter().fold(0, |m, (k, _)| m | (1 << k));
         self.type_counts = counts.into_iter().map(|(_, c)| c).collect();
+        self.remap_segment(old, new);
+    }
+
+    /// Re-keys the segment, held as `old`'s index, to `new`'s by name: a
+    /// segment `new` does not declare becomes its default segment, and a
+    /// `new` without segments forgets it (as a restore does).
+    pub(crate) fn remap_segment(&mut self, old: &RiskModel, new: &RiskModel) {
+        if !new.has_segments() {
+            self.segment = 0;
+            self.segment_ms = NEVER;
+            return;
+        }
+        self.segment = match (self.segment, old.segment_name(self.segment)) {
+            (0, _) | (_, None) => 0,
+            (_, Some(name)) => new.declared_segment(name).unwrap_or(0),
+        };
     }
 
     /// Moves every counter's reference time forward to `t_ms`.
@@ -382,8 +429,9 @@ impl CustomerState {
         while mask != 0 {
             let k = mask.trailing_zeros() as usize;
             let kind = &model.kinds()[k];
-            let count = held_or_faded(self.type_counts[slot], kind.points, &mut cache, kind.group);
-            sink(Factor::Event(k as u8), count.min(kind.cap), kind.points);
+            let points = model.event_points(self.segment, k);
+            let count = held_or_faded(self.type_counts[slot], points, &mut cache, kind.group);
+            sink(Factor::Event(k as u8), count.min(kind.cap), points);
             mask &= mask - 1;
             slot += 1;
         }
@@ -561,6 +609,7 @@ impl CustomerState {
             return None;
         }
         let cooldown_ms = (policy.cooldown_hours * MS_PER_HOUR) as i64;
+        let segment = self.segment;
         let decision = |kind, threshold| AlertDecision {
             kind,
             risk_score: risk,
@@ -568,6 +617,7 @@ impl CustomerState {
             threshold,
             event_time_ms: as_of_ms,
             cause,
+            segment,
         };
         if self.alert_open {
             // A recovery is never stamped before the alert it closes.
@@ -597,7 +647,7 @@ impl CustomerState {
         model: &RiskModel,
         late_event_ms: i64,
     ) -> Option<AlertDecision> {
-        let policy = model.alert_policy();
+        let policy = model.alert_policy_for(self.segment);
         if !self.alert_open || !self.alert_by_inactivity || late_event_ms > self.last_alert_ms {
             return None;
         }
@@ -616,6 +666,7 @@ impl CustomerState {
             threshold: policy.at_risk_threshold,
             event_time_ms: at,
             cause: AlertCause::LateActivity,
+            segment: self.segment,
         })
     }
 }
@@ -950,9 +1001,13 @@ impl CustomerStore {
         let kind = model.kind_of(&event.event_type);
         let last_before = (state.events > 0).then_some(state.last_event_ms);
         state.apply(model, kind, event.timestamp_ms, event.amount);
+        if let Some(segment) = model.segment_of_event(event) {
+            state.set_segment(segment, event.timestamp_ms);
+        }
         let as_of = state.last_event_ms;
         let risk = state.risk(model, as_of);
-        let mut decision = state.decide(model.alert_policy(), risk, as_of, may_alert);
+        let policy = model.alert_policy_for(state.segment);
+        let mut decision = state.decide(policy, risk, as_of, may_alert);
         if !may_alert && model.is_activity(kind) {
             decision = state.reconsider_open_alert(model, event.timestamp_ms);
         }
@@ -1050,7 +1105,7 @@ impl CustomerStore {
                 }
                 let risk = state.risk(model, due);
                 let decision = state.decide_with(
-                    model.alert_policy(),
+                    model.alert_policy_for(state.segment),
                     risk,
                     due,
                     true,
@@ -1140,6 +1195,7 @@ mod tests {
             event_type: Cow::Owned(kind.to_string()),
             timestamp_ms: t,
             amount,
+            properties: None,
         }
     }
 

@@ -228,6 +228,9 @@ pub struct CustomerView {
     pub alert_open: bool,
     /// Model version.
     pub model_version: String,
+    /// The customer's segment (its thresholds set `band` and alerts);
+    /// null when the model has no `[segments]`.
+    pub segment: Option<String>,
 }
 
 impl WorkerShared {
@@ -448,7 +451,7 @@ impl WorkerShared {
                 partition: p,
                 as_of: format_timestamp_ms(as_of),
                 risk_score,
-                band: band(model, risk_score),
+                band: band(model, state.segment(), risk_score),
                 points,
                 reasons,
                 features: state.features(model, as_of),
@@ -456,6 +459,7 @@ impl WorkerShared {
                 events: state.events(),
                 alert_open: state.alert_open(),
                 model_version: model.version().to_string(),
+                segment: model.segment_name(state.segment()).map(str::to_string),
             };
             return Some((view, Arc::clone(model)));
         }
