@@ -358,6 +358,77 @@ mod tests {
         assert!(back.type_mask & (1 << complaint) != 0);
     }
 
+    fn segmented() -> RiskModel {
+        RiskModel::from_toml(&format!(
+            "{}\n{}",
+            crate::model::DEFAULT_MODEL_TOML,
+            crate::model::tests::SEGMENTS_TOML
+        ))
+        .expect("valid")
+    }
+
+    #[test]
+    fn states_without_a_segment_are_written_as_version_2() {
+        let m = RiskModel::default_model();
+        let mut bytes = Vec::new();
+        encode_state(&m, &sample(&m), &mut bytes);
+        assert_eq!(bytes[0], 2, "readable by releases before segments");
+        let seg = segmented();
+        let mut again = Vec::new();
+        encode_state(&seg, &sample(&seg), &mut again);
+        assert_eq!(again, bytes, "no segment seen: the same bytes");
+        let mut clock = Vec::new();
+        encode_clock(
+            &PartitionClock {
+                watermark_ms: 1,
+                max_event_ms: None,
+            },
+            &mut clock,
+        );
+        assert_eq!(clock[0], 2, "clock records keep their version");
+    }
+
+    #[test]
+    fn segments_round_trip_by_name_across_models() {
+        let m = segmented();
+        let mut s = sample(&m);
+        s.set_segment(m.segment_index("free"), 1_700_000_000_000);
+        let mut bytes = Vec::new();
+        encode_state(&m, &s, &mut bytes);
+        assert_eq!(bytes[0], 3);
+        assert_eq!(decode_state(&m, &bytes).expect("decodes"), s);
+        // A model that declares another value first: found by name.
+        let mut spec = m.spec().clone();
+        let segments = spec.segments.as_mut().expect("segments");
+        segments.values.insert("aaa".into(), Default::default());
+        let moved = RiskModel::from_spec(spec.clone()).expect("valid");
+        let back = decode_state(&moved, &bytes).expect("decodes");
+        assert_eq!(moved.segment_name(back.segment()), Some("free"));
+        assert_eq!(back.segment_ms, s.segment_ms);
+        // One that no longer declares it: the default segment.
+        spec.segments
+            .as_mut()
+            .expect("segments")
+            .values
+            .remove("free");
+        let dropped = RiskModel::from_spec(spec).expect("valid");
+        let back = decode_state(&dropped, &bytes).expect("decodes");
+        assert_eq!(back.segment(), 0);
+        // One without segments: forgotten, and written as version 2 again.
+        let plain = RiskModel::default_model();
+        let back = decode_state(&plain, &bytes).expect("decodes");
+        assert_eq!(back.segment_ms, i64::MIN);
+        let mut out = Vec::new();
+        encode_state(&plain, &back, &mut out);
+        assert_eq!(out[0], 2);
+        // The default segment is stored as an empty name.
+        s.set_segment(0, 1_800_000_000_000);
+        let mut bytes = Vec::new();
+        encode_state(&m, &s, &mut bytes);
+        assert_eq!(&bytes[bytes.len() - 1..], [0]);
+        assert_eq!(decode_state(&m, &bytes).expect("decodes"), s);
+    }
+
     #[test]
     fn version_1_records_still_restore() {
         let m = RiskModel::default_model();

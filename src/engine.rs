@@ -1199,6 +1199,137 @@ mod tests {
         }
     }
 
+    /// An event whose `properties` say `{"plan": plan}`.
+    fn ev_on(id: &str, kind: &str, t: i64, plan: &str) -> CustomerEvent<'static> {
+        CustomerEvent {
+            properties: Some(Cow::Owned(serde_json::json!({ "plan": plan }).to_string())),
+            ..ev(id, kind, t, None)
+        }
+    }
+
+    fn segmented() -> RiskModel {
+        RiskModel::from_toml(&format!(
+            "{}\n{}",
+            crate::model::DEFAULT_MODEL_TOML,
+            crate::model::tests::SEGMENTS_TOML
+        ))
+        .expect("valid")
+    }
+
+    #[test]
+    fn segment_thresholds_decide_who_alerts() {
+        let m = segmented();
+        let mut store = CustomerStore::new();
+        // The same two events for three customers: a login, then a complaint.
+        let mut decided = Vec::new();
+        for (id, plan) in [("e", "enterprise"), ("s", "startup"), ("f", "free")] {
+            store.apply(&m, &ev_on(id, "login", 0, plan), None, true);
+            let ApplyOutcome::Scored {
+                risk_score,
+                decision,
+                ..
+            } = store.apply(&m, &ev(id, "complaint", DAY, None), None, true)
+            else {
+                panic!("applied");
+            };
+            decided.push((id, risk_score, decision));
+        }
+        let (_, risk, decision) = decided[0];
+        assert!((60.0..75.0).contains(&risk), "{risk}");
+        let decision = decision.expect("enterprise alerts at 60");
+        assert_eq!(
+            (decision.kind, decision.threshold),
+            (AlertKind::AtRisk, 60.0)
+        );
+        assert_eq!(m.segment_name(decision.segment), Some("enterprise"));
+        // "startup" is not declared: the default segment, [alert]'s 75.
+        assert_eq!(decided[1].1, risk, "identical behaviour, identical score");
+        assert_eq!(decided[1].2, None);
+        assert_eq!(store.get("s").map(CustomerState::segment), Some(0));
+        // "free" counts a ticket as 1 point, not 5; a complaint as usual.
+        assert_eq!(decided[2].2, None);
+        let free = store.get("f").expect("f");
+        assert_eq!(m.segment_name(free.segment()), Some("free"));
+        let mut ticket = free.clone();
+        let mut plain = store.get("s").expect("s").clone();
+        let t = m.kind_of("support_ticket");
+        ticket.apply(&m, t, 2 * DAY, None);
+        plain.apply(&m, t, 2 * DAY, None);
+        let points = |s: &CustomerState| {
+            s.explain(&m, 2 * DAY)
+                .reasons
+                .iter()
+                .find(|r| r.factor == "event:support_ticket")
+                .map(|r| r.points)
+        };
+        assert_eq!(points(&ticket), Some(1.0));
+        assert_eq!(points(&plain), Some(5.0));
+    }
+
+    #[test]
+    fn the_segment_is_the_latest_events_whatever_the_order() {
+        let m = segmented();
+        let events = [
+            ev_on("c", "login", DAY, "free"),
+            ev("c", "login", 3 * DAY, None),
+            ev_on("c", "login", 2 * DAY, "enterprise"),
+            ev_on("c", "login", 0, "startup"),
+        ];
+        let mut orders = vec![vec![0, 1, 2, 3], vec![3, 2, 1, 0], vec![1, 3, 0, 2]];
+        orders.push(vec![2, 0, 3, 1]);
+        let mut seen = Vec::new();
+        for order in orders {
+            let mut store = CustomerStore::new();
+            for i in order {
+                store.apply(&m, &events[i], None, false);
+            }
+            let state = store.get("c").expect("c");
+            seen.push((state.segment, state.segment_ms));
+        }
+        // Counters agree up to rounding (tests/engine_properties.rs); the segment exactly.
+        assert!(seen.iter().all(|s| *s == (1, 2 * DAY)), "{seen:?}");
+        assert_eq!(m.segment_name(seen[0].0), Some("enterprise"));
+        // A value the model does not declare moves the customer to the default.
+        let mut store = CustomerStore::new();
+        store.apply(&m, &events[2], None, true);
+        store.apply(&m, &ev_on("c", "login", 4 * DAY, "trial"), None, true);
+        assert_eq!(store.get("c").map(CustomerState::segment), Some(0));
+        // A model without segments never reads the property.
+        let plain = RiskModel::default_model();
+        let mut store = CustomerStore::new();
+        store.apply(&plain, &events[2], None, true);
+        assert_eq!(store.get("c").map(|s| s.segment_ms), Some(NEVER));
+    }
+
+    #[test]
+    fn a_reload_keeps_segments_by_name() {
+        let old = segmented();
+        let mut spec = old.spec().clone();
+        let segments = spec.segments.as_mut().expect("segments");
+        // "aaa" sorts first: every index moves; "free" is dropped.
+        segments.values.insert("aaa".into(), Default::default());
+        segments.values.remove("free");
+        let new = RiskModel::from_spec(spec).expect("valid");
+        let mut store = CustomerStore::new();
+        store.apply(&old, &ev_on("e", "login", 0, "enterprise"), None, true);
+        store.apply(&old, &ev_on("f", "login", 0, "free"), None, true);
+        store.adopt_model(&old, &new, 0);
+        let name = |id: &str, m: &RiskModel| {
+            store
+                .get(id)
+                .and_then(|s| m.segment_name(s.segment()))
+                .map(str::to_string)
+        };
+        assert_eq!(name("e", &new).as_deref(), Some("enterprise"));
+        assert_eq!(name("f", &new).as_deref(), Some("self-serve"));
+        let plain = RiskModel::default_model();
+        store.adopt_model(&new, &plain, 0);
+        assert_eq!(
+            store.get("e").map(|s| (s.segment, s.segment_ms)),
+            Some((0, NEVER))
+        );
+    }
+
     #[test]
     fn explanation_adds_up_and_matches_the_fast_path() {
         let m = RiskModel::default_model();

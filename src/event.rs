@@ -429,7 +429,10 @@ mod tests {
             Some("pro"),
             "nested keys are not the property"
         );
-        assert_eq!(read(r#"{"pl\u0061n":"caf\u00e9"}"#).as_deref(), Some("café"));
+        assert_eq!(
+            read(r#"{"pl\u0061n":"caf\u00e9"}"#).as_deref(),
+            Some("café")
+        );
         assert_eq!(read(r#"{"plan":"a","plan":"b"}"#).as_deref(), Some("b"));
         for other in [
             r#"{"plan":3}"#,

@@ -822,9 +822,7 @@ fn compile_segments(
         names.push(name.clone());
         policies.push(AlertPolicy {
             at_risk_threshold: rule.at_risk_threshold.unwrap_or(alert.at_risk_threshold),
-            recovery_threshold: rule
-                .recovery_threshold
-                .unwrap_or(alert.recovery_threshold),
+            recovery_threshold: rule.recovery_threshold.unwrap_or(alert.recovery_threshold),
             cooldown_hours: alert.cooldown_hours,
         });
         let base = points.len();
@@ -1140,7 +1138,7 @@ fn check_label(key: &str, label: Option<&str>) -> Result<(), ModelError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -1254,6 +1252,125 @@ mod tests {
         })
         .expect_err("blank label");
         assert_eq!(key_of(e), "inactivity.label");
+    }
+
+    /// The default model with segments by `plan`.
+    pub(crate) const SEGMENTS_TOML: &str = r#"
+[segments]
+property = "plan"
+default = "self-serve"
+
+[segments.values.enterprise]
+at_risk_threshold = 60.0
+recovery_threshold = 40.0
+
+[segments.values.free]
+at_risk_threshold = 90.0
+
+[segments.values.free.points]
+support_ticket = 1.0
+"#;
+
+    #[test]
+    fn segments_compile_with_their_own_thresholds_and_points() {
+        let m =
+            RiskModel::from_toml(&format!("{DEFAULT_MODEL_TOML}\n{SEGMENTS_TOML}")).expect("valid");
+        assert!(m.has_segments());
+        assert_eq!(m.segment_property(), Some("plan"));
+        assert_eq!(m.segment_names(), ["self-serve", "enterprise", "free"]);
+        let ent = m.segment_index("enterprise");
+        let free = m.segment_index("free");
+        assert_eq!((ent, free), (1, 2));
+        assert_eq!(
+            m.segment_index("trial"),
+            0,
+            "undeclared values: the default"
+        );
+        assert_eq!(m.segment_index(&"x".repeat(65)), 0);
+        assert_eq!(m.segment_name(0), Some("self-serve"));
+        assert_eq!(m.declared_segment("self-serve"), None);
+        let alert = m.alert_policy().clone();
+        assert_eq!(m.alert_policy_for(0), &alert);
+        assert_eq!(m.alert_policy_for(ent).at_risk_threshold, 60.0);
+        assert_eq!(m.alert_policy_for(ent).recovery_threshold, 40.0);
+        assert_eq!(m.alert_policy_for(free).at_risk_threshold, 90.0);
+        assert_eq!(
+            m.alert_policy_for(free).recovery_threshold,
+            alert.recovery_threshold
+        );
+        assert_eq!(
+            m.alert_policy_for(free).cooldown_hours,
+            alert.cooldown_hours
+        );
+        let ticket = usize::from(m.kind_of("support_ticket").expect("named"));
+        assert_eq!(m.event_points(free, ticket), 1.0);
+        assert_eq!(m.event_points(ent, ticket), 5.0);
+        assert_eq!(m.event_points(0, ticket), 5.0);
+        let plain = RiskModel::default_model();
+        assert!(!plain.has_segments());
+        assert_eq!(plain.segment_name(0), None);
+        assert_eq!(plain.alert_policy_for(3), plain.alert_policy());
+    }
+
+    #[test]
+    fn segment_errors_name_the_key() {
+        let load = |extra: &str| {
+            RiskModel::from_toml(&format!("{DEFAULT_MODEL_TOML}\n{extra}"))
+                .map(|_| ())
+                .map_err(key_of)
+        };
+        let cases = [
+            (
+                "[segments]\nproperty = \"plan\"\n[segments.values.pro]\nat_risk_threshold = 101.0\n",
+                "segments.values.pro.at_risk_threshold",
+            ),
+            (
+                "[segments]\nproperty = \"plan\"\n[segments.values.pro]\nat_risk_threshold = 50.0\n",
+                "segments.values.pro.at_risk_threshold",
+            ),
+            (
+                "[segments]\nproperty = \"plan\"\n[segments.values.pro]\nrecovery_threshold = 80.0\n",
+                "segments.values.pro.recovery_threshold",
+            ),
+            (
+                "[segments]\nproperty = \"plan\"\n[segments.values.pro.points]\nno_such_type = 1.0\n",
+                "segments.values.pro.points.no_such_type",
+            ),
+            (
+                "[segments]\nproperty = \"\"\n[segments.values.pro]\n",
+                "segments.property",
+            ),
+            (
+                "[segments]\nproperty = \"plan\"\ndefault = \"pro\"\n[segments.values.pro]\n",
+                "segments.default",
+            ),
+            (
+                "[segments]\nproperty = \"plan\"\nvalues = {}\n",
+                "segments.values",
+            ),
+            (
+                "[segments]\nproperty = \"plan\"\n[segments.values.pro]\nbogus = 1\n",
+                "segments.values.pro",
+            ),
+        ];
+        for (extra, key) in cases {
+            let got = load(extra).expect_err(extra);
+            assert!(got.starts_with(key), "{extra}: {got}");
+        }
+        let many: String = (0..=MAX_SEGMENTS)
+            .map(|i| format!("[segments.values.s{i}]\n"))
+            .collect();
+        assert_eq!(
+            load(&format!("[segments]\nproperty = \"plan\"\n{many}")),
+            Err("segments.values".to_string())
+        );
+        let long = "x".repeat(MAX_SEGMENT_NAME_BYTES + 1);
+        assert_eq!(
+            load(&format!(
+                "[segments]\nproperty = \"plan\"\n[segments.values.{long}]\n"
+            )),
+            Err(format!("segments.values.{long}"))
+        );
     }
 
     #[test]
