@@ -66,7 +66,8 @@ fn wait_all_committed(bootstrap: &str, partitions: i32, timeout: Duration) {
     loop {
         let done = (0..partitions).all(|p| {
             let end = high_watermark(bootstrap, "customer-events", p);
-            end == 0 || committed_offset(bootstrap, "churn-scorer", "customer-events", p) == Some(end)
+            end == 0
+                || committed_offset(bootstrap, "churn-scorer", "customer-events", p) == Some(end)
         });
         if done {
             return;
@@ -142,12 +143,21 @@ fn segment_thresholds_change_which_customers_alert_and_survive_a_restart() {
     let std = customer_with_events(worker.http, "std-1", 2, Duration::from_secs(30));
     let free = customer_with_events(worker.http, "free-1", 2, Duration::from_secs(30));
     assert_eq!(ent["segment"], "enterprise");
-    assert_eq!(std["segment"], "self-serve", "an undeclared plan: the default");
+    assert_eq!(
+        std["segment"], "self-serve",
+        "an undeclared plan: the default"
+    );
     assert_eq!(free["segment"], "free");
     let risk = ent["risk_score"].as_f64().expect("risk");
-    assert!((60.0..75.0).contains(&risk), "between the thresholds: {risk}");
+    assert!(
+        (60.0..75.0).contains(&risk),
+        "between the thresholds: {risk}"
+    );
     for other in [&std, &free] {
-        assert_eq!(other["risk_score"], ent["risk_score"], "identical behaviour");
+        assert_eq!(
+            other["risk_score"], ent["risk_score"],
+            "identical behaviour"
+        );
     }
     // The band follows the segment's thresholds too.
     assert_eq!(ent["band"], "high");
@@ -209,7 +219,9 @@ fn alerts_of_a_model_without_segments_say_null_and_keep_their_ids() {
             ..
         } = store.apply(&model, &event, None, true)
         {
-            let explanation = store.state(customer).explain(&model, decision.event_time_ms);
+            let explanation = store
+                .state(customer)
+                .explain(&model, decision.event_time_ms);
             alerts.push(Alert::new("c", &decision, &explanation, &model));
         }
     }
@@ -220,12 +232,7 @@ fn alerts_of_a_model_without_segments_say_null_and_keep_their_ids() {
     assert!(json["segment"].is_null() && json.get("segment").is_some());
     assert_eq!(
         alert.alert_id,
-        churn_scorer::alert::alert_id(
-            "c",
-            "at_risk",
-            T0_MS + DAY_MS + 1,
-            model.version()
-        )
+        churn_scorer::alert::alert_id("c", "at_risk", T0_MS + DAY_MS + 1, model.version())
     );
 }
 
@@ -249,8 +256,8 @@ fn backtest_reports_figures_per_segment() {
     let events = lines.join("\n");
     let labels = Labels::from_pairs(labels.iter().map(|(id, c)| (id.as_str(), *c)));
     let cutoff = T0_MS + 2 * DAY_MS;
-    let bt = run_backtest(&model, events.as_bytes(), &labels, cutoff, true, |_| {})
-        .expect("backtest");
+    let bt =
+        run_backtest(&model, events.as_bytes(), &labels, cutoff, true, |_| {}).expect("backtest");
     let s = &bt.summary;
     let names: Vec<&str> = s.segments.iter().map(|g| g.segment.as_str()).collect();
     assert_eq!(names, ["self-serve", "enterprise", "free"]);

@@ -360,7 +360,11 @@ fn summarise(
     let scored_churned = probabilities.iter().filter(|p| p.1).count() as u64;
     let scored_retained = scored - scored_churned;
 
-    let alerts = alert_volume(model, customers.iter(), model.alert_policy().at_risk_threshold);
+    let alerts = alert_volume(
+        model,
+        customers.iter(),
+        model.alert_policy().at_risk_threshold,
+    );
     let segments = model
         .segment_names()
         .iter()
