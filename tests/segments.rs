@@ -203,6 +203,78 @@ fn segment_thresholds_change_which_customers_alert_and_survive_a_restart() {
 }
 
 #[test]
+fn a_reload_keeps_each_customers_segment_by_name() {
+    const ADMIN: &str = "s3cret-admin";
+    let broker = broker(2);
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let model_path = dir.path().join("model.toml");
+    std::fs::write(&model_path, segmented_text()).expect("write model");
+    let model = RiskModel::load(&model_path).expect("valid model");
+    let mut config = worker_config(&bootstrap);
+    config.model.path = Some(model_path.clone());
+    config.http.admin_token = Some(ADMIN.into());
+    config.pipeline.threads = 2;
+    config.engine.idle_timeout_secs = 3600;
+    let worker = RunningWorker::start(config, model);
+    produce_events(
+        &bootstrap,
+        "customer-events",
+        &[
+            event_on("ent-1", "login", T0_MS, Some("enterprise")),
+            event_on("free-1", "login", T0_MS, Some("free")),
+        ],
+    );
+    customer_with_events(worker.http, "ent-1", 1, Duration::from_secs(30));
+    customer_with_events(worker.http, "free-1", 1, Duration::from_secs(30));
+
+    // The new model declares a value sorting first (every index moves),
+    // moves enterprise's threshold to 65 and no longer declares free.
+    let next = format!(
+        "{}\n[segments.values.aaa]\n",
+        segmented_text()
+            .replace("default-2026.12", "segments-2")
+            .replace("at_risk_threshold = 60.0", "at_risk_threshold = 65.0")
+            .replace("[segments.values.free]\nat_risk_threshold = 90.0\n", "")
+    );
+    let reloaded = RiskModel::from_toml(&next).expect("valid model");
+    assert_eq!(reloaded.version(), "segments-2");
+    assert_eq!(
+        reloaded.segment_names(),
+        ["self-serve", "aaa", "enterprise"]
+    );
+    std::fs::write(&model_path, &next).expect("write model");
+    let (status, body) = http_request(worker.http, "POST", "/admin/reload", Some(ADMIN));
+    assert_eq!(status, 200, "{body}");
+    let ent = customer_with_events(worker.http, "ent-1", 1, Duration::from_secs(5));
+    assert_eq!(ent["model_version"], "segments-2");
+    assert_eq!(ent["segment"], "enterprise", "found again by name");
+    let free = customer_with_events(worker.http, "free-1", 1, Duration::from_secs(5));
+    assert_eq!(
+        free["segment"], "self-serve",
+        "no longer declared: the default"
+    );
+
+    produce_events(
+        &bootstrap,
+        "customer-events",
+        &[
+            event_on("ent-1", "complaint", T0_MS + DAY_MS, None),
+            event_on("free-1", "complaint", T0_MS + DAY_MS, None),
+        ],
+    );
+    customer_with_events(worker.http, "ent-1", 2, Duration::from_secs(30));
+    customer_with_events(worker.http, "free-1", 2, Duration::from_secs(30));
+    wait_all_committed(&bootstrap, 2, Duration::from_secs(30));
+    let alerts = read_alerts(&bootstrap, Duration::from_secs(2));
+    assert_eq!(at_risk_ids(&alerts), ["ent-1"], "{alerts:?}");
+    assert_eq!(alerts[0].segment.as_deref(), Some("enterprise"));
+    assert_eq!(alerts[0].threshold, 65.0);
+    assert_eq!(alerts[0].model_version, "segments-2");
+    worker.stop().expect("clean stop");
+}
+
+#[test]
 fn alerts_of_a_model_without_segments_say_null_and_keep_their_ids() {
     let model = RiskModel::default_model();
     let mut store = churn_scorer::engine::CustomerStore::new();
