@@ -362,6 +362,13 @@ fn backtest_reports_figures_per_segment() {
     let v: serde_json::Value = serde_json::from_slice(&json).expect("json");
     assert_eq!(v["segments"][1]["segment"], "enterprise");
     assert_eq!(v["segments"][1]["alerts"]["customers"], 3);
+    let html =
+        churn_scorer::analysis::report::render_html(&bt, "segments", &[]).expect("report renders");
+    assert!(
+        html.contains("<h2 id=\"segments\">Segments</h2>")
+            && html.contains("<td class=\"name\">enterprise</td>"),
+        "the report has a table per segment"
+    );
 
     // A model without segments reports none.
     let plain = run_backtest(
