@@ -61,6 +61,7 @@ fn main() {
                 timestamp_ms: start_ms + i64::from(round) * 3 * DAY + rng.random_range(0..DAY),
                 amount: (kind == "purchase" || kind == "renewal")
                     .then(|| rng.random_range(5.0..200.0)),
+                properties: None,
             };
             store.apply(&model, &event, None, true);
             events += 1;

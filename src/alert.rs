@@ -61,6 +61,11 @@ pub struct Alert {
     /// `late_activity` (a late event showed an inactivity alert was false).
     #[serde(default)]
     pub cause: String,
+    /// The customer's segment when the alert was decided (its thresholds
+    /// are the ones crossed); `None` (JSON null) when the model has no
+    /// `[segments]`. Not part of the alert id.
+    #[serde(default)]
+    pub segment: Option<String>,
 }
 
 /// What an alert needs from the model: its version and the factors' labels.
@@ -72,6 +77,10 @@ pub trait AlertModel {
     fn alert_model_version(&self) -> &str;
     /// The label of a factor code.
     fn factor_label(&self, factor: &str) -> String;
+    /// The name of a segment index, or `None` for a model without segments.
+    fn alert_segment_name(&self, _segment: u8) -> Option<&str> {
+        None
+    }
 }
 
 impl AlertModel for RiskModel {
@@ -80,6 +89,9 @@ impl AlertModel for RiskModel {
     }
     fn factor_label(&self, factor: &str) -> String {
         self.label(factor)
+    }
+    fn alert_segment_name(&self, segment: u8) -> Option<&str> {
+        self.segment_name(segment)
     }
 }
 
@@ -99,6 +111,9 @@ impl<T: AlertModel + ?Sized> AlertModel for &T {
     fn factor_label(&self, factor: &str) -> String {
         (**self).factor_label(factor)
     }
+    fn alert_segment_name(&self, segment: u8) -> Option<&str> {
+        (**self).alert_segment_name(segment)
+    }
 }
 
 impl<T: AlertModel + ?Sized> AlertModel for std::sync::Arc<T> {
@@ -107,6 +122,9 @@ impl<T: AlertModel + ?Sized> AlertModel for std::sync::Arc<T> {
     }
     fn factor_label(&self, factor: &str) -> String {
         (**self).factor_label(factor)
+    }
+    fn alert_segment_name(&self, segment: u8) -> Option<&str> {
+        (**self).alert_segment_name(segment)
     }
 }
 
@@ -163,6 +181,9 @@ impl Alert {
             event_time: format_timestamp_ms(decision.event_time_ms),
             model_version: model_version.to_string(),
             cause: decision.cause.as_str().to_string(),
+            segment: model
+                .alert_segment_name(decision.segment)
+                .map(str::to_string),
         }
     }
 
@@ -172,7 +193,10 @@ impl Alert {
     }
 }
 
-/// UUID v5 of (customer, kind, event time, model version).
+/// UUID v5 of (customer, kind, event time, model version). The segment is
+/// left out on purpose: ids are subscribers' idempotency keys, and those of
+/// models without segments must not change (a customer's segment at a
+/// moment is fixed by the events anyway).
 pub fn alert_id(customer_id: &str, kind: &str, event_time_ms: i64, model_version: &str) -> String {
     // Length-prefixed fields so that no two different tuples share a name.
     let name = format!(

@@ -1,11 +1,11 @@
 //! The versioned binary encoding of [`CustomerState`] written to the state
 //! changelog topic.
 //!
-//! Record value, format version 2 (all integers and floats little-endian):
+//! Record value, format version 2 or 3 (all integers and floats little-endian):
 //!
 //! | bytes | field |
 //! |---|---|
-//! | 1 | format version (`2`) |
+//! | 1 | format version (`2` or `3`) |
 //! | 8 × 5 | first event, last event (ms), last input offset, last alert (ms), next inactivity step (ms; `i64::MAX`: all steps fired, `i64::MIN`: none scheduled) |
 //! | 8 × 3 | recent activity, long-run activity, spend (f64, decayed to the last event) |
 //! | 4 | previous risk score (f32) |
@@ -13,6 +13,14 @@
 //! | 1 | flags (bit 0: at-risk alert open; bit 1: opened by an inactivity step) |
 //! | 1 | number of event-type counters *n* |
 //! | n × (1 + len + 8) | name length, event type name, decayed count (f64) |
+//! | version 3 only: 8 + 1 + len | event time (ms) of the latest event that carried the segment property, name length, segment name (empty: the model's default segment) |
+//!
+//! A state with a segment is written as version 3; one without (every state
+//! of a model without `[segments]`) as version 2, byte for byte as before,
+//! so a release that predates segments still reads it. Segments, like event
+//! types, are stored by name: a segment the restoring model does not
+//! declare becomes its default segment, and a model without segments drops
+//! it.
 //!
 //! Event types are stored by name, not by their index in the model, so a
 //! state written under one model restores under a model that names more,
@@ -37,8 +45,13 @@
 use crate::engine::CustomerState;
 use crate::model::RiskModel;
 
-/// The format version this release writes.
-pub const STATE_FORMAT_VERSION: u8 = 2;
+/// The newest format version this release writes (see the module
+/// documentation: version 3 only for states with a segment).
+pub const STATE_FORMAT_VERSION: u8 = 3;
+
+/// The format version of states without a segment, and of the clock and
+/// deletion-position records (unchanged since version 2).
+const FORMAT_VERSION_2: u8 = 2;
 
 /// Oldest format version this release reads.
 const OLDEST_READABLE_VERSION: u8 = 1;
@@ -53,7 +66,7 @@ pub const DELETION_POSITION_KEY: &[u8] = b"\x00churn-scorer/deletion-position";
 
 /// Encodes a deletion-topic position (the next offset to read), appending to `out`.
 pub fn encode_position(next_offset: i64, out: &mut Vec<u8>) {
-    out.push(STATE_FORMAT_VERSION);
+    out.push(FORMAT_VERSION_2);
     out.extend_from_slice(&next_offset.to_le_bytes());
 }
 
@@ -63,7 +76,7 @@ pub fn decode_position(bytes: &[u8]) -> Result<i64, StateDecodeError> {
     let version = r
         .u8()
         .map_err(|_| StateDecodeError::Malformed("empty record"))?;
-    if version != STATE_FORMAT_VERSION {
+    if version != FORMAT_VERSION_2 {
         return Err(StateDecodeError::UnknownVersion(version));
     }
     let next = r.i64()?;
@@ -84,7 +97,7 @@ pub struct PartitionClock {
 
 /// Encodes a partition's clock, appending to `out`.
 pub fn encode_clock(clock: &PartitionClock, out: &mut Vec<u8>) {
-    out.push(STATE_FORMAT_VERSION);
+    out.push(FORMAT_VERSION_2);
     out.extend_from_slice(&clock.watermark_ms.to_le_bytes());
     out.extend_from_slice(&clock.max_event_ms.unwrap_or(i64::MIN).to_le_bytes());
 }
@@ -95,7 +108,7 @@ pub fn decode_clock(bytes: &[u8]) -> Result<PartitionClock, StateDecodeError> {
     let version = r
         .u8()
         .map_err(|_| StateDecodeError::Malformed("empty record"))?;
-    if version != STATE_FORMAT_VERSION {
+    if version != FORMAT_VERSION_2 {
         return Err(StateDecodeError::UnknownVersion(version));
     }
     let watermark_ms = r.i64()?;
@@ -128,7 +141,12 @@ pub enum StateDecodeError {
 /// Encodes a state, appending to `out`.
 pub fn encode_state(model: &RiskModel, state: &CustomerState, out: &mut Vec<u8>) {
     out.reserve(FIXED_LEN + 16 * state.type_counts.len());
-    out.push(STATE_FORMAT_VERSION);
+    let with_segment = state.segment_ms != i64::MIN;
+    out.push(if with_segment {
+        STATE_FORMAT_VERSION
+    } else {
+        FORMAT_VERSION_2
+    });
     for v in [
         state.first_event_ms,
         state.last_event_ms,
@@ -156,6 +174,16 @@ pub fn encode_state(model: &RiskModel, state: &CustomerState, out: &mut Vec<u8>)
         out.extend_from_slice(&state.type_counts[slot].to_le_bytes());
         mask &= mask - 1;
         slot += 1;
+    }
+    if with_segment {
+        out.extend_from_slice(&state.segment_ms.to_le_bytes());
+        // Model validation keeps segment names ≤ 64 bytes.
+        let name = match state.segment {
+            0 => "",
+            k => model.segment_name(k).unwrap_or(""),
+        };
+        out.push(name.len() as u8);
+        out.extend_from_slice(name.as_bytes());
     }
 }
 
@@ -213,6 +241,8 @@ pub fn decode_state(model: &RiskModel, bytes: &[u8]) -> Result<CustomerState, St
         alert_by_inactivity: false,
         type_mask: 0,
         type_counts: Box::new([]),
+        segment: 0,
+        segment_ms: i64::MIN,
     };
     let flags = r.u8()?;
     state.alert_open = flags & 1 == 1;
@@ -226,6 +256,16 @@ pub fn decode_state(model: &RiskModel, bytes: &[u8]) -> Result<CustomerState, St
         let count = r.f64()?;
         if let Some(k) = model.kind_of(name) {
             counts.push((k, count));
+        }
+    }
+    if version >= 3 {
+        let segment_ms = r.i64()?;
+        let len = usize::from(r.u8()?);
+        let name = std::str::from_utf8(r.take(len)?)
+            .map_err(|_| StateDecodeError::Malformed("segment name is not UTF-8"))?;
+        if model.has_segments() && segment_ms != i64::MIN {
+            state.segment_ms = segment_ms;
+            state.segment = model.declared_segment(name).unwrap_or(0);
         }
     }
     if !r.bytes.is_empty() {
@@ -316,6 +356,77 @@ mod tests {
         };
         assert_eq!(pts(&e, "event:complaint"), pts(&orig, "event:complaint"));
         assert!(back.type_mask & (1 << complaint) != 0);
+    }
+
+    fn segmented() -> RiskModel {
+        RiskModel::from_toml(&format!(
+            "{}\n{}",
+            crate::model::DEFAULT_MODEL_TOML,
+            crate::model::tests::SEGMENTS_TOML
+        ))
+        .expect("valid")
+    }
+
+    #[test]
+    fn states_without_a_segment_are_written_as_version_2() {
+        let m = RiskModel::default_model();
+        let mut bytes = Vec::new();
+        encode_state(&m, &sample(&m), &mut bytes);
+        assert_eq!(bytes[0], 2, "readable by releases before segments");
+        let seg = segmented();
+        let mut again = Vec::new();
+        encode_state(&seg, &sample(&seg), &mut again);
+        assert_eq!(again, bytes, "no segment seen: the same bytes");
+        let mut clock = Vec::new();
+        encode_clock(
+            &PartitionClock {
+                watermark_ms: 1,
+                max_event_ms: None,
+            },
+            &mut clock,
+        );
+        assert_eq!(clock[0], 2, "clock records keep their version");
+    }
+
+    #[test]
+    fn segments_round_trip_by_name_across_models() {
+        let m = segmented();
+        let mut s = sample(&m);
+        s.set_segment(m.segment_index("free"), 1_700_000_000_000);
+        let mut bytes = Vec::new();
+        encode_state(&m, &s, &mut bytes);
+        assert_eq!(bytes[0], 3);
+        assert_eq!(decode_state(&m, &bytes).expect("decodes"), s);
+        // A model that declares another value first: found by name.
+        let mut spec = m.spec().clone();
+        let segments = spec.segments.as_mut().expect("segments");
+        segments.values.insert("aaa".into(), Default::default());
+        let moved = RiskModel::from_spec(spec.clone()).expect("valid");
+        let back = decode_state(&moved, &bytes).expect("decodes");
+        assert_eq!(moved.segment_name(back.segment()), Some("free"));
+        assert_eq!(back.segment_ms, s.segment_ms);
+        // One that no longer declares it: the default segment.
+        spec.segments
+            .as_mut()
+            .expect("segments")
+            .values
+            .remove("free");
+        let dropped = RiskModel::from_spec(spec).expect("valid");
+        let back = decode_state(&dropped, &bytes).expect("decodes");
+        assert_eq!(back.segment(), 0);
+        // One without segments: forgotten, and written as version 2 again.
+        let plain = RiskModel::default_model();
+        let back = decode_state(&plain, &bytes).expect("decodes");
+        assert_eq!(back.segment_ms, i64::MIN);
+        let mut out = Vec::new();
+        encode_state(&plain, &back, &mut out);
+        assert_eq!(out[0], 2);
+        // The default segment is stored as an empty name.
+        s.set_segment(0, 1_800_000_000_000);
+        let mut bytes = Vec::new();
+        encode_state(&m, &s, &mut bytes);
+        assert_eq!(&bytes[bytes.len() - 1..], [0]);
+        assert_eq!(decode_state(&m, &bytes).expect("decodes"), s);
     }
 
     #[test]

@@ -52,6 +52,11 @@ pub struct CustomerState {
     pub(crate) alert_by_inactivity: bool,
     pub(crate) type_mask: u64,
     pub(crate) type_counts: Box<[f64]>,
+    /// The customer's segment (an index into the model's segments; 0: the
+    /// default segment), from the latest event carrying the segment property.
+    pub(crate) segment: u8,
+    /// Event time of that event ([`NEVER`]: no event carried it).
+    pub(crate) segment_ms: i64,
 }
 
 impl Default for CustomerState {
@@ -71,6 +76,8 @@ impl Default for CustomerState {
             alert_by_inactivity: false,
             type_mask: 0,
             type_counts: Box::new([]),
+            segment: 0,
+            segment_ms: NEVER,
         }
     }
 }
@@ -237,6 +244,9 @@ pub struct AlertDecision {
     pub event_time_ms: i64,
     /// What triggered it.
     pub cause: AlertCause,
+    /// The customer's segment when it was decided (0 for a model without
+    /// segments; see [`RiskModel::segment_name`]).
+    pub segment: u8,
 }
 
 impl CustomerState {
@@ -263,6 +273,27 @@ impl CustomerState {
     /// Whether an at-risk alert is open.
     pub fn alert_open(&self) -> bool {
         self.alert_open
+    }
+
+    /// The customer's segment: an index into the model's segments (0: the
+    /// default segment, also for a model without segments). Name it with
+    /// [`RiskModel::segment_name`].
+    pub fn segment(&self) -> u8 {
+        self.segment
+    }
+
+    /// Puts the customer in `segment`, as an event at `t_ms` carrying the
+    /// segment property says, unless an event later in event time already
+    /// did: the segment is that of the latest such event whatever order
+    /// events arrive in (at the same millisecond, the higher index wins).
+    pub fn set_segment(&mut self, segment: u8, t_ms: i64) {
+        if self.segment_ms == NEVER
+            || t_ms > self.segment_ms
+            || (t_ms == self.segment_ms && segment > self.segment)
+        {
+            self.segment = segment;
+            self.segment_ms = t_ms;
+        }
     }
 
     /// Applies one event at its own event time.
@@ -319,6 +350,22 @@ impl CustomerState {
         counts.sort_by_key(|(k, _)| *k);
         self.type_mask = counts.iter().fold(0, |m, (k, _)| m | (1 << k));
         self.type_counts = counts.into_iter().map(|(_, c)| c).collect();
+        self.remap_segment(old, new);
+    }
+
+    /// Re-keys the segment, held as `old`'s index, to `new`'s by name: a
+    /// segment `new` does not declare becomes its default segment, and a
+    /// `new` without segments forgets it (as a restore does).
+    pub(crate) fn remap_segment(&mut self, old: &RiskModel, new: &RiskModel) {
+        if !new.has_segments() {
+            self.segment = 0;
+            self.segment_ms = NEVER;
+            return;
+        }
+        self.segment = match (self.segment, old.segment_name(self.segment)) {
+            (0, _) | (_, None) => 0,
+            (_, Some(name)) => new.declared_segment(name).unwrap_or(0),
+        };
     }
 
     /// Moves every counter's reference time forward to `t_ms`.
@@ -382,8 +429,9 @@ impl CustomerState {
         while mask != 0 {
             let k = mask.trailing_zeros() as usize;
             let kind = &model.kinds()[k];
-            let count = held_or_faded(self.type_counts[slot], kind.points, &mut cache, kind.group);
-            sink(Factor::Event(k as u8), count.min(kind.cap), kind.points);
+            let points = model.event_points(self.segment, k);
+            let count = held_or_faded(self.type_counts[slot], points, &mut cache, kind.group);
+            sink(Factor::Event(k as u8), count.min(kind.cap), points);
             mask &= mask - 1;
             slot += 1;
         }
@@ -561,6 +609,7 @@ impl CustomerState {
             return None;
         }
         let cooldown_ms = (policy.cooldown_hours * MS_PER_HOUR) as i64;
+        let segment = self.segment;
         let decision = |kind, threshold| AlertDecision {
             kind,
             risk_score: risk,
@@ -568,6 +617,7 @@ impl CustomerState {
             threshold,
             event_time_ms: as_of_ms,
             cause,
+            segment,
         };
         if self.alert_open {
             // A recovery is never stamped before the alert it closes.
@@ -597,7 +647,7 @@ impl CustomerState {
         model: &RiskModel,
         late_event_ms: i64,
     ) -> Option<AlertDecision> {
-        let policy = model.alert_policy();
+        let policy = model.alert_policy_for(self.segment);
         if !self.alert_open || !self.alert_by_inactivity || late_event_ms > self.last_alert_ms {
             return None;
         }
@@ -616,6 +666,7 @@ impl CustomerState {
             threshold: policy.at_risk_threshold,
             event_time_ms: at,
             cause: AlertCause::LateActivity,
+            segment: self.segment,
         })
     }
 }
@@ -950,9 +1001,13 @@ impl CustomerStore {
         let kind = model.kind_of(&event.event_type);
         let last_before = (state.events > 0).then_some(state.last_event_ms);
         state.apply(model, kind, event.timestamp_ms, event.amount);
+        if let Some(segment) = model.segment_of_event(event) {
+            state.set_segment(segment, event.timestamp_ms);
+        }
         let as_of = state.last_event_ms;
         let risk = state.risk(model, as_of);
-        let mut decision = state.decide(model.alert_policy(), risk, as_of, may_alert);
+        let policy = model.alert_policy_for(state.segment);
+        let mut decision = state.decide(policy, risk, as_of, may_alert);
         if !may_alert && model.is_activity(kind) {
             decision = state.reconsider_open_alert(model, event.timestamp_ms);
         }
@@ -1050,7 +1105,7 @@ impl CustomerStore {
                 }
                 let risk = state.risk(model, due);
                 let decision = state.decide_with(
-                    model.alert_policy(),
+                    model.alert_policy_for(state.segment),
                     risk,
                     due,
                     true,
@@ -1140,7 +1195,139 @@ mod tests {
             event_type: Cow::Owned(kind.to_string()),
             timestamp_ms: t,
             amount,
+            properties: None,
         }
+    }
+
+    /// An event whose `properties` say `{"plan": plan}`.
+    fn ev_on(id: &str, kind: &str, t: i64, plan: &str) -> CustomerEvent<'static> {
+        CustomerEvent {
+            properties: Some(Cow::Owned(serde_json::json!({ "plan": plan }).to_string())),
+            ..ev(id, kind, t, None)
+        }
+    }
+
+    fn segmented() -> RiskModel {
+        RiskModel::from_toml(&format!(
+            "{}\n{}",
+            crate::model::DEFAULT_MODEL_TOML,
+            crate::model::tests::SEGMENTS_TOML
+        ))
+        .expect("valid")
+    }
+
+    #[test]
+    fn segment_thresholds_decide_who_alerts() {
+        let m = segmented();
+        let mut store = CustomerStore::new();
+        // The same two events for three customers: a login, then a complaint.
+        let mut decided = Vec::new();
+        for (id, plan) in [("e", "enterprise"), ("s", "startup"), ("f", "free")] {
+            store.apply(&m, &ev_on(id, "login", 0, plan), None, true);
+            let ApplyOutcome::Scored {
+                risk_score,
+                decision,
+                ..
+            } = store.apply(&m, &ev(id, "complaint", DAY, None), None, true)
+            else {
+                panic!("applied");
+            };
+            decided.push((id, risk_score, decision));
+        }
+        let (_, risk, decision) = decided[0];
+        assert!((60.0..75.0).contains(&risk), "{risk}");
+        let decision = decision.expect("enterprise alerts at 60");
+        assert_eq!(
+            (decision.kind, decision.threshold),
+            (AlertKind::AtRisk, 60.0)
+        );
+        assert_eq!(m.segment_name(decision.segment), Some("enterprise"));
+        // "startup" is not declared: the default segment, [alert]'s 75.
+        assert_eq!(decided[1].1, risk, "identical behaviour, identical score");
+        assert_eq!(decided[1].2, None);
+        assert_eq!(store.get("s").map(CustomerState::segment), Some(0));
+        // "free" counts a ticket as 1 point, not 5; a complaint as usual.
+        assert_eq!(decided[2].2, None);
+        let free = store.get("f").expect("f");
+        assert_eq!(m.segment_name(free.segment()), Some("free"));
+        let mut ticket = free.clone();
+        let mut plain = store.get("s").expect("s").clone();
+        let t = m.kind_of("support_ticket");
+        ticket.apply(&m, t, 2 * DAY, None);
+        plain.apply(&m, t, 2 * DAY, None);
+        let points = |s: &CustomerState| {
+            s.explain(&m, 2 * DAY)
+                .reasons
+                .iter()
+                .find(|r| r.factor == "event:support_ticket")
+                .map(|r| r.points)
+        };
+        assert_eq!(points(&ticket), Some(1.0));
+        assert_eq!(points(&plain), Some(5.0));
+    }
+
+    #[test]
+    fn the_segment_is_the_latest_events_whatever_the_order() {
+        let m = segmented();
+        let events = [
+            ev_on("c", "login", DAY, "free"),
+            ev("c", "login", 3 * DAY, None),
+            ev_on("c", "login", 2 * DAY, "enterprise"),
+            ev_on("c", "login", 0, "startup"),
+        ];
+        let mut orders = vec![vec![0, 1, 2, 3], vec![3, 2, 1, 0], vec![1, 3, 0, 2]];
+        orders.push(vec![2, 0, 3, 1]);
+        let mut seen = Vec::new();
+        for order in orders {
+            let mut store = CustomerStore::new();
+            for i in order {
+                store.apply(&m, &events[i], None, false);
+            }
+            let state = store.get("c").expect("c");
+            seen.push((state.segment, state.segment_ms));
+        }
+        // Counters agree up to rounding (tests/engine_properties.rs); the segment exactly.
+        assert!(seen.iter().all(|s| *s == (1, 2 * DAY)), "{seen:?}");
+        assert_eq!(m.segment_name(seen[0].0), Some("enterprise"));
+        // A value the model does not declare moves the customer to the default.
+        let mut store = CustomerStore::new();
+        store.apply(&m, &events[2], None, true);
+        store.apply(&m, &ev_on("c", "login", 4 * DAY, "trial"), None, true);
+        assert_eq!(store.get("c").map(CustomerState::segment), Some(0));
+        // A model without segments never reads the property.
+        let plain = RiskModel::default_model();
+        let mut store = CustomerStore::new();
+        store.apply(&plain, &events[2], None, true);
+        assert_eq!(store.get("c").map(|s| s.segment_ms), Some(NEVER));
+    }
+
+    #[test]
+    fn a_reload_keeps_segments_by_name() {
+        let old = segmented();
+        let mut spec = old.spec().clone();
+        let segments = spec.segments.as_mut().expect("segments");
+        // "aaa" sorts first: every index moves; "free" is dropped.
+        segments.values.insert("aaa".into(), Default::default());
+        segments.values.remove("free");
+        let new = RiskModel::from_spec(spec).expect("valid");
+        let mut store = CustomerStore::new();
+        store.apply(&old, &ev_on("e", "login", 0, "enterprise"), None, true);
+        store.apply(&old, &ev_on("f", "login", 0, "free"), None, true);
+        store.adopt_model(&old, &new, 0);
+        let name = |id: &str, m: &RiskModel| {
+            store
+                .get(id)
+                .and_then(|s| m.segment_name(s.segment()))
+                .map(str::to_string)
+        };
+        assert_eq!(name("e", &new).as_deref(), Some("enterprise"));
+        assert_eq!(name("f", &new).as_deref(), Some("self-serve"));
+        let plain = RiskModel::default_model();
+        store.adopt_model(&new, &plain, 0);
+        assert_eq!(
+            store.get("e").map(|s| (s.segment, s.segment_ms)),
+            Some((0, NEVER))
+        );
     }
 
     #[test]

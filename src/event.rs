@@ -28,6 +28,11 @@ pub struct CustomerEvent<'a> {
     pub timestamp_ms: i64,
     /// Money involved, if any: finite and non-negative.
     pub amount: Option<f64>,
+    /// The `properties` object as raw JSON text, if present and not null.
+    /// Validated as an object but not parsed: a model with segments reads
+    /// the one property it names ([`CustomerEvent::property`]), and nothing
+    /// else ever looks inside.
+    pub properties: Option<Cow<'a, str>>,
 }
 
 impl CustomerEvent<'_> {
@@ -38,8 +43,80 @@ impl CustomerEvent<'_> {
             event_type: Cow::Owned(self.event_type.into_owned()),
             timestamp_ms: self.timestamp_ms,
             amount: self.amount,
+            properties: self.properties.map(|p| Cow::Owned(p.into_owned())),
         }
     }
+
+    /// The value of property `name` in `properties`, if it is a string
+    /// (borrowed from the input unless it has escapes). A property that is
+    /// absent, null or of any other JSON type reads as `None`; so does any
+    /// `properties` that is not a well-formed object (the parser only
+    /// accepts objects). A name given twice reads as its last value, as in
+    /// JavaScript.
+    pub fn property(&self, name: &str) -> Option<Cow<'_, str>> {
+        let raw: &str = self.properties.as_deref()?;
+        let mut de = serde_json::Deserializer::from_str(raw);
+        serde::Deserializer::deserialize_map(&mut de, PropertySeeker { name }).ok()?
+    }
+}
+
+/// Walks a `properties` object for one key, keeping the last string value
+/// found under it; other values are skipped without being built.
+struct PropertySeeker<'n> {
+    name: &'n str,
+}
+
+impl<'de> serde::de::Visitor<'de> for PropertySeeker<'_> {
+    type Value = Option<Cow<'de, str>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(is_it) = map.next_key_seed(KeyIs(self.name))? {
+            if is_it {
+                let raw: &'de RawValue = map.next_value()?;
+                found = string_value(raw);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Deserializes a map key into "is it this name?", without allocating.
+struct KeyIs<'n>(&'n str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeyIs<'_> {
+    type Value = bool;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl serde::de::Visitor<'_> for KeyIs<'_> {
+    type Value = bool;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a string key")
+    }
+    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<bool, E> {
+        Ok(key == self.0)
+    }
+}
+
+/// A raw JSON value as a string, if it is one.
+fn string_value(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    if !text.starts_with('"') {
+        return None;
+    }
+    if let Ok(s) = serde_json::from_str::<&str>(text) {
+        return Some(Cow::Borrowed(s));
+    }
+    serde_json::from_str::<String>(text).ok().map(Cow::Owned)
 }
 
 /// Why an event was rejected.
@@ -164,17 +241,18 @@ pub fn parse_event(bytes: &[u8]) -> Result<CustomerEvent<'_>, EventError> {
         Some(raw) => Some(parse_amount(raw)?),
     };
 
-    if let Some(raw) = non_null(wire.properties)
-        && !raw.get().starts_with('{')
-    {
-        return Err(EventError::BadProperties);
-    }
+    let properties = match non_null(wire.properties) {
+        None => None,
+        Some(raw) if raw.get().starts_with('{') => Some(Cow::Borrowed(raw.get())),
+        Some(_) => return Err(EventError::BadProperties),
+    };
 
     Ok(CustomerEvent {
         customer_id,
         event_type,
         timestamp_ms,
         amount,
+        properties,
     })
 }
 
@@ -328,6 +406,50 @@ mod tests {
         assert_eq!(e.event_type, "purchase");
         assert_eq!(e.timestamp_ms, 1_709_283_600_000);
         assert_eq!(e.amount, Some(12.5));
+        assert!(matches!(e.properties, Some(Cow::Borrowed(_))));
+        assert_eq!(e.property("sku").as_deref(), Some("x"));
+        assert!(matches!(e.property("sku"), Some(Cow::Borrowed(_))));
+    }
+
+    #[test]
+    fn a_property_reads_only_as_a_string() {
+        let with = |props: &str| {
+            format!(
+                r#"{{"customer_id":"a","event_type":"x","timestamp":"2024-01-01T00:00:00Z","properties":{props}}}"#
+            )
+        };
+        let read = |props: &str| {
+            let line = with(props);
+            let e = parse_event(line.as_bytes()).expect("valid");
+            e.property("plan").map(Cow::into_owned)
+        };
+        assert_eq!(read(r#"{"plan":"free"}"#).as_deref(), Some("free"));
+        assert_eq!(
+            read(r#"{"a":{"plan":"nested"},"b":[1,"x"],"plan":"pro","c":null}"#).as_deref(),
+            Some("pro"),
+            "nested keys are not the property"
+        );
+        assert_eq!(
+            read(r#"{"pl\u0061n":"caf\u00e9"}"#).as_deref(),
+            Some("café")
+        );
+        assert_eq!(read(r#"{"plan":"a","plan":"b"}"#).as_deref(), Some("b"));
+        for other in [
+            r#"{"plan":3}"#,
+            r#"{"plan":true}"#,
+            r#"{"plan":null}"#,
+            r#"{"plan":{"name":"x"}}"#,
+            r#"{"plan":["x"]}"#,
+            r#"{}"#,
+            r#"{"Plan":"x"}"#,
+        ] {
+            assert_eq!(read(other), None, "{other}");
+        }
+        let none = parse_event(
+            br#"{"customer_id":"a","event_type":"x","timestamp":"2024-01-01T00:00:00Z"}"#,
+        )
+        .expect("valid");
+        assert_eq!(none.property("plan"), None);
     }
 
     #[test]

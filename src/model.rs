@@ -14,6 +14,16 @@ use serde::{Deserialize, Serialize};
 /// Most event types one model may name (one bit each in the customer state).
 pub const MAX_EVENT_TYPES: usize = 64;
 
+/// Most segments one model may declare (a customer's segment is one byte).
+pub const MAX_SEGMENTS: usize = 64;
+
+/// Longest segment name (a value of the segment property), in bytes. Longer
+/// values can never name a declared segment and fall in the default one.
+pub const MAX_SEGMENT_NAME_BYTES: usize = 64;
+
+/// The name of the default segment when `segments.default` is not given.
+pub const DEFAULT_SEGMENT_NAME: &str = "other";
+
 const MS_PER_DAY: f64 = 86_400_000.0;
 
 /// Why a model file was rejected. Every variant names the offending key.
@@ -74,6 +84,48 @@ pub struct ModelSpec {
     /// Points per event type, keyed by `event_type`.
     #[serde(default)]
     pub events: BTreeMap<String, EventRule>,
+    /// Thresholds (and points) per segment of customers, by an event
+    /// property (optional: without it every customer shares `[alert]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segments: Option<SegmentsSpec>,
+}
+
+/// `[segments]`: customers grouped by the value of one event property
+/// (`plan`, `country`, …), remembered from their latest event that carries
+/// it, each group with its own thresholds and optionally its own points.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentsSpec {
+    /// The key in an event's `properties` whose (string) value names the
+    /// customer's segment.
+    pub property: String,
+    /// The name of the segment of customers whose value is not declared in
+    /// `values` (or who never sent the property): scored with `[alert]` and
+    /// `[events]` as they are. Default: `other`.
+    #[serde(default = "default_segment_name")]
+    pub default: String,
+    /// One table per declared value of the property.
+    pub values: BTreeMap<String, SegmentRule>,
+}
+
+fn default_segment_name() -> String {
+    DEFAULT_SEGMENT_NAME.to_string()
+}
+
+/// One `[segments.values.<value>]` entry: what differs for that segment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentRule {
+    /// The segment's at-risk threshold (default: `alert.at_risk_threshold`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_risk_threshold: Option<f64>,
+    /// The segment's recovery threshold (default: `alert.recovery_threshold`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_threshold: Option<f64>,
+    /// Points per event, by event type, replacing `events.<type>.points`
+    /// for this segment's customers (types must be named in `[events]`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub points: BTreeMap<String, f64>,
 }
 
 /// `[score]`: risk = 100 / (1 + exp(-(points - midpoint) / scale)).
@@ -302,6 +354,23 @@ pub struct RiskModel {
     /// The shortest usual gap, in ms.
     rhythm_min_gap_ms: f64,
     unknown_is_activity: bool,
+    /// The compiled `[segments]`, if any.
+    segments: Option<Segments>,
+}
+
+/// `[segments]` compiled. Segment 0 is the default segment; declared values
+/// are 1..=n in name order.
+#[derive(Debug, Clone)]
+struct Segments {
+    property: String,
+    /// Name of each segment, by index (0: the default's name).
+    names: Vec<String>,
+    /// Declared value → segment index (1..=n).
+    index: FxHashMap<String, u8>,
+    /// Alert policy of each segment, by index (0: `[alert]`).
+    policies: Vec<AlertPolicy>,
+    /// Points per event of each (segment, kind): `points[segment * kinds + kind]`.
+    points: Vec<f64>,
 }
 
 /// Decay groups that always exist.
@@ -392,6 +461,10 @@ impl RiskModel {
             ),
             None => (Vec::new(), (1.0, 0.0), 0.0),
         };
+        let segments = spec
+            .segments
+            .as_ref()
+            .map(|seg| compile_segments(seg, &spec.alert, &kinds, &kind_index));
         Ok(RiskModel {
             spec,
             kinds,
@@ -402,6 +475,7 @@ impl RiskModel {
             rhythm_prior,
             rhythm_min_gap_ms,
             unknown_is_activity: true,
+            segments,
         })
     }
 
@@ -415,9 +489,92 @@ impl RiskModel {
         &self.spec.model_version
     }
 
-    /// The alert policy.
+    /// The alert policy (of the default segment, when the model has segments).
     pub fn alert_policy(&self) -> &AlertPolicy {
         &self.spec.alert
+    }
+
+    /// The alert policy of a segment (see [`RiskModel::segment_index`]);
+    /// `[alert]` for segment 0 and for a model without segments.
+    #[inline]
+    pub fn alert_policy_for(&self, segment: u8) -> &AlertPolicy {
+        match &self.segments {
+            Some(s) => s
+                .policies
+                .get(usize::from(segment))
+                .unwrap_or(&self.spec.alert),
+            None => &self.spec.alert,
+        }
+    }
+
+    /// Points per fresh event of kind `kind` for a customer of `segment`:
+    /// the segment's `points` override, else `events.<type>.points`.
+    #[inline]
+    pub fn event_points(&self, segment: u8, kind: usize) -> f64 {
+        match &self.segments {
+            Some(s) if segment != 0 => s
+                .points
+                .get(usize::from(segment) * self.kinds.len() + kind)
+                .copied()
+                .unwrap_or(self.kinds[kind].points),
+            _ => self.kinds[kind].points,
+        }
+    }
+
+    /// Whether the model defines `[segments]`.
+    pub fn has_segments(&self) -> bool {
+        self.segments.is_some()
+    }
+
+    /// The event property that names a customer's segment, if the model
+    /// has segments.
+    pub fn segment_property(&self) -> Option<&str> {
+        self.segments.as_ref().map(|s| s.property.as_str())
+    }
+
+    /// Every segment's name, by index (0: the default segment); empty for
+    /// a model without segments.
+    pub fn segment_names(&self) -> &[String] {
+        self.segments.as_ref().map_or(&[], |s| &s.names)
+    }
+
+    /// The name of segment `segment`, or `None` for a model without
+    /// segments (an index the model does not have reads as the default).
+    pub fn segment_name(&self, segment: u8) -> Option<&str> {
+        let s = self.segments.as_ref()?;
+        s.names
+            .get(usize::from(segment))
+            .or_else(|| s.names.first())
+            .map(String::as_str)
+    }
+
+    /// The segment a value of the segment property puts a customer in: a
+    /// declared value's index, or 0 (the default segment) for any other.
+    #[inline]
+    pub fn segment_index(&self, value: &str) -> u8 {
+        match &self.segments {
+            Some(s) if value.len() <= MAX_SEGMENT_NAME_BYTES => {
+                s.index.get(value).copied().unwrap_or(0)
+            }
+            _ => 0,
+        }
+    }
+
+    /// The index of a declared segment by its name (not the default's):
+    /// how a restore or a reload finds a customer's segment again.
+    pub fn declared_segment(&self, name: &str) -> Option<u8> {
+        self.segments.as_ref()?.index.get(name).copied()
+    }
+
+    /// The segment an event puts its customer in, if the model has
+    /// segments and the event's `properties` carry the segment property as
+    /// a string; `None` leaves the customer's segment as it is. Properties
+    /// are not looked at all for a model without segments.
+    #[inline]
+    pub fn segment_of_event(&self, event: &crate::event::CustomerEvent<'_>) -> Option<u8> {
+        let s = self.segments.as_ref()?;
+        let value = event.property(&s.property)?;
+        Some(self.segment_index(&value))
     }
 
     /// The human-readable label of a factor (`inactivity`, `event:complaint`, …):
@@ -646,6 +803,145 @@ pub fn default_label(factor: &str) -> String {
     }
 }
 
+/// Compiles a validated `[segments]` table.
+fn compile_segments(
+    seg: &SegmentsSpec,
+    alert: &AlertPolicy,
+    kinds: &[EventKind],
+    kind_index: &FxHashMap<String, u8>,
+) -> Segments {
+    let mut names = Vec::with_capacity(seg.values.len() + 1);
+    let mut index = FxHashMap::default();
+    let mut policies = Vec::with_capacity(seg.values.len() + 1);
+    let mut points: Vec<f64> = kinds.iter().map(|k| k.points).collect();
+    names.push(seg.default.clone());
+    policies.push(alert.clone());
+    for (i, (name, rule)) in seg.values.iter().enumerate() {
+        // Validation bounds the number of segments to MAX_SEGMENTS.
+        index.insert(name.clone(), (i + 1) as u8);
+        names.push(name.clone());
+        policies.push(AlertPolicy {
+            at_risk_threshold: rule.at_risk_threshold.unwrap_or(alert.at_risk_threshold),
+            recovery_threshold: rule.recovery_threshold.unwrap_or(alert.recovery_threshold),
+            cooldown_hours: alert.cooldown_hours,
+        });
+        let base = points.len();
+        points.extend(kinds.iter().map(|k| k.points));
+        for (event_type, p) in &rule.points {
+            if let Some(&k) = kind_index.get(event_type) {
+                points[base + usize::from(k)] = *p;
+            }
+        }
+    }
+    Segments {
+        property: seg.property.clone(),
+        names,
+        index,
+        policies,
+        points,
+    }
+}
+
+fn validate_segments(spec: &ModelSpec, seg: &SegmentsSpec) -> Result<(), ModelError> {
+    if seg.property.is_empty()
+        || seg.property.len() > MAX_SEGMENT_NAME_BYTES
+        || seg.property.chars().any(char::is_control)
+    {
+        return Err(invalid(
+            "segments.property",
+            format!("must be 1-{MAX_SEGMENT_NAME_BYTES} bytes without control characters"),
+        ));
+    }
+    let name_ok = |name: &str| {
+        !name.trim().is_empty()
+            && name.len() <= MAX_SEGMENT_NAME_BYTES
+            && !name.chars().any(char::is_control)
+    };
+    if !name_ok(&seg.default) {
+        return Err(invalid(
+            "segments.default",
+            format!("must be 1-{MAX_SEGMENT_NAME_BYTES} bytes without control characters"),
+        ));
+    }
+    if seg.values.is_empty() {
+        return Err(invalid(
+            "segments.values",
+            "needs at least one segment (remove [segments] to score every customer alike)",
+        ));
+    }
+    if seg.values.len() > MAX_SEGMENTS {
+        return Err(invalid(
+            "segments.values",
+            format!(
+                "{} segments declared; at most {MAX_SEGMENTS}",
+                seg.values.len()
+            ),
+        ));
+    }
+    if seg.values.contains_key(&seg.default) {
+        return Err(invalid(
+            "segments.default",
+            format!(
+                "`{}` is also declared in segments.values; the default segment is for every other value",
+                seg.default
+            ),
+        ));
+    }
+    for (name, rule) in &seg.values {
+        let key = format!("segments.values.{name}");
+        if !name_ok(name) {
+            return Err(invalid(
+                key,
+                format!(
+                    "segment names are 1-{MAX_SEGMENT_NAME_BYTES} bytes without control characters"
+                ),
+            ));
+        }
+        for (field, v) in [
+            ("at_risk_threshold", rule.at_risk_threshold),
+            ("recovery_threshold", rule.recovery_threshold),
+        ] {
+            if let Some(v) = v {
+                let k = format!("{key}.{field}");
+                check_finite(&k, v)?;
+                if !(0.0..=100.0).contains(&v) {
+                    return Err(invalid(k, "must be between 0 and 100"));
+                }
+            }
+        }
+        let at_risk = rule
+            .at_risk_threshold
+            .unwrap_or(spec.alert.at_risk_threshold);
+        let recovery = rule
+            .recovery_threshold
+            .unwrap_or(spec.alert.recovery_threshold);
+        if recovery >= at_risk {
+            let field = if rule.recovery_threshold.is_some() {
+                "recovery_threshold"
+            } else {
+                "at_risk_threshold"
+            };
+            return Err(invalid(
+                format!("{key}.{field}"),
+                format!(
+                    "the segment's recovery threshold ({recovery}) must be below its at-risk threshold ({at_risk}) (hysteresis)"
+                ),
+            ));
+        }
+        for (event_type, points) in &rule.points {
+            let k = format!("{key}.points.{event_type}");
+            if !spec.events.contains_key(event_type) {
+                return Err(invalid(
+                    k,
+                    "not an event type of [events] (a segment changes the points of named types only)",
+                ));
+            }
+            check_finite(&k, *points)?;
+        }
+    }
+    Ok(())
+}
+
 /// The default model file, compiled in so every command works out of the box.
 pub const DEFAULT_MODEL_TOML: &str = include_str!("../config/model.toml");
 
@@ -815,6 +1111,9 @@ fn validate(spec: &ModelSpec) -> Result<(), ModelError> {
         check_non_negative(&format!("{key}.cap"), rule.cap)?;
         check_label(&format!("{key}.label"), rule.label.as_deref())?;
     }
+    if let Some(seg) = &spec.segments {
+        validate_segments(spec, seg)?;
+    }
     for (key, label) in [
         ("frequency.label", spec.frequency.label.as_deref()),
         ("trend.label", spec.trend.label.as_deref()),
@@ -839,7 +1138,7 @@ fn check_label(key: &str, label: Option<&str>) -> Result<(), ModelError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -953,6 +1252,125 @@ mod tests {
         })
         .expect_err("blank label");
         assert_eq!(key_of(e), "inactivity.label");
+    }
+
+    /// The default model with segments by `plan`.
+    pub(crate) const SEGMENTS_TOML: &str = r#"
+[segments]
+property = "plan"
+default = "self-serve"
+
+[segments.values.enterprise]
+at_risk_threshold = 60.0
+recovery_threshold = 40.0
+
+[segments.values.free]
+at_risk_threshold = 90.0
+
+[segments.values.free.points]
+support_ticket = 1.0
+"#;
+
+    #[test]
+    fn segments_compile_with_their_own_thresholds_and_points() {
+        let m =
+            RiskModel::from_toml(&format!("{DEFAULT_MODEL_TOML}\n{SEGMENTS_TOML}")).expect("valid");
+        assert!(m.has_segments());
+        assert_eq!(m.segment_property(), Some("plan"));
+        assert_eq!(m.segment_names(), ["self-serve", "enterprise", "free"]);
+        let ent = m.segment_index("enterprise");
+        let free = m.segment_index("free");
+        assert_eq!((ent, free), (1, 2));
+        assert_eq!(
+            m.segment_index("trial"),
+            0,
+            "undeclared values: the default"
+        );
+        assert_eq!(m.segment_index(&"x".repeat(65)), 0);
+        assert_eq!(m.segment_name(0), Some("self-serve"));
+        assert_eq!(m.declared_segment("self-serve"), None);
+        let alert = m.alert_policy().clone();
+        assert_eq!(m.alert_policy_for(0), &alert);
+        assert_eq!(m.alert_policy_for(ent).at_risk_threshold, 60.0);
+        assert_eq!(m.alert_policy_for(ent).recovery_threshold, 40.0);
+        assert_eq!(m.alert_policy_for(free).at_risk_threshold, 90.0);
+        assert_eq!(
+            m.alert_policy_for(free).recovery_threshold,
+            alert.recovery_threshold
+        );
+        assert_eq!(
+            m.alert_policy_for(free).cooldown_hours,
+            alert.cooldown_hours
+        );
+        let ticket = usize::from(m.kind_of("support_ticket").expect("named"));
+        assert_eq!(m.event_points(free, ticket), 1.0);
+        assert_eq!(m.event_points(ent, ticket), 5.0);
+        assert_eq!(m.event_points(0, ticket), 5.0);
+        let plain = RiskModel::default_model();
+        assert!(!plain.has_segments());
+        assert_eq!(plain.segment_name(0), None);
+        assert_eq!(plain.alert_policy_for(3), plain.alert_policy());
+    }
+
+    #[test]
+    fn segment_errors_name_the_key() {
+        let load = |extra: &str| {
+            RiskModel::from_toml(&format!("{DEFAULT_MODEL_TOML}\n{extra}"))
+                .map(|_| ())
+                .map_err(key_of)
+        };
+        let cases = [
+            (
+                "[segments]\nproperty = \"plan\"\n[segments.values.pro]\nat_risk_threshold = 101.0\n",
+                "segments.values.pro.at_risk_threshold",
+            ),
+            (
+                "[segments]\nproperty = \"plan\"\n[segments.values.pro]\nat_risk_threshold = 50.0\n",
+                "segments.values.pro.at_risk_threshold",
+            ),
+            (
+                "[segments]\nproperty = \"plan\"\n[segments.values.pro]\nrecovery_threshold = 80.0\n",
+                "segments.values.pro.recovery_threshold",
+            ),
+            (
+                "[segments]\nproperty = \"plan\"\n[segments.values.pro.points]\nno_such_type = 1.0\n",
+                "segments.values.pro.points.no_such_type",
+            ),
+            (
+                "[segments]\nproperty = \"\"\n[segments.values.pro]\n",
+                "segments.property",
+            ),
+            (
+                "[segments]\nproperty = \"plan\"\ndefault = \"pro\"\n[segments.values.pro]\n",
+                "segments.default",
+            ),
+            (
+                "[segments]\nproperty = \"plan\"\nvalues = {}\n",
+                "segments.values",
+            ),
+            (
+                "[segments]\nproperty = \"plan\"\n[segments.values.pro]\nbogus = 1\n",
+                "segments.values.pro",
+            ),
+        ];
+        for (extra, key) in cases {
+            let got = load(extra).expect_err(extra);
+            assert!(got.starts_with(key), "{extra}: {got}");
+        }
+        let many: String = (0..=MAX_SEGMENTS)
+            .map(|i| format!("[segments.values.s{i}]\n"))
+            .collect();
+        assert_eq!(
+            load(&format!("[segments]\nproperty = \"plan\"\n{many}")),
+            Err("segments.values".to_string())
+        );
+        let long = "x".repeat(MAX_SEGMENT_NAME_BYTES + 1);
+        assert_eq!(
+            load(&format!(
+                "[segments]\nproperty = \"plan\"\n[segments.values.{long}]\n"
+            )),
+            Err(format!("segments.values.{long}"))
+        );
     }
 
     #[test]

@@ -228,9 +228,10 @@ fn trim_line_end(buf: &[u8]) -> &[u8] {
     &buf[..end]
 }
 
-/// Risk band of a score under the model's alert policy.
-pub fn band(model: &RiskModel, risk_score: f64) -> &'static str {
-    let p = model.alert_policy();
+/// Risk band of a score under the alert policy of the customer's segment
+/// (segment 0, the `[alert]` table, for a model without segments).
+pub fn band(model: &RiskModel, segment: u8, risk_score: f64) -> &'static str {
+    let p = model.alert_policy_for(segment);
     if risk_score >= p.at_risk_threshold {
         "high"
     } else if risk_score > p.recovery_threshold {
@@ -257,6 +258,9 @@ pub struct CustomerScore {
     pub last_event_at: String,
     /// Events applied.
     pub events: u32,
+    /// The customer's segment (absent when the model has no `[segments]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segment: Option<String>,
 }
 
 /// Scores one customer at `as_of_ms`.
@@ -270,11 +274,12 @@ pub fn score_customer(
     CustomerScore {
         customer_id: customer_id.to_string(),
         risk_score: e.risk_score,
-        band: band(model, e.risk_score),
+        band: band(model, state.segment(), e.risk_score),
         points: e.points,
         reasons: e.reasons,
         last_event_at: format_timestamp_ms(state.last_event_ms()),
         events: state.events(),
+        segment: model.segment_name(state.segment()).map(str::to_string),
     }
 }
 

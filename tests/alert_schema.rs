@@ -205,6 +205,10 @@ fn json_schema_documents_version_2_and_keeps_version_1() {
         v2["properties"]["cause"]["enum"],
         serde_json::json!(["event", "inactivity", "late_activity"])
     );
+    assert_eq!(
+        v2["properties"]["segment"]["type"],
+        serde_json::json!(["string", "null"])
+    );
     // Every property the worker writes is documented, and every required one is written.
     let model = RiskModel::default_model();
     let alert = alerts(&model, &[("subscription_cancelled", T0_MS)]).remove(0);

@@ -136,6 +136,7 @@ proptest! {
                     event_type: Cow::Borrowed(kind),
                     timestamp_ms: *t,
                     amount: *amount,
+                    properties: None,
                 };
                 store.apply(&model, &event, None, true);
             }
@@ -256,6 +257,7 @@ proptest! {
                 event_type: Cow::Borrowed(kind),
                 timestamp_ms: *t,
                 amount: *amount,
+                properties: None,
             };
             store.apply(&model, &event, None, true);
         }

@@ -33,6 +33,12 @@ fuzz_target!(|data: &[u8]| {
     if let Some(amount) = event.amount {
         assert!(amount.is_finite() && amount >= 0.0, "amount {amount}");
     }
+    // Accepted properties are an object: reading the segment property (as a
+    // model with [segments] does) must never panic, whatever is inside.
+    if let Some(props) = event.properties.as_deref() {
+        assert!(props.starts_with('{'), "properties {props:?}");
+    }
+    let _ = event.property("plan");
     // Accepted timestamps are written back (e.g. `last_event_at`) and must
     // read again as the same instant. Known gap, left to the parser's owner:
     // an offset can move a 4-digit-year time out of years 0000-9999 in UTC

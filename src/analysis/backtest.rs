@@ -51,6 +51,9 @@ pub struct ScoredCustomer {
     pub risk_score: Option<f64>,
     /// The label: churned after the cutoff.
     pub churned: bool,
+    /// The customer's segment at the cutoff (0: the default segment, also
+    /// for a customer without events and for a model without segments).
+    pub segment: u8,
 }
 
 impl ScoredCustomer {
@@ -63,7 +66,8 @@ impl ScoredCustomer {
 /// Customers at or above the model's at-risk threshold at the cutoff.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AlertVolume {
-    /// The model's `alert.at_risk_threshold`.
+    /// The model's `alert.at_risk_threshold` (with segments: the default
+    /// segment's; each customer is counted at its own segment's threshold).
     pub threshold: f64,
     /// Labelled customers scoring at or above it.
     pub customers: u64,
@@ -91,6 +95,31 @@ pub struct FactorSummary {
     pub mean_points_churned: Option<f64>,
     /// Mean points among scored customers who stayed.
     pub mean_points_retained: Option<f64>,
+}
+
+/// The figures of one segment (a model with `[segments]`): its customers
+/// at the cutoff, ranked among themselves and counted at the segment's own
+/// at-risk threshold.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SegmentFigures {
+    /// The segment's name (the default segment's included).
+    pub segment: String,
+    /// Labelled customers in it at the cutoff (those without events are in
+    /// the default segment).
+    pub labelled: u64,
+    /// Of them, churned.
+    pub churned: u64,
+    /// Of them, with at least one event before the cutoff.
+    pub scored: u64,
+    /// Share of its labelled customers who churned.
+    pub base_rate: Option<f64>,
+    /// ROC AUC within the segment.
+    pub roc_auc: Option<f64>,
+    /// Average precision within the segment.
+    pub pr_auc: Option<f64>,
+    /// Customers at or above the segment's `at_risk_threshold`; recall is
+    /// against the segment's churned customers.
+    pub alerts: AlertVolume,
 }
 
 /// What went in and what was left out.
@@ -178,8 +207,13 @@ pub struct BacktestSummary {
     pub base_rate: Option<f64>,
     /// Precision, recall and lift at the top 1, 5 and 10 %.
     pub top: Vec<TopShare>,
-    /// Customers at the model's at-risk threshold.
+    /// Customers at the model's at-risk threshold (with segments: each at
+    /// its own segment's).
     pub alerts: AlertVolume,
+    /// The same figures per segment, in the model's segment order (the
+    /// default segment first); absent for a model without segments.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<SegmentFigures>,
     /// Alert volume and precision per threshold over the month before the
     /// cutoff, and the thresholds reaching the targets (see
     /// [`BacktestSummary::set_targets`]).
@@ -264,7 +298,9 @@ pub fn evaluate_store(
     let mut customers = Vec::with_capacity(labels.len());
     let mut factors: BTreeMap<Factor, FactorSums> = BTreeMap::new();
     for (id, churned) in labels.sorted() {
-        let risk_score = store.get(id).map(|state| {
+        let state = store.get(id);
+        let segment = state.map_or(0, |s| s.segment());
+        let risk_score = state.map(|state| {
             for fv in state.factor_values(model, cutoff_ms) {
                 let sums = factors.entry(fv.factor).or_default();
                 sums.weight = fv.weight;
@@ -283,6 +319,7 @@ pub fn evaluate_store(
             customer_id: id.to_string(),
             risk_score,
             churned,
+            segment,
         });
     }
     let unlabelled = store
@@ -323,21 +360,42 @@ fn summarise(
     let scored_churned = probabilities.iter().filter(|p| p.1).count() as u64;
     let scored_retained = scored - scored_churned;
 
-    let threshold = model.alert_policy().at_risk_threshold;
-    let alerted: Vec<bool> = customers
+    let alerts = alert_volume(
+        model,
+        customers.iter(),
+        model.alert_policy().at_risk_threshold,
+    );
+    let segments = model
+        .segment_names()
         .iter()
-        .filter(|c| c.risk_score.is_some_and(|r| r >= threshold))
-        .map(|c| c.churned)
+        .enumerate()
+        .map(|(i, name)| {
+            // Validation bounds the segments to MAX_SEGMENTS (< 256).
+            let segment = i as u8;
+            let mine: Vec<&ScoredCustomer> =
+                customers.iter().filter(|c| c.segment == segment).collect();
+            let ranking: Vec<(f64, bool)> = mine
+                .iter()
+                .map(|c| (c.ranking_score(), c.churned))
+                .collect();
+            let groups = groups_descending(&ranking);
+            let seg_churned = mine.iter().filter(|c| c.churned).count() as u64;
+            SegmentFigures {
+                segment: name.clone(),
+                labelled: mine.len() as u64,
+                churned: seg_churned,
+                scored: mine.iter().filter(|c| c.risk_score.is_some()).count() as u64,
+                base_rate: share(seg_churned, mine.len() as u64),
+                roc_auc: metrics::roc_auc_of_groups(&groups),
+                pr_auc: metrics::average_precision(&groups),
+                alerts: alert_volume(
+                    model,
+                    mine.iter().copied(),
+                    model.alert_policy_for(segment).at_risk_threshold,
+                ),
+            }
+        })
         .collect();
-    let alerted_churned = alerted.iter().filter(|c| **c).count() as u64;
-    let alerts = AlertVolume {
-        threshold,
-        customers: alerted.len() as u64,
-        share: share(alerted.len() as u64, labelled),
-        churned: alerted_churned,
-        precision: share(alerted_churned, alerted.len() as u64),
-        recall: share(alerted_churned, churned),
-    };
 
     let factors = factors
         .into_iter()
@@ -362,6 +420,7 @@ fn summarise(
             .map(|&p| metrics::top_share(&groups, p))
             .collect(),
         alerts,
+        segments,
         thresholds: ThresholdChoice::new(Vec::new()),
         calibration: calibration_deciles(&probabilities),
         factors,
@@ -383,6 +442,33 @@ fn summarise(
     }
 }
 
+/// Customers at or above their segment's at-risk threshold at the cutoff,
+/// among `customers`; `threshold` is the one reported.
+fn alert_volume<'c>(
+    model: &RiskModel,
+    customers: impl Iterator<Item = &'c ScoredCustomer>,
+    threshold: f64,
+) -> AlertVolume {
+    let (mut labelled, mut churned, mut alerted, mut alerted_churned) = (0, 0, 0, 0);
+    for c in customers {
+        labelled += 1;
+        churned += u64::from(c.churned);
+        let at = model.alert_policy_for(c.segment).at_risk_threshold;
+        if c.risk_score.is_some_and(|r| r >= at) {
+            alerted += 1;
+            alerted_churned += u64::from(c.churned);
+        }
+    }
+    AlertVolume {
+        threshold,
+        customers: alerted,
+        share: share(alerted, labelled),
+        churned: alerted_churned,
+        precision: share(alerted_churned, alerted),
+        recall: share(alerted_churned, churned),
+    }
+}
+
 fn share(part: u64, whole: u64) -> Option<f64> {
     (whole > 0).then(|| part as f64 / whole as f64)
 }
@@ -401,7 +487,35 @@ pub fn write_json(summary: &BacktestSummary, out: &mut impl Write) -> Result<(),
     Ok(())
 }
 
-/// Writes the summary as a human-readable table.
+/// The per-segment section of the text output (nothing without segments).
+fn write_segments(segments: &[SegmentFigures], out: &mut impl Write) -> Result<(), BacktestError> {
+    if segments.is_empty() {
+        return Ok(());
+    }
+    writeln!(out)?;
+    writeln!(out, "per segment (each at its own at-risk threshold):")?;
+    writeln!(
+        out,
+        "segment               labelled  churned  ROC AUC  PR AUC  threshold  alerted  precision  recall"
+    )?;
+    for s in segments {
+        writeln!(
+            out,
+            "{:<20}  {:>8}  {:>7}  {:>7}  {:>6}  {:>9.1}  {:>7}  {:>9}  {:>6}",
+            s.segment,
+            s.labelled,
+            s.churned,
+            fmt_opt(s.roc_auc, 4),
+            fmt_opt(s.pr_auc, 4),
+            s.alerts.threshold,
+            s.alerts.customers,
+            fmt_opt(s.alerts.precision, 4),
+            fmt_opt(s.alerts.recall, 4)
+        )?;
+    }
+    Ok(())
+}
+
 /// The thresholds-from-data section of the text output.
 fn write_thresholds(t: &ThresholdChoice, out: &mut impl Write) -> Result<(), BacktestError> {
     if t.table.is_empty() {
@@ -464,6 +578,7 @@ fn write_thresholds(t: &ThresholdChoice, out: &mut impl Write) -> Result<(), Bac
     Ok(())
 }
 
+/// Writes the summary as a human-readable table.
 pub fn write_text(summary: &BacktestSummary, out: &mut impl Write) -> Result<(), BacktestError> {
     let c = &summary.counts;
     writeln!(
@@ -513,16 +628,21 @@ pub fn write_text(summary: &BacktestSummary, out: &mut impl Write) -> Result<(),
     }
     let a = &summary.alerts;
     writeln!(out)?;
+    let at = if summary.segments.is_empty() {
+        format!("at risk >= {}", a.threshold)
+    } else {
+        "at each segment's at-risk threshold".to_string()
+    };
     writeln!(
         out,
-        "alerts at risk >= {}: {} customers ({}% of labelled), {} churned (precision {}, recall {})",
-        a.threshold,
+        "alerts {at}: {} customers ({}% of labelled), {} churned (precision {}, recall {})",
         a.customers,
         fmt_opt(a.share.map(|s| s * 100.0), 2),
         a.churned,
         fmt_opt(a.precision, 4),
         fmt_opt(a.recall, 4)
     )?;
+    write_segments(&summary.segments, out)?;
     write_thresholds(&summary.thresholds, out)?;
     writeln!(out)?;
     writeln!(

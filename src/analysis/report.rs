@@ -598,7 +598,7 @@ td.name, th.name {{ text-align: left; font-family: monospace; }}
     let _ = write!(
         h,
         r#"</table>
-<p>At the alert threshold (risk ≥ {thr}): <b>{n}</b> customers ({share} of labelled), {churned} churned: precision {prec}, recall {rec}.</p>
+<p>At the alert threshold ({thr}): <b>{n}</b> customers ({share} of labelled), {churned} churned: precision {prec}, recall {rec}.</p>
 <h2>Population</h2>
 <table>
 <tr><td class="name">labelled customers</td><td>{labelled}</td></tr>
@@ -612,7 +612,11 @@ td.name, th.name {{ text-align: left; font-family: monospace; }}
 <tr><td class="name">label rows rejected</td><td>{lrej}</td></tr>
 </table>
 "#,
-        thr = a.threshold,
+        thr = if s.segments.is_empty() {
+            format!("risk ≥ {}", a.threshold)
+        } else {
+            "each segment's own".to_string()
+        },
         n = a.customers,
         share = pct(a.share),
         churned = a.churned,
@@ -629,6 +633,32 @@ td.name, th.name {{ text-align: left; font-family: monospace; }}
         rej = c.event_lines_rejected,
         lrej = c.label_rows_rejected,
     );
+
+    if !s.segments.is_empty() {
+        let _ = writeln!(
+            h,
+            "<h2 id=\"segments\">Segments</h2>\n<table>\n<tr><th class=\"name\">segment</th><th>labelled</th><th>churned</th><th>ROC AUC</th><th>PR AUC</th><th>at-risk threshold</th><th>alerted</th><th>precision</th><th>recall</th></tr>"
+        );
+        for g in &s.segments {
+            let _ = writeln!(
+                h,
+                "<tr><td class=\"name\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape_html(&g.segment),
+                g.labelled,
+                g.churned,
+                opt(g.roc_auc, 4),
+                opt(g.pr_auc, 4),
+                g.alerts.threshold,
+                g.alerts.customers,
+                pct(g.alerts.precision),
+                pct(g.alerts.recall)
+            );
+        }
+        let _ = writeln!(
+            h,
+            "</table>\n<p class=\"note\">Each segment ranked among its own customers and alerted at its own threshold; the charts below cover every customer.</p>"
+        );
+    }
 
     let charts = [
         ("Ranking", roc_svg(backtest)?),

@@ -269,6 +269,9 @@ pub struct CustomerView {
     pub alert_open: bool,
     /// Model version.
     pub model_version: String,
+    /// The customer's segment (its thresholds set `band` and alerts);
+    /// null when the model has no `[segments]`.
+    pub segment: Option<String>,
     /// The same customer scored by the shadow model (`model.shadow_path`), if one is configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowView>,
@@ -281,12 +284,15 @@ pub struct ShadowView {
     pub model_version: String,
     /// 0–100, by the shadow model, at the same `as_of`.
     pub risk_score: f64,
-    /// `low`, `medium` or `high`, by the shadow model's thresholds.
+    /// `low`, `medium` or `high`, by the shadow model's thresholds (of the
+    /// customer's segment in the shadow model).
     pub band: &'static str,
     /// Total points.
     pub points: f64,
     /// Factors, largest first.
     pub reasons: Vec<crate::engine::Reason>,
+    /// The customer's segment in the shadow model (null without `[segments]` there).
+    pub segment: Option<String>,
     /// Whether the shadow model holds an at-risk alert open for the customer.
     pub alert_open: bool,
 }
@@ -570,7 +576,7 @@ impl WorkerShared {
                 partition: p,
                 as_of: format_timestamp_ms(as_of),
                 risk_score,
-                band: band(model, risk_score),
+                band: band(model, state.segment(), risk_score),
                 points,
                 reasons,
                 features: state.features(model, as_of),
@@ -578,6 +584,7 @@ impl WorkerShared {
                 events: state.events(),
                 alert_open: state.alert_open(),
                 model_version: model.version().to_string(),
+                segment: model.segment_name(state.segment()).map(str::to_string),
                 shadow: data.shadow.as_ref().and_then(|shadow| {
                     let state = shadow.store.get(customer_id)?;
                     let model = &shadow.model;
@@ -589,9 +596,10 @@ impl WorkerShared {
                     Some(ShadowView {
                         model_version: model.version().to_string(),
                         risk_score,
-                        band: band(model, risk_score),
+                        band: band(model, state.segment(), risk_score),
                         points,
                         reasons,
+                        segment: model.segment_name(state.segment()).map(str::to_string),
                         alert_open: state.alert_open(),
                     })
                 }),
