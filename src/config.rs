@@ -394,7 +394,7 @@ pub struct StateConfig {
 impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
-            flush_interval_ms: 1000,
+            flush_interval_ms: 5000,
         }
     }
 }

@@ -13,7 +13,8 @@ use compact_str::CompactString;
 use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::hash::BuildHasher;
 
 use crate::event::CustomerEvent;
@@ -780,9 +781,6 @@ impl StreamClock {
     }
 }
 
-/// Width of a timer bucket: timers due within the same minute share one.
-const TIMER_BUCKET_MS: i64 = 60_000;
-
 /// The customers of one partition (or one offline replay): their states,
 /// their ids stored once, and the inactivity timers ordered by due time.
 #[derive(Default, Clone)]
@@ -792,7 +790,12 @@ pub struct CustomerStore {
     ids: Vec<CompactString>,
     states: Vec<CustomerState>,
     free: Vec<CustomerIndex>,
-    timers: BTreeMap<i64, Vec<CustomerIndex>>,
+    /// (due time, customer), earliest first. An entry is live while its
+    /// customer's `timer_due_ms` equals its due time; a rescheduled or
+    /// removed customer leaves a stale entry, skipped when it comes up.
+    /// A heap in one array: no allocation per timer, and firings come out
+    /// in due order (ties by customer) however the watermark advances.
+    timers: BinaryHeap<Reverse<(i64, CustomerIndex)>>,
     /// The newest watermark timers have fired through (or a restore resumed
     /// at): silence steps at or before it have had their turn.
     fired_through_ms: Option<i64>,
@@ -910,16 +913,10 @@ impl CustomerStore {
                 );
                 state.timer_due_ms = next.unwrap_or(STEPS_DONE);
                 if let Some(next) = next {
-                    self.timers
-                        .entry(next.div_euclid(TIMER_BUCKET_MS))
-                        .or_default()
-                        .push(i as CustomerIndex);
+                    self.timers.push(Reverse((next, i as CustomerIndex)));
                 }
             } else {
-                self.timers
-                    .entry(due.div_euclid(TIMER_BUCKET_MS))
-                    .or_default()
-                    .push(i as CustomerIndex);
+                self.timers.push(Reverse((due, i as CustomerIndex)));
             }
         }
     }
@@ -1030,7 +1027,8 @@ impl CustomerStore {
 
     /// Makes sure the customer's first silence step at or after `from_ms`
     /// is scheduled. An earlier pending entry is kept and corrected when it
-    /// comes due (it re-reads the schedule then).
+    /// comes due (it re-reads the schedule then): a customer active every
+    /// day does not add an entry per event.
     fn schedule_after(&mut self, model: &RiskModel, i: CustomerIndex, from_ms: i64) {
         let state = &mut self.states[i as usize];
         if state.alert_open {
@@ -1047,10 +1045,7 @@ impl CustomerStore {
         // STEPS_DONE is i64::MAX: every new due time is earlier.
         if state.timer_due_ms == NEVER || due < state.timer_due_ms {
             state.timer_due_ms = due;
-            self.timers
-                .entry(due.div_euclid(TIMER_BUCKET_MS))
-                .or_default()
-                .push(i);
+            self.timers.push(Reverse((due, i)));
         }
     }
 
@@ -1067,82 +1062,54 @@ impl CustomerStore {
             self.fired_through_ms
                 .map_or(watermark_ms, |f| f.max(watermark_ms)),
         );
-        let last_bucket = watermark_ms.div_euclid(TIMER_BUCKET_MS);
-        while let Some(entry) = self.timers.first_entry() {
-            let bucket = *entry.key();
-            if bucket > last_bucket {
+        while let Some(&Reverse((due, i))) = self.timers.peek() {
+            if due > watermark_ms {
                 break;
             }
-            let customers = entry.remove();
-            let mut not_yet = Vec::new();
-            let mut fired: Vec<TimerFiring> = Vec::new();
-            for i in customers {
-                let state = &mut self.states[i as usize];
-                // Stale entries: the customer was rescheduled or removed.
-                if state.timer_due_ms == NEVER
-                    || state.timer_due_ms == STEPS_DONE
-                    || state.timer_due_ms.div_euclid(TIMER_BUCKET_MS) != bucket
-                {
-                    continue;
-                }
-                let last = state.last_event_ms;
-                let rhythm = state.rhythm(model);
-                let Some(due) = model.next_silence_step(last, &rhythm, state.timer_due_ms) else {
-                    state.timer_due_ms = STEPS_DONE;
-                    continue;
-                };
-                if due > watermark_ms {
-                    state.timer_due_ms = due;
-                    if due.div_euclid(TIMER_BUCKET_MS) == bucket {
-                        not_yet.push(i);
-                    } else {
-                        self.timers
-                            .entry(due.div_euclid(TIMER_BUCKET_MS))
-                            .or_default()
-                            .push(i);
-                    }
-                    continue;
-                }
-                let risk = state.risk(model, due);
-                let decision = state.decide_with(
-                    model.alert_policy_for(state.segment),
-                    risk,
-                    due,
-                    true,
-                    AlertCause::Inactivity,
-                );
-                fired.push(TimerFiring {
-                    customer: i,
-                    as_of_ms: due,
-                    risk_score: risk,
-                    decision,
-                });
-                let next = if state.alert_open {
-                    // As in `schedule_after`: nothing to decide until the next event.
-                    None
-                } else {
-                    model.next_silence_step(last, &rhythm, due.saturating_add(1))
-                };
-                match next {
-                    Some(next) => {
-                        state.timer_due_ms = next;
-                        let b = next.div_euclid(TIMER_BUCKET_MS);
-                        if b == bucket {
-                            not_yet.push(i);
-                        } else {
-                            self.timers.entry(b).or_default().push(i);
-                        }
-                    }
-                    None => state.timer_due_ms = STEPS_DONE,
-                }
+            self.timers.pop();
+            let state = &mut self.states[i as usize];
+            // Stale: the customer was rescheduled or removed since.
+            if state.timer_due_ms != due {
+                continue;
             }
-            fired.sort_by_key(|f| (f.as_of_ms, f.customer));
-            out.extend(fired);
-            if !not_yet.is_empty() {
-                self.timers.insert(bucket, not_yet);
-                if bucket == last_bucket {
-                    break;
+            let last = state.last_event_ms;
+            let rhythm = state.rhythm(model);
+            // An event since this entry was made moves the steps later.
+            let Some(step) = model.next_silence_step(last, &rhythm, due) else {
+                state.timer_due_ms = STEPS_DONE;
+                continue;
+            };
+            if step > due {
+                state.timer_due_ms = step;
+                self.timers.push(Reverse((step, i)));
+                continue;
+            }
+            let risk = state.risk(model, due);
+            let decision = state.decide_with(
+                model.alert_policy_for(state.segment),
+                risk,
+                due,
+                true,
+                AlertCause::Inactivity,
+            );
+            out.push(TimerFiring {
+                customer: i,
+                as_of_ms: due,
+                risk_score: risk,
+                decision,
+            });
+            let next = if state.alert_open {
+                // As in `schedule_after`: nothing to decide until the next event.
+                None
+            } else {
+                model.next_silence_step(last, &rhythm, due.saturating_add(1))
+            };
+            match next {
+                Some(next) => {
+                    state.timer_due_ms = next;
+                    self.timers.push(Reverse((next, i)));
                 }
+                None => state.timer_due_ms = STEPS_DONE,
             }
         }
     }
@@ -1178,7 +1145,7 @@ impl CustomerStore {
 
     /// Entries in the timer index (for tests and memory accounting).
     pub fn timer_entries(&self) -> usize {
-        self.timers.values().map(Vec::len).sum()
+        self.timers.len()
     }
 }
 

@@ -42,7 +42,7 @@ use super::sink::LogLimiter;
 /// A batch closes once its first event is this old, even if neither full nor
 /// drained: under a steady backlog, latency stays bounded by this plus one
 /// acknowledgement rather than by the time to fill `batch_size`.
-const MAX_BATCH_AGE: Duration = Duration::from_millis(20);
+const MAX_BATCH_AGE: Duration = Duration::from_millis(10);
 
 /// What the HTTP API and the pipeline share about one partition.
 pub struct PartitionData {

@@ -4,7 +4,7 @@
 //! Every message is parsed, applied to its partition's store and scored on
 //! a pipeline thread by its [`PartitionTask`]. Work is grouped per
 //! partition into batches. A batch closes (after `batch_size` messages, once
-//! its first message is 20 ms old, when the consumer runs dry, or on the
+//! its first message is 10 ms old, when the consumer runs dry, or on the
 //! once-a-second tick) by firing due inactivity timers; its alerts and dead
 //! letters are sent at once, and its events' latency is observed when they
 //! (and every earlier batch's) are acknowledged.
