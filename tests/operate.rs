@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use churn_scorer::alert::Alert;
@@ -34,13 +33,6 @@ fn model_text(version: &str) -> String {
     let old = format!("model_version = \"{}\"", default.version());
     assert!(text.contains(&old), "config/model.toml names its version");
     text.replace(&old, &format!("model_version = \"{version}\""))
-}
-
-fn write_model(path: &Path, text: &str) {
-    // Written aside and renamed, as a deployment would: never half a file.
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).expect("write model");
-    std::fs::rename(&tmp, path).expect("rename model");
 }
 
 /// Reads the alerts topic until `done` holds for what was read, or panics
@@ -78,30 +70,6 @@ fn at_risk_for_all(alerts: &[Alert], prefix: &str, customers: usize) -> bool {
     })
 }
 
-/// `/v1/customers/{id}` as JSON, once it answers 200 with `events` events.
-fn customer_with_events(
-    http: std::net::SocketAddr,
-    id: &str,
-    events: u64,
-    timeout: Duration,
-) -> serde_json::Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (status, body) = http_get(http, &format!("/v1/customers/{id}"), None);
-        if status == 200 {
-            let v: serde_json::Value = serde_json::from_str(&body).expect("json");
-            if v["events"].as_u64() == Some(events) {
-                return v;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{id}: never reached {events} events (last answer {status}: {body})"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn a_reloaded_model_scores_the_next_events_and_a_broken_one_is_refused() {
     let broker = broker(2);
@@ -109,7 +77,7 @@ fn a_reloaded_model_scores_the_next_events_and_a_broken_one_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let model_path = dir.path().join("model.toml");
     let v1 = RiskModel::default_model().version().to_string();
-    write_model(&model_path, &model_text(&v1));
+    write_file_atomically(&model_path, &model_text(&v1));
     let mut config = worker_config(&bootstrap);
     config.model.path = Some(model_path.clone());
     config.http.admin_token = Some(ADMIN.into());
@@ -123,11 +91,11 @@ fn a_reloaded_model_scores_the_next_events_and_a_broken_one_is_refused() {
         at_risk_for_all(a, "a", 4)
     });
     assert!(alerts.iter().all(|a| a.model_version == v1));
-    let before = customer_with_events(worker.http, "a-0", 5, Duration::from_secs(20));
+    let before = customer_with_events(worker.http, "a-0", None, 5, Duration::from_secs(20));
     assert_eq!(before["model_version"], v1.as_str());
 
     // A new version, through the admin endpoint.
-    write_model(&model_path, &model_text("reloaded-2"));
+    write_file_atomically(&model_path, &model_text("reloaded-2"));
     let (status, body) = http_request(worker.http, "POST", "/admin/reload", Some(ADMIN));
     assert_eq!(status, 200, "{body}");
     let answer: serde_json::Value = serde_json::from_str(&body).expect("json");
@@ -135,7 +103,7 @@ fn a_reloaded_model_scores_the_next_events_and_a_broken_one_is_refused() {
     assert_eq!(answer["previous_version"], v1.as_str());
     assert_eq!(answer["applied"], true, "every pipeline thread confirmed");
     // No restart, no lost state: the same customer, the same events, the new version.
-    let after = customer_with_events(worker.http, "a-0", 5, Duration::from_secs(5));
+    let after = customer_with_events(worker.http, "a-0", None, 5, Duration::from_secs(5));
     assert_eq!(after["model_version"], "reloaded-2");
     assert_eq!(after["alert_open"], before["alert_open"]);
 
@@ -151,14 +119,14 @@ fn a_reloaded_model_scores_the_next_events_and_a_broken_one_is_refused() {
     for a in alerts.iter().filter(|a| a.customer_id.starts_with("b-")) {
         assert_eq!(a.model_version, "reloaded-2", "{a:?}");
     }
-    let continued = customer_with_events(worker.http, "a-0", 6, Duration::from_secs(20));
+    let continued = customer_with_events(worker.http, "a-0", None, 6, Duration::from_secs(20));
     assert_eq!(
         continued["model_version"], "reloaded-2",
         "events count continues"
     );
 
     // A broken file is refused; the model in use keeps scoring.
-    write_model(
+    write_file_atomically(
         &model_path,
         "model_version = \"broken\"\n[score]\nmidpoint = \"x\"\n",
     );
@@ -184,7 +152,7 @@ fn a_reloaded_model_scores_the_next_events_and_a_broken_one_is_refused() {
     for a in alerts.iter().filter(|a| a.customer_id.starts_with("c-")) {
         assert_eq!(a.model_version, "reloaded-2", "{a:?}");
     }
-    let v = customer_with_events(worker.http, "c-0", 5, Duration::from_secs(20));
+    let v = customer_with_events(worker.http, "c-0", None, 5, Duration::from_secs(20));
     assert_eq!(v["model_version"], "reloaded-2");
     let (_, metrics) = http_get(worker.http, "/metrics", None);
     assert!(
@@ -202,18 +170,18 @@ fn sighup_reloads_the_model_file_without_a_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
     let model_path = dir.path().join("model.toml");
     let v1 = RiskModel::default_model().version().to_string();
-    write_model(&model_path, &model_text(&v1));
+    write_file_atomically(&model_path, &model_text(&v1));
     let worker = WorkerProcess::start_full(&bootstrap, "", "", "", &model_path);
     let pid = worker.child.id();
 
     produce_events(&bootstrap, "customer-events", &journeys("a", 3, T0_MS));
-    let before = customer_with_events(worker.http, "a-1", 5, Duration::from_secs(30));
+    let before = customer_with_events(worker.http, "a-1", None, 5, Duration::from_secs(30));
     assert_eq!(before["model_version"], v1.as_str());
 
-    write_model(&model_path, &model_text("hup-2"));
+    write_file_atomically(&model_path, &model_text("hup-2"));
     worker.hangup();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while customer_with_events(worker.http, "a-1", 5, Duration::from_secs(5))["model_version"]
+    while customer_with_events(worker.http, "a-1", None, 5, Duration::from_secs(5))["model_version"]
         != "hup-2"
     {
         assert!(
@@ -239,7 +207,7 @@ fn sighup_reloads_the_model_file_without_a_restart() {
         assert_eq!(a.model_version, "hup-2", "{a:?}");
     }
     // A broken file on SIGHUP: refused, logged, counted; the process goes on.
-    write_model(&model_path, "not a model");
+    write_file_atomically(&model_path, "not a model");
     worker.hangup();
     let deadline = Instant::now() + Duration::from_secs(20);
     while worker.metric("churn_scorer_model_reloads_total{result=\"invalid\"}") < 1.0 {
@@ -250,7 +218,7 @@ fn sighup_reloads_the_model_file_without_a_restart() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(
-        customer_with_events(worker.http, "a-1", 5, Duration::from_secs(5))["model_version"],
+        customer_with_events(worker.http, "a-1", None, 5, Duration::from_secs(5))["model_version"],
         "hup-2"
     );
     assert_eq!(worker.child.id(), pid);
@@ -302,7 +270,13 @@ fn an_erased_customer_stays_gone_across_a_restart_until_a_new_event() {
     produce_events(&bootstrap, "customer-events", &lines);
     let worker = RunningWorker::start(config.clone(), model.clone());
     for c in 0..6 {
-        customer_with_events(worker.http, &format!("e-{c}"), 5, Duration::from_secs(30));
+        customer_with_events(
+            worker.http,
+            &format!("e-{c}"),
+            None,
+            5,
+            Duration::from_secs(30),
+        );
     }
     last_state_record(&bootstrap, "e-1", Duration::from_secs(20), |r| {
         r.is_some_and(|r| r.value.is_some())
@@ -328,13 +302,13 @@ fn an_erased_customer_stays_gone_across_a_restart_until_a_new_event() {
         answer["partitions"][0].as_i64().expect("partition") as i32,
         "on the customer's partition"
     );
-    customer_with_events(worker.http, "e-2", 5, Duration::from_secs(5));
+    customer_with_events(worker.http, "e-2", None, 5, Duration::from_secs(5));
     worker.stop().expect("clean stop");
 
     // Restored from the changelog: the tombstone wins.
     let worker = RunningWorker::start(config, model);
     worker.wait_until("ready", Duration::from_secs(30), |w| w.shared.is_ready());
-    customer_with_events(worker.http, "e-2", 5, Duration::from_secs(30));
+    customer_with_events(worker.http, "e-2", None, 5, Duration::from_secs(30));
     let (status, body) = http_get(worker.http, "/v1/customers/e-1", None);
     assert_eq!(status, 404, "still gone after a restart: {body}");
     let last = last_state_record(&bootstrap, "e-1", Duration::from_secs(5), |_| true);
@@ -349,7 +323,7 @@ fn an_erased_customer_stays_gone_across_a_restart_until_a_new_event() {
         "customer-events",
         &[event("e-1", "login", T0_MS + 6 * DAY_MS, None)],
     );
-    customer_with_events(worker.http, "e-1", 1, Duration::from_secs(30));
+    customer_with_events(worker.http, "e-1", None, 1, Duration::from_secs(30));
     worker.stop().expect("clean stop");
 }
 
@@ -367,7 +341,13 @@ fn a_deletion_topic_record_erases_once_across_a_restart() {
     produce_events(&bootstrap, "customer-events", &journeys("d", 4, T0_MS));
     let worker = RunningWorker::start(config.clone(), model.clone());
     for c in 0..4 {
-        customer_with_events(worker.http, &format!("d-{c}"), 5, Duration::from_secs(30));
+        customer_with_events(
+            worker.http,
+            &format!("d-{c}"),
+            None,
+            5,
+            Duration::from_secs(30),
+        );
     }
     // Keyed like the events, so it lands on the customer's partition number.
     produce(
@@ -392,7 +372,7 @@ fn a_deletion_topic_record_erases_once_across_a_restart() {
     )
     .expect("a position record");
     assert!(position.offset > tombstone.offset);
-    customer_with_events(worker.http, "d-1", 5, Duration::from_secs(5));
+    customer_with_events(worker.http, "d-1", None, 5, Duration::from_secs(5));
     worker.stop().expect("clean stop");
 
     // Restarted: the request is not applied again, so the customer who
@@ -406,18 +386,18 @@ fn a_deletion_topic_record_erases_once_across_a_restart() {
         "customer-events",
         &[event("d-2", "login", T0_MS + 6 * DAY_MS, None)],
     );
-    customer_with_events(worker.http, "d-2", 1, Duration::from_secs(30));
+    customer_with_events(worker.http, "d-2", None, 1, Duration::from_secs(30));
     produce_events(
         &bootstrap,
         "customer-events",
         &[event("d-2", "login", T0_MS + 7 * DAY_MS, None)],
     );
-    customer_with_events(worker.http, "d-2", 2, Duration::from_secs(30));
+    customer_with_events(worker.http, "d-2", None, 2, Duration::from_secs(30));
     assert_eq!(
         worker.metrics().customers_erased.get(),
         0,
         "not erased twice"
     );
-    customer_with_events(worker.http, "d-1", 5, Duration::from_secs(5));
+    customer_with_events(worker.http, "d-1", None, 5, Duration::from_secs(5));
     worker.stop().expect("clean stop");
 }

@@ -80,30 +80,6 @@ fn wait_all_committed(bootstrap: &str, partitions: i32, timeout: Duration) {
     }
 }
 
-/// `/v1/customers/{id}` as JSON, once it answers 200 with `events` events.
-fn customer_with_events(
-    http: std::net::SocketAddr,
-    id: &str,
-    events: u64,
-    timeout: Duration,
-) -> serde_json::Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (status, body) = http_get(http, &format!("/v1/customers/{id}"), None);
-        if status == 200 {
-            let v: serde_json::Value = serde_json::from_str(&body).expect("json");
-            if v["events"].as_u64() == Some(events) {
-                return v;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{id}: never reached {events} events (last answer {status}: {body})"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn at_risk_ids(alerts: &[Alert]) -> Vec<&str> {
     let mut ids: Vec<&str> = alerts
         .iter()
@@ -139,9 +115,9 @@ fn segment_thresholds_change_which_customers_alert_and_survive_a_restart() {
     produce_events(&bootstrap, "customer-events", &lines);
 
     let worker = RunningWorker::start(config.clone(), model.clone());
-    let ent = customer_with_events(worker.http, "ent-1", 2, Duration::from_secs(30));
-    let std = customer_with_events(worker.http, "std-1", 2, Duration::from_secs(30));
-    let free = customer_with_events(worker.http, "free-1", 2, Duration::from_secs(30));
+    let ent = customer_with_events(worker.http, "ent-1", None, 2, Duration::from_secs(30));
+    let std = customer_with_events(worker.http, "std-1", None, 2, Duration::from_secs(30));
+    let free = customer_with_events(worker.http, "free-1", None, 2, Duration::from_secs(30));
     assert_eq!(ent["segment"], "enterprise");
     assert_eq!(
         std["segment"], "self-serve",
@@ -175,9 +151,9 @@ fn segment_thresholds_change_which_customers_alert_and_survive_a_restart() {
     // Restored from the changelog: the segment is kept, and still decides.
     let worker = RunningWorker::start(config, model);
     worker.wait_until("ready", Duration::from_secs(30), |w| w.shared.is_ready());
-    let ent = customer_with_events(worker.http, "ent-1", 2, Duration::from_secs(30));
+    let ent = customer_with_events(worker.http, "ent-1", None, 2, Duration::from_secs(30));
     assert_eq!(ent["segment"], "enterprise", "kept across the restart");
-    let ent2 = customer_with_events(worker.http, "ent-2", 1, Duration::from_secs(30));
+    let ent2 = customer_with_events(worker.http, "ent-2", None, 1, Duration::from_secs(30));
     assert_eq!(ent2["segment"], "enterprise");
     produce_events(
         &bootstrap,
@@ -187,8 +163,8 @@ fn segment_thresholds_change_which_customers_alert_and_survive_a_restart() {
             event_on("std-2", "complaint", T0_MS + DAY_MS, None),
         ],
     );
-    customer_with_events(worker.http, "ent-2", 2, Duration::from_secs(30));
-    let std2 = customer_with_events(worker.http, "std-2", 2, Duration::from_secs(30));
+    customer_with_events(worker.http, "ent-2", None, 2, Duration::from_secs(30));
+    let std2 = customer_with_events(worker.http, "std-2", None, 2, Duration::from_secs(30));
     assert_eq!(std2["segment"], "self-serve");
     wait_all_committed(&bootstrap, 2, Duration::from_secs(30));
     let alerts = read_alerts(&bootstrap, Duration::from_secs(2));
@@ -225,8 +201,8 @@ fn a_reload_keeps_each_customers_segment_by_name() {
             event_on("free-1", "login", T0_MS, Some("free")),
         ],
     );
-    customer_with_events(worker.http, "ent-1", 1, Duration::from_secs(30));
-    customer_with_events(worker.http, "free-1", 1, Duration::from_secs(30));
+    customer_with_events(worker.http, "ent-1", None, 1, Duration::from_secs(30));
+    customer_with_events(worker.http, "free-1", None, 1, Duration::from_secs(30));
 
     // The new model declares a value sorting first (every index moves),
     // moves enterprise's threshold to 65 and no longer declares free.
@@ -246,10 +222,10 @@ fn a_reload_keeps_each_customers_segment_by_name() {
     std::fs::write(&model_path, &next).expect("write model");
     let (status, body) = http_request(worker.http, "POST", "/admin/reload", Some(ADMIN));
     assert_eq!(status, 200, "{body}");
-    let ent = customer_with_events(worker.http, "ent-1", 1, Duration::from_secs(5));
+    let ent = customer_with_events(worker.http, "ent-1", None, 1, Duration::from_secs(5));
     assert_eq!(ent["model_version"], "segments-2");
     assert_eq!(ent["segment"], "enterprise", "found again by name");
-    let free = customer_with_events(worker.http, "free-1", 1, Duration::from_secs(5));
+    let free = customer_with_events(worker.http, "free-1", None, 1, Duration::from_secs(5));
     assert_eq!(
         free["segment"], "self-serve",
         "no longer declared: the default"
@@ -263,8 +239,8 @@ fn a_reload_keeps_each_customers_segment_by_name() {
             event_on("free-1", "complaint", T0_MS + DAY_MS, None),
         ],
     );
-    customer_with_events(worker.http, "ent-1", 2, Duration::from_secs(30));
-    customer_with_events(worker.http, "free-1", 2, Duration::from_secs(30));
+    customer_with_events(worker.http, "ent-1", None, 2, Duration::from_secs(30));
+    customer_with_events(worker.http, "free-1", None, 2, Duration::from_secs(30));
     wait_all_committed(&bootstrap, 2, Duration::from_secs(30));
     let alerts = read_alerts(&bootstrap, Duration::from_secs(2));
     assert_eq!(at_risk_ids(&alerts), ["ent-1"], "{alerts:?}");

@@ -5,7 +5,6 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use churn_scorer::alert::{Alert, alert_id};
@@ -38,12 +37,6 @@ fn model_text(version: &str, at_risk: f64, recovery: f64) -> String {
     }
     assert!(out.contains(version), "config/model.toml names its version");
     out
-}
-
-fn write_model(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).expect("write model");
-    std::fs::rename(&tmp, path).expect("rename model");
 }
 
 /// Alert ids of an offline replay of `lines` (one ordered stream, as one partition).
@@ -81,32 +74,6 @@ fn alerts_on(bootstrap: &str, topic: &str, count: usize, timeout: Duration) -> V
     }
 }
 
-/// `/v1/customers/{id}?as_of=` as JSON once it holds `events` events.
-fn customer_at(
-    http: std::net::SocketAddr,
-    id: &str,
-    as_of_ms: i64,
-    events: u64,
-    timeout: Duration,
-) -> serde_json::Value {
-    let ts = churn_scorer::event::format_timestamp_ms(as_of_ms);
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (status, body) = http_get(http, &format!("/v1/customers/{id}?as_of={ts}"), None);
-        if status == 200 {
-            let v: serde_json::Value = serde_json::from_str(&body).expect("json");
-            if v["events"].as_u64() == Some(events) {
-                return v;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{id}: never reached {events} events (last answer {status}: {body})"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn shadow_alerts_reach_only_the_shadow_topic_and_v1_shows_both_scores() {
     let broker = broker(1);
@@ -115,9 +82,9 @@ fn shadow_alerts_reach_only_the_shadow_topic_and_v1_shows_both_scores() {
     let dir = tempfile::tempdir().expect("temp dir");
     let live_path = dir.path().join("model.toml");
     let shadow_path = dir.path().join("shadow.toml");
-    write_model(&live_path, &model_text("live-1", 75.0, 55.0));
+    write_file_atomically(&live_path, &model_text("live-1", 75.0, 55.0));
     // A stricter candidate: it alerts earlier.
-    write_model(&shadow_path, &model_text("shadow-1", 55.0, 35.0));
+    write_file_atomically(&shadow_path, &model_text("shadow-1", 55.0, 35.0));
     let live = RiskModel::load(&live_path).expect("live model");
     let shadow = RiskModel::load(&shadow_path).expect("shadow model");
 
@@ -199,10 +166,10 @@ fn shadow_alerts_reach_only_the_shadow_topic_and_v1_shows_both_scores() {
     let live_scores = offline_scores(&live, &lines, as_of);
     let shadow_scores = offline_scores(&shadow, &lines, as_of);
     let (id, (score, events)) = live_scores.iter().next().expect("customers");
-    let v = customer_at(
+    let v = customer_with_events(
         worker.http,
         id,
-        as_of,
+        Some(as_of),
         u64::from(*events),
         Duration::from_secs(30),
     );
@@ -216,30 +183,30 @@ fn shadow_alerts_reach_only_the_shadow_topic_and_v1_shows_both_scores() {
     );
 
     // A reload re-reads both files; a broken shadow file swaps neither.
-    write_model(&shadow_path, &model_text("shadow-2", 55.0, 35.0));
+    write_file_atomically(&shadow_path, &model_text("shadow-2", 55.0, 35.0));
     let (status, body) = http_request(worker.http, "POST", "/admin/reload", Some(ADMIN));
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"shadow_version\":\"shadow-2\""), "{body}");
-    let v = customer_at(
+    let v = customer_with_events(
         worker.http,
         id,
-        as_of,
+        Some(as_of),
         u64::from(*events),
         Duration::from_secs(5),
     );
     assert_eq!(v["shadow"]["model_version"], "shadow-2");
-    write_model(
+    write_file_atomically(
         &shadow_path,
         "model_version = \"broken\"\n[score]\nscale = \"x\"\n",
     );
-    write_model(&live_path, &model_text("live-2", 75.0, 55.0));
+    write_file_atomically(&live_path, &model_text("live-2", 75.0, 55.0));
     let (status, body) = http_request(worker.http, "POST", "/admin/reload", Some(ADMIN));
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("shadow"), "names the shadow file: {body}");
-    let v = customer_at(
+    let v = customer_with_events(
         worker.http,
         id,
-        as_of,
+        Some(as_of),
         u64::from(*events),
         Duration::from_secs(5),
     );
@@ -251,13 +218,13 @@ fn shadow_alerts_reach_only_the_shadow_topic_and_v1_shows_both_scores() {
     worker.stop().expect("clean stop");
 
     // After a restart the shadow is seeded from the restored live states.
-    write_model(&shadow_path, &model_text("shadow-1", 55.0, 35.0));
-    write_model(&live_path, &model_text("live-1", 75.0, 55.0));
+    write_file_atomically(&shadow_path, &model_text("shadow-1", 55.0, 35.0));
+    write_file_atomically(&live_path, &model_text("live-1", 75.0, 55.0));
     let worker = RunningWorker::start(config, live);
-    let v = customer_at(
+    let v = customer_with_events(
         worker.http,
         id,
-        as_of,
+        Some(as_of),
         u64::from(*events),
         Duration::from_secs(60),
     );

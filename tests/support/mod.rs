@@ -596,3 +596,44 @@ pub fn read_alerts(bootstrap: &str, timeout: Duration) -> Vec<churn_scorer::aler
         .filter_map(|r| serde_json::from_slice(r.value.as_deref()?).ok())
         .collect()
 }
+
+/// `/v1/customers/{id}` (at `as_of_ms`, if given) as JSON, once it answers
+/// 200 with `events` events; panics at the deadline with the last answer.
+pub fn customer_with_events(
+    http: SocketAddr,
+    id: &str,
+    as_of_ms: Option<i64>,
+    events: u64,
+    timeout: Duration,
+) -> serde_json::Value {
+    let path = match as_of_ms {
+        Some(t) => format!(
+            "/v1/customers/{id}?as_of={}",
+            churn_scorer::event::format_timestamp_ms(t)
+        ),
+        None => format!("/v1/customers/{id}"),
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (status, body) = http_get(http, &path, None);
+        if status == 200 {
+            let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+            if v["events"].as_u64() == Some(events) {
+                return v;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id}: never reached {events} events (last answer {status}: {body})"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Writes `text` aside and renames it into place, as a deployment would:
+/// a reader never sees half a file.
+pub fn write_file_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write file");
+    std::fs::rename(&tmp, path).expect("rename file");
+}
