@@ -358,22 +358,13 @@ mod tests {
         assert!(back.type_mask & (1 << complaint) != 0);
     }
 
-    fn segmented() -> RiskModel {
-        RiskModel::from_toml(&format!(
-            "{}\n{}",
-            crate::model::DEFAULT_MODEL_TOML,
-            crate::model::tests::SEGMENTS_TOML
-        ))
-        .expect("valid")
-    }
-
     #[test]
     fn states_without_a_segment_are_written_as_version_2() {
         let m = RiskModel::default_model();
         let mut bytes = Vec::new();
         encode_state(&m, &sample(&m), &mut bytes);
         assert_eq!(bytes[0], 2, "readable by releases before segments");
-        let seg = segmented();
+        let seg = crate::model::tests::segmented();
         let mut again = Vec::new();
         encode_state(&seg, &sample(&seg), &mut again);
         assert_eq!(again, bytes, "no segment seen: the same bytes");
@@ -390,7 +381,7 @@ mod tests {
 
     #[test]
     fn segments_round_trip_by_name_across_models() {
-        let m = segmented();
+        let m = crate::model::tests::segmented();
         let mut s = sample(&m);
         s.set_segment(m.segment_index("free"), 1_700_000_000_000);
         let mut bytes = Vec::new();

@@ -1174,18 +1174,9 @@ mod tests {
         }
     }
 
-    fn segmented() -> RiskModel {
-        RiskModel::from_toml(&format!(
-            "{}\n{}",
-            crate::model::DEFAULT_MODEL_TOML,
-            crate::model::tests::SEGMENTS_TOML
-        ))
-        .expect("valid")
-    }
-
     #[test]
     fn segment_thresholds_decide_who_alerts() {
-        let m = segmented();
+        let m = crate::model::tests::segmented();
         let mut store = CustomerStore::new();
         // The same two events for three customers: a login, then a complaint.
         let mut decided = Vec::new();
@@ -1235,7 +1226,7 @@ mod tests {
 
     #[test]
     fn the_segment_is_the_latest_events_whatever_the_order() {
-        let m = segmented();
+        let m = crate::model::tests::segmented();
         let events = [
             ev_on("c", "login", DAY, "free"),
             ev("c", "login", 3 * DAY, None),
@@ -1270,7 +1261,7 @@ mod tests {
 
     #[test]
     fn a_reload_keeps_segments_by_name() {
-        let old = segmented();
+        let old = crate::model::tests::segmented();
         let mut spec = old.spec().clone();
         let segments = spec.segments.as_mut().expect("segments");
         // "aaa" sorts first: every index moves; "free" is dropped.

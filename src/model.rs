@@ -1271,10 +1271,14 @@ at_risk_threshold = 90.0
 support_ticket = 1.0
 "#;
 
+    /// The default model with [`SEGMENTS_TOML`].
+    pub(crate) fn segmented() -> RiskModel {
+        RiskModel::from_toml(&format!("{DEFAULT_MODEL_TOML}\n{SEGMENTS_TOML}")).expect("valid")
+    }
+
     #[test]
     fn segments_compile_with_their_own_thresholds_and_points() {
-        let m =
-            RiskModel::from_toml(&format!("{DEFAULT_MODEL_TOML}\n{SEGMENTS_TOML}")).expect("valid");
+        let m = segmented();
         assert!(m.has_segments());
         assert_eq!(m.segment_property(), Some("plan"));
         assert_eq!(m.segment_names(), ["self-serve", "enterprise", "free"]);
