@@ -247,3 +247,79 @@ fn shadow_alerts_reach_only_the_shadow_topic_and_v1_shows_both_scores() {
     );
     worker.stop().expect("clean stop");
 }
+
+#[test]
+fn a_shadow_topic_the_worker_may_not_write_never_stops_the_live_alerts() {
+    let broker = broker(1);
+    let bootstrap = broker.bootstrap_servers().to_string();
+    broker.create_topic(SHADOW_TOPIC, 1).expect("shadow topic");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let live_path = dir.path().join("model.toml");
+    let shadow_path = dir.path().join("shadow.toml");
+    write_file_atomically(&live_path, &model_text("live-1", 75.0, 55.0));
+    write_file_atomically(&shadow_path, &model_text("shadow-1", 55.0, 35.0));
+    let live = RiskModel::load(&live_path).expect("live model");
+    let shadow = RiskModel::load(&shadow_path).expect("shadow model");
+    let mut config = worker_config(&bootstrap);
+    config.model.path = Some(live_path);
+    config.model.shadow_path = Some(shadow_path);
+    config.topics.shadow_alerts = Some(SHADOW_TOPIC.into());
+    config.engine.idle_timeout_secs = 3600;
+    // The mock reports a topic's error in metadata only: the producer must
+    // ask again soon to learn that it may no longer write the topic.
+    config
+        .kafka
+        .producer
+        .insert("topic.metadata.refresh.interval.ms".into(), "100".into());
+    let lateness = config.engine.allowed_lateness_ms();
+
+    let worker = RunningWorker::start(config, live.clone());
+    worker.wait_until("ready", Duration::from_secs(30), |w| w.shared.is_ready());
+    // Permissions on the shadow topic revoked while the worker runs; its
+    // producers refresh metadata ten times before the first event is sent.
+    broker
+        .set_topic_error(
+            SHADOW_TOPIC,
+            rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+        )
+        .expect("topic error set");
+    std::thread::sleep(Duration::from_secs(1));
+    let lines = history(40, 30, 7);
+    let live_ids = offline_ids(&live, &lines, lateness);
+    let shadow_ids = offline_ids(&shadow, &lines, lateness);
+    assert!(!shadow_ids.is_empty());
+    produce_events(&bootstrap, "customer-events", &lines);
+
+    // Subscribers of the live topic see every live alert, once.
+    let alerts = alerts_on(
+        &bootstrap,
+        "churn-alerts",
+        live_ids.len(),
+        Duration::from_secs(60),
+    );
+    let got: BTreeSet<String> = alerts.iter().map(|a| a.alert_id.clone()).collect();
+    assert_eq!(got, live_ids);
+    assert_eq!(alerts.len(), live_ids.len());
+    // The partition moves on: every offset is committed, the worker runs on.
+    let end = high_watermark(&bootstrap, "customer-events", 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while committed_offset(&bootstrap, "churn-scorer", "customer-events", 0) != Some(end) {
+        assert!(Instant::now() < deadline, "offsets never committed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        !worker.finished(),
+        "a shadow topic must not stop the worker"
+    );
+    let dropped = worker
+        .metrics()
+        .events_dropped
+        .with_label_values(&["shadow_alert_rejected"])
+        .get();
+    assert_eq!(
+        dropped as usize,
+        shadow_ids.len(),
+        "each shadow alert counted"
+    );
+    worker.stop().expect("clean stop");
+}

@@ -352,7 +352,14 @@ impl OutputSink {
         settled: Option<&mut Vec<Settled>>,
     ) {
         self.metrics.producer_errors.inc();
-        match classify(&error) {
+        let class = match (classify(&error), tag.kind) {
+            // A shadow model is an experiment: a shadow topic it may not
+            // write (or that was deleted) drops its alerts, counted and
+            // logged, and never stops or stalls the live alerts.
+            (FailureClass::Fatal, OutputKind::ShadowAlert(_)) => FailureClass::RecordRejected,
+            (class, _) => class,
+        };
+        match class {
             FailureClass::Retriable => {
                 let backoff = FIRST_BACKOFF
                     .saturating_mul(1 << attempts.min(10))
