@@ -72,6 +72,15 @@ pub fn encode_position(next_offset: i64, out: &mut Vec<u8>) {
 
 /// Decodes a deletion-topic position record.
 pub fn decode_position(bytes: &[u8]) -> Result<i64, StateDecodeError> {
+    decode_fixed_v2(bytes, |r| r.i64())
+}
+
+/// Reads a fixed-layout version-2 record (the clock and position records):
+/// the version byte, the fields `read` takes, and nothing after them.
+fn decode_fixed_v2<T>(
+    bytes: &[u8],
+    read: impl FnOnce(&mut Reader<'_>) -> Result<T, StateDecodeError>,
+) -> Result<T, StateDecodeError> {
     let mut r = Reader { bytes };
     let version = r
         .u8()
@@ -79,11 +88,11 @@ pub fn decode_position(bytes: &[u8]) -> Result<i64, StateDecodeError> {
     if version != FORMAT_VERSION_2 {
         return Err(StateDecodeError::UnknownVersion(version));
     }
-    let next = r.i64()?;
+    let value = read(&mut r)?;
     if !r.bytes.is_empty() {
         return Err(StateDecodeError::Malformed("trailing bytes"));
     }
-    Ok(next)
+    Ok(value)
 }
 
 /// A partition's event-time clock, as persisted on the changelog.
@@ -104,21 +113,13 @@ pub fn encode_clock(clock: &PartitionClock, out: &mut Vec<u8>) {
 
 /// Decodes a partition's clock record.
 pub fn decode_clock(bytes: &[u8]) -> Result<PartitionClock, StateDecodeError> {
-    let mut r = Reader { bytes };
-    let version = r
-        .u8()
-        .map_err(|_| StateDecodeError::Malformed("empty record"))?;
-    if version != FORMAT_VERSION_2 {
-        return Err(StateDecodeError::UnknownVersion(version));
-    }
-    let watermark_ms = r.i64()?;
-    let max_event = r.i64()?;
-    if !r.bytes.is_empty() {
-        return Err(StateDecodeError::Malformed("trailing bytes"));
-    }
-    Ok(PartitionClock {
-        watermark_ms,
-        max_event_ms: (max_event != i64::MIN).then_some(max_event),
+    decode_fixed_v2(bytes, |r| {
+        let watermark_ms = r.i64()?;
+        let max_event = r.i64()?;
+        Ok(PartitionClock {
+            watermark_ms,
+            max_event_ms: (max_event != i64::MIN).then_some(max_event),
+        })
     })
 }
 

@@ -515,17 +515,7 @@ mod tests {
     }
 
     async fn get_status(app: Router, uri: &str, auth: Option<&str>) -> (StatusCode, String) {
-        let mut req = axum::http::Request::get(uri);
-        if let Some(a) = auth {
-            req = req.header(header::AUTHORIZATION, a);
-        }
-        let resp = app
-            .oneshot(req.body(Body::empty()).expect("request"))
-            .await
-            .expect("response");
-        let status = resp.status();
-        let body = resp.into_body().collect().await.expect("body").to_bytes();
-        (status, String::from_utf8_lossy(&body).into_owned())
+        send(app, "GET", uri, auth).await
     }
 
     #[tokio::test]

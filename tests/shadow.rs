@@ -74,28 +74,58 @@ fn alerts_on(bootstrap: &str, topic: &str, count: usize, timeout: Duration) -> V
     }
 }
 
+/// A live model and a stricter shadow candidate (it alerts earlier), their
+/// files, and a worker configuration scoring both with the shadow topic.
+/// Timers fire from event times alone, as in the offline replay: the idle
+/// rule must not move the clock to today while a test reads.
+struct ShadowSetup {
+    dir: tempfile::TempDir,
+    live: RiskModel,
+    shadow: RiskModel,
+    config: churn_scorer::config::WorkerConfig,
+}
+
+impl ShadowSetup {
+    fn new(bootstrap: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let live_path = dir.path().join("model.toml");
+        let shadow_path = dir.path().join("shadow.toml");
+        write_file_atomically(&live_path, &model_text("live-1", 75.0, 55.0));
+        write_file_atomically(&shadow_path, &model_text("shadow-1", 55.0, 35.0));
+        let live = RiskModel::load(&live_path).expect("live model");
+        let shadow = RiskModel::load(&shadow_path).expect("shadow model");
+        let mut config = worker_config(bootstrap);
+        config.model.path = Some(live_path);
+        config.model.shadow_path = Some(shadow_path);
+        config.topics.shadow_alerts = Some(SHADOW_TOPIC.into());
+        config.engine.idle_timeout_secs = 3600;
+        ShadowSetup {
+            dir,
+            live,
+            shadow,
+            config,
+        }
+    }
+
+    fn live_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("model.toml")
+    }
+
+    fn shadow_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("shadow.toml")
+    }
+}
+
 #[test]
 fn shadow_alerts_reach_only_the_shadow_topic_and_v1_shows_both_scores() {
     let broker = broker(1);
     let bootstrap = broker.bootstrap_servers().to_string();
     broker.create_topic(SHADOW_TOPIC, 1).expect("shadow topic");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let live_path = dir.path().join("model.toml");
-    let shadow_path = dir.path().join("shadow.toml");
-    write_file_atomically(&live_path, &model_text("live-1", 75.0, 55.0));
-    // A stricter candidate: it alerts earlier.
-    write_file_atomically(&shadow_path, &model_text("shadow-1", 55.0, 35.0));
-    let live = RiskModel::load(&live_path).expect("live model");
-    let shadow = RiskModel::load(&shadow_path).expect("shadow model");
-
-    let mut config = worker_config(&bootstrap);
-    config.model.path = Some(live_path.clone());
-    config.model.shadow_path = Some(shadow_path.clone());
-    config.topics.shadow_alerts = Some(SHADOW_TOPIC.into());
+    let setup = ShadowSetup::new(&bootstrap);
+    let (live_path, shadow_path) = (setup.live_path(), setup.shadow_path());
+    let (live, shadow) = (setup.live.clone(), setup.shadow.clone());
+    let mut config = setup.config.clone();
     config.http.admin_token = Some(ADMIN.into());
-    // Timers fire from event times alone, as in the offline replay: the
-    // idle rule must not move the clock to today while the test reads.
-    config.engine.idle_timeout_secs = 3600;
     let lateness = config.engine.allowed_lateness_ms();
 
     let lines = history(40, 30, 7);
@@ -253,18 +283,9 @@ fn a_shadow_topic_the_worker_may_not_write_never_stops_the_live_alerts() {
     let broker = broker(1);
     let bootstrap = broker.bootstrap_servers().to_string();
     broker.create_topic(SHADOW_TOPIC, 1).expect("shadow topic");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let live_path = dir.path().join("model.toml");
-    let shadow_path = dir.path().join("shadow.toml");
-    write_file_atomically(&live_path, &model_text("live-1", 75.0, 55.0));
-    write_file_atomically(&shadow_path, &model_text("shadow-1", 55.0, 35.0));
-    let live = RiskModel::load(&live_path).expect("live model");
-    let shadow = RiskModel::load(&shadow_path).expect("shadow model");
-    let mut config = worker_config(&bootstrap);
-    config.model.path = Some(live_path);
-    config.model.shadow_path = Some(shadow_path);
-    config.topics.shadow_alerts = Some(SHADOW_TOPIC.into());
-    config.engine.idle_timeout_secs = 3600;
+    let setup = ShadowSetup::new(&bootstrap);
+    let (live, shadow) = (setup.live.clone(), setup.shadow.clone());
+    let mut config = setup.config.clone();
     // The mock reports a topic's error in metadata only: the producer must
     // ask again soon to learn that it may no longer write the topic.
     config
