@@ -79,6 +79,13 @@ pub struct BenchOptions {
     /// A Python worker script (`benches/python_worker.py`) to measure on the
     /// same topic in the same run, between the bare consumer and the worker.
     pub python_worker: Option<std::path::PathBuf>,
+    /// Also time `kcat` (from `PATH`) reading the same topic, the read-only
+    /// reference of the issue that set the targets; a client of another
+    /// process, so its rate does not move with this process's allocator.
+    pub kcat: bool,
+    /// Rounds of (bare consumer, kcat, Python worker, worker) on the loaded
+    /// topic; the report's rates and ratios are the medians over rounds.
+    pub rounds: u32,
 }
 
 impl Default for BenchOptions {
@@ -92,6 +99,8 @@ impl Default for BenchOptions {
             config: None,
             shape: Shape::Journeys,
             python_worker: None,
+            kcat: false,
+            rounds: 1,
         }
     }
 }
@@ -141,6 +150,26 @@ impl Throughput {
     }
 }
 
+/// What one round measured on the same loaded topic.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Round {
+    /// The bare consumer.
+    pub bare: Throughput,
+    /// `kcat`, if asked.
+    pub kcat: Option<Throughput>,
+    /// The Python worker, if asked.
+    pub python: Option<PythonReport>,
+    /// The worker.
+    pub worker: Throughput,
+}
+
+/// The measurement of median rate (the higher middle one of an even count).
+fn median_by_rate(items: impl IntoIterator<Item = Throughput>) -> Throughput {
+    let mut v: Vec<Throughput> = items.into_iter().collect();
+    v.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
 /// Latency quantiles of the paced phase.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LatencyReport {
@@ -165,7 +194,7 @@ pub struct LatencyReport {
 /// Everything one run measured.
 #[derive(Debug, Clone, Default)]
 pub struct BenchReport {
-    /// The Python worker on the same topic, if it was run.
+    /// The Python worker on the same topic, if it was run: the round of median rate.
     pub python: Option<PythonReport>,
     /// From the worker's first event to every offset committed (its last
     /// state flush acknowledged and the commit done).
@@ -178,9 +207,14 @@ pub struct BenchReport {
     pub mean_payload: f64,
     /// Distinct customers among the loaded events.
     pub customers: u64,
-    /// The bare consumer.
+    /// Every round's measurements, in order.
+    pub rounds: Vec<Round>,
+    /// The bare consumer: the round of median rate.
     pub bare: Throughput,
-    /// The worker.
+    /// `kcat` reading the topic, if asked: the round of median rate.
+    pub kcat: Option<Throughput>,
+    /// The worker: the round of median rate. The worker phase's other
+    /// figures (outputs, CPU, memory, allocations) are the last round's.
     pub worker: Throughput,
     /// Resident set size before the worker started (bytes).
     pub rss_before_worker: u64,
@@ -581,6 +615,213 @@ fn paced_feed(
     })
 }
 
+/// `kcat` reading the whole topic once (no consumer group: it assigns every
+/// partition), counting the messages it prints.
+fn kcat_read(bootstrap: &str, topic: &str, n: u64) -> Result<Throughput, BenchError> {
+    use std::io::Read;
+    let started = Instant::now();
+    let mut child = std::process::Command::new("kcat")
+        .args([
+            "-C",
+            "-q",
+            "-e",
+            "-o",
+            "beginning",
+            "-b",
+            bootstrap,
+            "-t",
+            topic,
+        ])
+        // One newline per message: the count, and no formatting work to speak of.
+        .args(["-f", "\\n"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .map_err(|e| BenchError::Invalid(format!("kcat (is it installed?): {e}")))?;
+    let Some(mut out) = child.stdout.take() else {
+        return Err(BenchError::Check("kcat's output was not piped".into()));
+    };
+    let mut buf = vec![0_u8; 1 << 16];
+    let mut first: Option<Instant> = None;
+    let mut count = 0_u64;
+    loop {
+        let read = out
+            .read(&mut buf)
+            .map_err(|e| BenchError::Check(format!("reading kcat's output: {e}")))?;
+        if read == 0 {
+            break;
+        }
+        first.get_or_insert_with(Instant::now);
+        count += buf[..read].iter().filter(|&&b| b == b'\n').count() as u64;
+    }
+    let end = Instant::now();
+    let status = child
+        .wait()
+        .map_err(|e| BenchError::Check(format!("waiting for kcat: {e}")))?;
+    if !status.success() || count != n {
+        return Err(BenchError::Check(format!(
+            "kcat printed {count} messages of {n} and exited with {status}"
+        )));
+    }
+    Ok(Throughput {
+        events: count,
+        total: end - started,
+        steady: end - first.unwrap_or(started),
+    })
+}
+
+/// The worker configuration of `round`: a group of its own and, after the
+/// first round, output topics of its own.
+fn config_for_round(base: &WorkerConfig, run_id: &str, round: u32) -> WorkerConfig {
+    let mut config = base.clone();
+    config.kafka.group_id = format!("bench-worker-{run_id}-{round}");
+    if round > 1 {
+        let topics = &mut config.topics;
+        for name in [
+            &mut topics.alerts,
+            &mut topics.dead_letter,
+            &mut topics.state,
+        ]
+        .into_iter()
+        .chain(topics.shadow_alerts.as_mut())
+        {
+            name.push_str(&format!("-round{round}"));
+        }
+    }
+    config
+}
+
+/// A worker left running after its throughput phase.
+struct LiveWorker {
+    runtime: tokio::runtime::Runtime,
+    handle: tokio::task::JoinHandle<Result<(), crate::worker::WorkerError>>,
+    token: CancellationToken,
+    metrics: Metrics,
+    config: WorkerConfig,
+}
+
+impl LiveWorker {
+    /// Stops the worker gracefully and checks its committed offsets cover
+    /// the `expected` events.
+    fn stop(
+        self,
+        bootstrap: &str,
+        input: &str,
+        partitions: i32,
+        expected: u64,
+    ) -> Result<(), BenchError> {
+        self.token.cancel();
+        self.runtime
+            .block_on(self.handle)
+            .map_err(|_| BenchError::Worker(crate::worker::WorkerError::PipelineStopped))??;
+        let committed = committed_total(bootstrap, &self.config.kafka.group_id, input, partitions)?;
+        if committed != expected as i64 {
+            return Err(BenchError::Check(format!(
+                "the worker's committed offsets add up to {committed}, expected {expected}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Starts a worker in a fresh group, measures it through the `n` loaded
+/// events and their commit, and records the worker phase's figures in
+/// `report`; the worker is left running.
+fn measure_worker(
+    config: WorkerConfig,
+    model: &RiskModel,
+    bootstrap: &str,
+    input: &str,
+    partitions: i32,
+    n: u64,
+    report: &mut BenchReport,
+) -> Result<(LiveWorker, Throughput), BenchError> {
+    eprintln!("worker: consuming, scoring, alerting, writing state...");
+    let metrics = Metrics::new();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| BenchError::Invalid(format!("tokio runtime: {e}")))?;
+    report.rss_before_worker = rss_bytes();
+    let worker = runtime.block_on(Worker::bind(config.clone(), model.clone(), metrics.clone()))?;
+    let http = worker.http_addr();
+    let token = CancellationToken::new();
+    let started = Instant::now();
+    let handle = runtime.spawn(worker.run(token.clone()));
+    eprintln!("worker: http on {http}");
+    let m = &metrics;
+    let cpu0 = thread_cpu();
+    let allocations0 = allocations();
+    let first = wait_for(
+        "the worker was starting",
+        || 0,
+        || m.events_consumed.get() > 0 || handle.is_finished(),
+    )?;
+    let mut last_report = Instant::now();
+    let done = wait_for(
+        "the worker was processing",
+        || m.processing_latency.get_sample_count(),
+        || {
+            if last_report.elapsed() >= Duration::from_secs(1) {
+                last_report = Instant::now();
+                eprintln!(
+                    "  {:>5.1} s: consumed {} acknowledged {}",
+                    first.elapsed().as_secs_f64(),
+                    m.events_consumed.get(),
+                    m.processing_latency.get_sample_count()
+                );
+            }
+            m.processing_latency.get_sample_count() >= n || handle.is_finished()
+        },
+    )?;
+    if handle.is_finished() {
+        token.cancel();
+        runtime
+            .block_on(handle)
+            .map_err(|_| BenchError::Worker(crate::worker::WorkerError::PipelineStopped))??;
+        return Err(BenchError::Check("the worker stopped early".into()));
+    }
+    let throughput = Throughput {
+        events: n,
+        total: done - started,
+        steady: done - first,
+    };
+    report.worker_cpu = cpu_by_thread(&cpu0, &thread_cpu());
+    report.worker_allocations = allocations().zip(allocations0).map(|(b, a)| b - a);
+    report.rss_after_worker = rss_bytes();
+    report.alerts = crate::engine::AlertKind::ALL
+        .iter()
+        .map(|k| m.alerts_published.with_label_values(&[k.as_str()]).get())
+        .sum();
+    // Offsets follow the state flush that covers them.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while committed_total(bootstrap, &config.kafka.group_id, input, partitions)? < n as i64 {
+        if Instant::now() >= deadline {
+            return Err(BenchError::Stalled(
+                "waiting for the worker's offsets commit",
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    report.committed_after = Some(first.elapsed());
+    report.state_records = m.state_changelog_records.get();
+    report.timers_fired = m.inactivity_timers_fired.get();
+    // The gauge follows the pipeline's one-second tick.
+    std::thread::sleep(Duration::from_millis(1100));
+    report.customers_tracked = m.customers_tracked.get();
+    Ok((
+        LiveWorker {
+            runtime,
+            handle,
+            token,
+            metrics,
+            config,
+        },
+        throughput,
+    ))
+}
+
 /// Runs the benchmark, printing progress to standard error.
 pub fn run_bench(options: &BenchOptions) -> Result<BenchReport, BenchError> {
     if options.events == 0 || options.partitions < 1 || options.customers == 0 {
@@ -607,7 +848,6 @@ pub fn run_bench(options: &BenchOptions) -> Result<BenchReport, BenchError> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis())
     );
-    config.kafka.group_id = format!("bench-worker-{run_id}");
     // The mock broker holds a fetch that finds no data for the full
     // fetch.wait.max.ms even when data arrives meanwhile (a real broker answers
     // as soon as fetch.min.bytes are there): a short wait stands in for that.
@@ -647,98 +887,80 @@ pub fn run_bench(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         report.load_rate, report.mean_payload
     );
 
-    // 2. The limit: a bare consumer.
-    eprintln!("bare consumer: reading {n} events...");
-    let cpu0 = thread_cpu();
-    report.bare = bare_consumer(&config, &input, n, &format!("bench-bare-{run_id}"))?;
-    report.bare_cpu = cpu_by_thread(&cpu0, &thread_cpu());
-    eprintln!("bare consumer: {:.0} events/s", report.bare.rate());
-
-    if let Some(script) = &options.python_worker {
-        eprintln!("python worker: reading {n} events...");
-        let py = python_worker(script, &bootstrap, &input, &config.topics.alerts, n)?;
-        eprintln!("python worker: {:.0} events/s", py.rate());
-        report.python = Some(py);
-    }
-
-    // 3. The worker.
-    eprintln!("worker: consuming, scoring, alerting, writing state...");
+    // 2-3. Rounds: the bare consumer (the limit), kcat and the Python worker
+    // when asked, then the worker; each reads the whole topic in a group of
+    // its own, and each round's worker writes topics of its own (a worker
+    // restoring an earlier round's changelog would skip every event as seen).
     let model = RiskModel::default_model();
-    let metrics = Metrics::new();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .map_err(|e| BenchError::Invalid(format!("tokio runtime: {e}")))?;
-    report.rss_before_worker = rss_bytes();
-    let worker = runtime.block_on(Worker::bind(config.clone(), model, metrics.clone()))?;
-    let http = worker.http_addr();
-    let token = CancellationToken::new();
-    let started = Instant::now();
-    let handle = runtime.spawn(worker.run(token.clone()));
-    eprintln!("worker: http on {http}");
-    let m = metrics.clone();
-    let cpu0 = thread_cpu();
-    let allocations0 = allocations();
-    let first = wait_for(
-        "the worker was starting",
-        || 0,
-        || m.events_consumed.get() > 0 || handle.is_finished(),
-    )?;
-    let mut last_report = Instant::now();
-    let done = wait_for(
-        "the worker was processing",
-        || m.processing_latency.get_sample_count(),
-        || {
-            if last_report.elapsed() >= Duration::from_secs(1) {
-                last_report = Instant::now();
-                eprintln!(
-                    "  {:>5.1} s: consumed {} acknowledged {}",
-                    first.elapsed().as_secs_f64(),
-                    m.events_consumed.get(),
-                    m.processing_latency.get_sample_count()
-                );
-            }
-            m.processing_latency.get_sample_count() >= n || handle.is_finished()
-        },
-    )?;
-    if handle.is_finished() {
-        token.cancel();
-        runtime
-            .block_on(handle)
-            .map_err(|_| BenchError::Worker(crate::worker::WorkerError::PipelineStopped))??;
-        return Err(BenchError::Check("the worker stopped early".into()));
-    }
-    report.worker = Throughput {
-        events: n,
-        total: done - started,
-        steady: done - first,
-    };
-    report.worker_cpu = cpu_by_thread(&cpu0, &thread_cpu());
-    report.worker_allocations = allocations().zip(allocations0).map(|(b, a)| b - a);
-    report.rss_after_worker = rss_bytes();
-    report.alerts = crate::engine::AlertKind::ALL
-        .iter()
-        .map(|k| m.alerts_published.with_label_values(&[k.as_str()]).get())
-        .sum();
-    // Offsets follow the state flush that covers them.
-    let group = config.kafka.group_id.clone();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while committed_total(&bootstrap, &group, &input, options.partitions)? < n as i64 {
-        if Instant::now() >= deadline {
-            return Err(BenchError::Stalled(
-                "waiting for the worker's offsets commit",
-            ));
+    let mut live: Option<LiveWorker> = None;
+    for round in 1..=options.rounds.max(1) {
+        if let Some(previous) = live.take() {
+            previous.stop(&bootstrap, &input, options.partitions, n)?;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        let config = config_for_round(&config, &run_id, round);
+        if round > 1 {
+            let t = &config.topics;
+            for name in [&t.alerts, &t.dead_letter, &t.state]
+                .into_iter()
+                .chain(&t.shadow_alerts)
+            {
+                broker.create_topic(name, options.partitions)?;
+            }
+        }
+        eprintln!(
+            "round {round} of {}: bare consumer reading {n} events...",
+            options.rounds
+        );
+        let cpu0 = thread_cpu();
+        let bare = bare_consumer(&config, &input, n, &format!("bench-bare-{run_id}-{round}"))?;
+        report.bare_cpu = cpu_by_thread(&cpu0, &thread_cpu());
+        eprintln!("bare consumer: {:.0} events/s", bare.rate());
+        let kcat = if options.kcat {
+            eprintln!("kcat: reading {n} events...");
+            let k = kcat_read(&bootstrap, &input, n)?;
+            eprintln!("kcat: {:.0} events/s", k.rate());
+            Some(k)
+        } else {
+            None
+        };
+        let python = match &options.python_worker {
+            Some(script) => {
+                eprintln!("python worker: reading {n} events...");
+                let py = python_worker(script, &bootstrap, &input, &config.topics.alerts, n)?;
+                eprintln!("python worker: {:.0} events/s", py.rate());
+                Some(py)
+            }
+            None => None,
+        };
+        let (worker, throughput) = measure_worker(
+            config,
+            &model,
+            &bootstrap,
+            &input,
+            options.partitions,
+            n,
+            &mut report,
+        )?;
+        eprintln!("worker: {:.0} events/s", throughput.rate());
+        report.rounds.push(Round {
+            bare,
+            kcat,
+            python,
+            worker: throughput,
+        });
+        live = Some(worker);
     }
-    report.committed_after = Some(first.elapsed());
-    report.state_records = m.state_changelog_records.get();
-    report.timers_fired = m.inactivity_timers_fired.get();
-    // The gauge follows the pipeline's one-second tick.
-    std::thread::sleep(Duration::from_millis(1100));
-    report.customers_tracked = m.customers_tracked.get();
-    eprintln!("worker: {:.0} events/s", report.worker.rate());
+    let Some(live) = live else {
+        return Err(BenchError::Invalid("--rounds must be at least 1".into()));
+    };
+    report.bare = median_by_rate(report.rounds.iter().map(|r| r.bare));
+    report.worker = median_by_rate(report.rounds.iter().map(|r| r.worker));
+    let kcat: Vec<Throughput> = report.rounds.iter().filter_map(|r| r.kcat).collect();
+    report.kcat = (!kcat.is_empty()).then(|| median_by_rate(kcat));
+    let mut python: Vec<PythonReport> = report.rounds.iter().filter_map(|r| r.python).collect();
+    python.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+    report.python = python.get(python.len() / 2).copied();
+    let m = live.metrics.clone();
 
     // 4. Latency under a steady load below the maximum.
     let mut expected = n;
@@ -785,23 +1007,8 @@ pub fn run_bench(options: &BenchOptions) -> Result<BenchReport, BenchError> {
     }
 
     // 5. Stop gracefully and check the committed offsets cover every event.
-    token.cancel();
-    runtime
-        .block_on(handle)
-        .map_err(|_| BenchError::Worker(crate::worker::WorkerError::PipelineStopped))??;
-    let committed = committed_total(
-        &bootstrap,
-        &config.kafka.group_id,
-        &input,
-        options.partitions,
-    )?;
-    if committed != expected as i64 {
-        return Err(BenchError::Check(format!(
-            "the worker's committed offsets add up to {committed}, expected {expected}"
-        )));
-    }
+    live.stop(&bootstrap, &input, options.partitions, expected)?;
     report.peak_rss = peak_rss_bytes();
-    drop(runtime);
     drop(broker);
     Ok(report)
 }
@@ -852,6 +1059,26 @@ impl BenchReport {
             self.mean_payload
         );
         let _ = writeln!(s, "load (acked)        {:>10.0} events/s", self.load_rate);
+        if self.rounds.len() > 1 {
+            for (i, r) in self.rounds.iter().enumerate() {
+                let _ = writeln!(
+                    s,
+                    "round {:<13} bare {:.0} | kcat {} | python {} | worker {:.0} events/s | worker / bare {:.1} %",
+                    i + 1,
+                    r.bare.rate(),
+                    r.kcat
+                        .map_or("-".to_string(), |k| format!("{:.0}", k.rate())),
+                    r.python
+                        .map_or("-".to_string(), |p| format!("{:.0}", p.rate())),
+                    r.worker.rate(),
+                    100.0 * r.worker.rate() / r.bare.rate().max(1e-9)
+                );
+            }
+            let _ = writeln!(
+                s,
+                "                    rates below: the median round of each; outputs, cpu and memory: the last round"
+            );
+        }
         let _ = writeln!(
             s,
             "bare consumer       {:>10.0} events/s  ({:.2} s; {:.2} s with group join)",
@@ -871,6 +1098,16 @@ impl BenchReport {
             "worker / bare       {:>10.1} %  (target >= 50 %)",
             100.0 * ratio
         );
+        if let Some(k) = &self.kcat {
+            let _ = writeln!(
+                s,
+                "kcat (read only)    {:>10.0} events/s  ({:.2} s; {:.2} s from start) | worker / kcat {:.1} %",
+                k.rate(),
+                k.steady.as_secs_f64(),
+                k.total.as_secs_f64(),
+                100.0 * self.worker.rate() / k.rate().max(1e-9)
+            );
+        }
         if let Some(c) = self.committed_after {
             let _ = writeln!(
                 s,

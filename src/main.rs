@@ -239,6 +239,14 @@ struct BenchArgs {
     /// python3 with confluent-kafka) on the same topic in each run.
     #[arg(long)]
     python_worker: Option<PathBuf>,
+    /// Also time `kcat` (from PATH) reading the same topic in each round: a
+    /// read-only reference from another process.
+    #[arg(long)]
+    kcat: bool,
+    /// Rounds of (bare consumer, kcat, Python worker, worker) on the loaded
+    /// topic, each in a fresh consumer group; rates and ratios are medians.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
 }
 
 fn bench(args: BenchArgs) -> Result<()> {
@@ -254,6 +262,8 @@ fn bench(args: BenchArgs) -> Result<()> {
             config: args.config.clone(),
             shape: *shape,
             python_worker: args.python_worker.clone(),
+            kcat: args.kcat,
+            rounds: args.rounds,
         };
         let report = run_bench(&options)?;
         print!("{}", report.render(&options));
@@ -262,15 +272,19 @@ fn bench(args: BenchArgs) -> Result<()> {
     }
     if summary.len() > 1 {
         println!(
-            "shape     events/s   / bare   / python   state/event   alerts/event   p50 ms   p99 ms"
+            "shape     events/s   / bare   / kcat   / python   state/event   alerts/event   p50 ms   p99 ms"
         );
         for (o, r) in &summary {
             let n = o.events as f64;
             println!(
-                "{:<8} {:>9.0} {:>7.1} % {:>8} {:>12.3} {:>14.3} {:>8} {:>8}",
+                "{:<8} {:>9.0} {:>7.1} % {:>8} {:>8} {:>12.3} {:>14.3} {:>8} {:>8}",
                 o.shape.to_string(),
                 r.worker.rate(),
                 100.0 * r.worker.rate() / r.bare.rate().max(1e-9),
+                r.kcat.map_or("-".to_string(), |k| format!(
+                    "{:.1} %",
+                    100.0 * r.worker.rate() / k.rate().max(1e-9)
+                )),
                 r.python.map_or("-".to_string(), |p| format!(
                     "{:.1} x",
                     r.worker.rate() / p.rate().max(1e-9)
