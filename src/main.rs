@@ -15,14 +15,6 @@ use churn_scorer::telemetry::LogFormat;
 mod analysis_cli;
 mod kafka_check;
 
-// mimalloc for the whole process, librdkafka's C allocations included (the
-// `override` feature exports malloc/free): librdkafka allocates each fetched
-// message on its broker thread and the pipeline threads free it, which with
-// glibc's per-thread arenas contended on the broker's arena lock (~10 % of
-// pipeline time) and doubled resident memory. docs/performance.md has the figures.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Live churn-risk scoring of customer event streams.
 ///
 /// Logs go to stderr: human-readable text (coloured only on a terminal), or
