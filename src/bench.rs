@@ -72,6 +72,9 @@ pub struct BenchOptions {
     pub latency_secs: f64,
     /// Rate of the latency phase as a fraction of the measured worker rate.
     pub latency_load: f64,
+    /// Rate of the latency phase in events/s, instead of `latency_load`:
+    /// compares builds or settings at the same absolute load.
+    pub latency_rate: Option<f64>,
     /// Worker configuration file (TOML) for experiments; built-in defaults when `None`.
     pub config: Option<std::path::PathBuf>,
     /// Shape of the generated stream.
@@ -96,6 +99,7 @@ impl Default for BenchOptions {
             partitions: 32,
             latency_secs: 10.0,
             latency_load: 0.5,
+            latency_rate: None,
             config: None,
             shape: Shape::Journeys,
             python_worker: None,
@@ -965,7 +969,9 @@ pub fn run_bench(options: &BenchOptions) -> Result<BenchReport, BenchError> {
     // 4. Latency under a steady load below the maximum.
     let mut expected = n;
     if options.latency_secs > 0.0 {
-        let rate = report.worker.rate() * options.latency_load;
+        let rate = options
+            .latency_rate
+            .unwrap_or(report.worker.rate() * options.latency_load);
         let duration = Duration::from_secs_f64(options.latency_secs);
         eprintln!(
             "latency: producing {rate:.0} events/s for {:.0} s...",

@@ -220,6 +220,10 @@ struct BenchArgs {
     /// Load of the latency phase, as a fraction of the measured worker rate.
     #[arg(long, default_value_t = 0.5)]
     latency_load: f64,
+    /// Rate of the latency phase in events/s, instead of --latency-load:
+    /// to compare builds or settings at the same absolute load.
+    #[arg(long)]
+    latency_rate: Option<f64>,
     /// Worker configuration (TOML) for experiments; built-in defaults when omitted.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -251,6 +255,7 @@ fn bench(args: BenchArgs) -> Result<()> {
             partitions: args.partitions,
             latency_secs: args.latency_secs,
             latency_load: args.latency_load,
+            latency_rate: args.latency_rate,
             config: args.config.clone(),
             shape: *shape,
             python_worker: args.python_worker.clone(),
