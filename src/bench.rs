@@ -82,9 +82,8 @@ pub struct BenchOptions {
     /// A Python worker script (`benches/python_worker.py`) to measure on the
     /// same topic in the same run, between the bare consumer and the worker.
     pub python_worker: Option<std::path::PathBuf>,
-    /// Also time `kcat` (from `PATH`) reading the same topic, the read-only
-    /// reference of the issue that set the targets; a client of another
-    /// process, so its rate does not move with this process's allocator.
+    /// Also time `kcat` (from `PATH`) reading the same topic: the read-only
+    /// reference of the issue that set the targets, in a process of its own.
     pub kcat: bool,
     /// Rounds of (bare consumer, kcat, Python worker, worker) on the loaded
     /// topic; the report's rates and ratios are the medians over rounds.

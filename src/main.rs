@@ -15,6 +15,15 @@ use churn_scorer::telemetry::LogFormat;
 mod analysis_cli;
 mod kafka_check;
 
+// jemalloc for the whole process, librdkafka's C allocations included (the
+// unprefixed feature exports malloc/free on Linux): librdkafka allocates each
+// fetched message on its broker thread and a pipeline thread frees it, and
+// glibc serialised those frees on the broker thread's arena lock (~10 % of
+// pipeline time, ~30 % of the broker thread in allocation). mimalloc removed
+// that too but raised p99 latency; docs/performance.md has both measurements.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Live churn-risk scoring of customer event streams.
 ///
 /// Logs go to stderr: human-readable text (coloured only on a terminal), or
