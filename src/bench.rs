@@ -166,11 +166,12 @@ pub struct Round {
     pub worker: Throughput,
 }
 
-/// The measurement of median rate (the higher middle one of an even count).
-fn median_by_rate(items: impl IntoIterator<Item = Throughput>) -> Throughput {
-    let mut v: Vec<Throughput> = items.into_iter().collect();
-    v.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
-    v.get(v.len() / 2).copied().unwrap_or_default()
+/// The measurement of median `rate` (the higher middle one of an even
+/// count); `None` when there is none.
+fn median_by_rate<T: Copy>(items: impl IntoIterator<Item = T>, rate: fn(&T) -> f64) -> Option<T> {
+    let mut v: Vec<T> = items.into_iter().collect();
+    v.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
+    v.get(v.len() / 2).copied()
 }
 
 /// Latency quantiles of the paced phase.
@@ -674,8 +675,14 @@ fn kcat_read(bootstrap: &str, topic: &str, n: u64) -> Result<Throughput, BenchEr
 }
 
 /// The worker configuration of `round`: a group of its own and, after the
-/// first round, output topics of its own.
-fn config_for_round(base: &WorkerConfig, run_id: &str, round: u32) -> WorkerConfig {
+/// first round, output topics of its own, created on `broker`.
+fn round_config(
+    base: &WorkerConfig,
+    run_id: &str,
+    round: u32,
+    broker: &EmbeddedBroker,
+    partitions: i32,
+) -> Result<WorkerConfig, BenchError> {
     let mut config = base.clone();
     config.kafka.group_id = format!("bench-worker-{run_id}-{round}");
     if round > 1 {
@@ -689,9 +696,10 @@ fn config_for_round(base: &WorkerConfig, run_id: &str, round: u32) -> WorkerConf
         .chain(topics.shadow_alerts.as_mut())
         {
             name.push_str(&format!("-round{round}"));
+            broker.create_topic(name, partitions)?;
         }
     }
-    config
+    Ok(config)
 }
 
 /// A worker left running after its throughput phase.
@@ -900,16 +908,7 @@ pub fn run_bench(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         if let Some(previous) = live.take() {
             previous.stop(&bootstrap, &input, options.partitions, n)?;
         }
-        let config = config_for_round(&config, &run_id, round);
-        if round > 1 {
-            let t = &config.topics;
-            for name in [&t.alerts, &t.dead_letter, &t.state]
-                .into_iter()
-                .chain(&t.shadow_alerts)
-            {
-                broker.create_topic(name, options.partitions)?;
-            }
-        }
+        let config = round_config(&config, &run_id, round, &broker, options.partitions)?;
         eprintln!(
             "round {round} of {}: bare consumer reading {n} events...",
             options.rounds
@@ -956,13 +955,13 @@ pub fn run_bench(options: &BenchOptions) -> Result<BenchReport, BenchError> {
     let Some(live) = live else {
         return Err(BenchError::Invalid("--rounds must be at least 1".into()));
     };
-    report.bare = median_by_rate(report.rounds.iter().map(|r| r.bare));
-    report.worker = median_by_rate(report.rounds.iter().map(|r| r.worker));
-    let kcat: Vec<Throughput> = report.rounds.iter().filter_map(|r| r.kcat).collect();
-    report.kcat = (!kcat.is_empty()).then(|| median_by_rate(kcat));
-    let mut python: Vec<PythonReport> = report.rounds.iter().filter_map(|r| r.python).collect();
-    python.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
-    report.python = python.get(python.len() / 2).copied();
+    let rounds = &report.rounds;
+    let bare = median_by_rate(rounds.iter().map(|r| r.bare), Throughput::rate);
+    let worker = median_by_rate(rounds.iter().map(|r| r.worker), Throughput::rate);
+    let kcat = median_by_rate(rounds.iter().filter_map(|r| r.kcat), Throughput::rate);
+    let python = median_by_rate(rounds.iter().filter_map(|r| r.python), PythonReport::rate);
+    (report.bare, report.worker) = (bare.unwrap_or_default(), worker.unwrap_or_default());
+    (report.kcat, report.python) = (kcat, python);
     let m = live.metrics.clone();
 
     // 4. Latency under a steady load below the maximum.

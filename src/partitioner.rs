@@ -28,76 +28,53 @@ impl KeyPartitioner {
     /// The partition of `key` among `partitions`, or `None` when the
     /// partitioner is unknown, the key is empty (both clients then pick a
     /// partition at random) or there are no partitions.
+    ///
+    /// Computed by the partitioner functions librdkafka exports, the code
+    /// its producers run (its murmur2 is the Java client's).
     pub fn partition(self, key: &[u8], partitions: usize) -> Option<i32> {
-        let n = u32::try_from(partitions).ok().filter(|n| *n > 0)?;
+        let n = i32::try_from(partitions).ok().filter(|n| *n > 0)?;
         if key.is_empty() {
             return None;
         }
-        let hash = match self {
-            KeyPartitioner::ConsistentRandom => crc32(key),
-            KeyPartitioner::Murmur2 => murmur2(key) & 0x7fff_ffff,
+        let partitioner = match self {
+            KeyPartitioner::ConsistentRandom => rdkafka_sys::rd_kafka_msg_partitioner_consistent,
+            KeyPartitioner::Murmur2 => rdkafka_sys::rd_kafka_msg_partitioner_murmur2,
             KeyPartitioner::None => return None,
         };
-        i32::try_from(hash % n).ok()
+        // SAFETY: `key` is valid for `key.len()` bytes for the call. These two
+        // partitioners only hash the key (rdkafka_msg.c); the topic handle
+        // and opaques they are given are never read, so null is sound.
+        let p = unsafe {
+            partitioner(
+                std::ptr::null(),
+                key.as_ptr().cast(),
+                key.len(),
+                n,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        };
+        Some(p)
     }
-}
-
-/// CRC-32 (IEEE 802.3, reflected, as zlib and librdkafka's `rd_crc32`).
-pub fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            // Branch-free: the mask is all ones when the low bit is set.
-            let mask = (crc & 1).wrapping_neg();
-            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
-        }
-    }
-    !crc
-}
-
-/// Kafka's murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`, seed
-/// 0x9747b28c), as the Java client's default partitioner uses it.
-pub fn murmur2(data: &[u8]) -> u32 {
-    const M: u32 = 0x5bd1_e995;
-    const R: u32 = 24;
-    let seed: u32 = 0x9747_b28c;
-    // Kafka takes the length as a Java int; keys are far below 2^31 bytes.
-    let mut h = seed ^ (data.len() as u32);
-    let mut chunks = data.chunks_exact(4);
-    for chunk in &mut chunks {
-        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        k = k.wrapping_mul(M);
-        k ^= k >> R;
-        k = k.wrapping_mul(M);
-        h = h.wrapping_mul(M);
-        h ^= k;
-    }
-    let rest = chunks.remainder();
-    if rest.len() >= 3 {
-        h ^= u32::from(rest[2]) << 16;
-    }
-    if rest.len() >= 2 {
-        h ^= u32::from(rest[1]) << 8;
-    }
-    if let Some(&first) = rest.first() {
-        h ^= u32::from(first);
-        h = h.wrapping_mul(M);
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(M);
-    h ^= h >> 15;
-    h
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// With `i32::MAX` partitions the partition is the positive hash itself
+    /// (modulo 2^31 - 1), so known hash values can be checked through it.
+    fn hash_through_partition(p: KeyPartitioner, key: &[u8]) -> u32 {
+        p.partition(key, i32::MAX as usize).expect("known") as u32
+    }
+
     #[test]
     fn crc32_matches_the_check_value() {
-        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
-        assert_eq!(crc32(b""), 0);
+        assert_eq!(
+            hash_through_partition(KeyPartitioner::ConsistentRandom, b"123456789"),
+            // CRC-32's check value; librdkafka takes it modulo the count unsigned.
+            0xCBF4_3926u32 % 0x7fff_ffff
+        );
     }
 
     #[test]
@@ -115,7 +92,11 @@ mod tests {
             (b"abc", 479_470_107),
         ];
         for (key, expected) in cases {
-            assert_eq!(murmur2(key) as i32, expected, "{key:?}");
+            assert_eq!(
+                hash_through_partition(KeyPartitioner::Murmur2, key),
+                (expected as u32 & 0x7fff_ffff) % 0x7fff_ffff,
+                "{key:?}"
+            );
         }
     }
 

@@ -196,13 +196,10 @@ fn shadow_alerts_reach_only_the_shadow_topic_and_v1_shows_both_scores() {
     let live_scores = offline_scores(&live, &lines, as_of);
     let shadow_scores = offline_scores(&shadow, &lines, as_of);
     let (id, (score, events)) = live_scores.iter().next().expect("customers");
-    let v = customer_with_events(
-        worker.http,
-        id,
-        Some(as_of),
-        u64::from(*events),
-        Duration::from_secs(30),
-    );
+    // That customer, once the worker at `http` holds all its events.
+    let lookup =
+        |http, timeout| customer_with_events(http, id, Some(as_of), u64::from(*events), timeout);
+    let v = lookup(worker.http, Duration::from_secs(30));
     assert_eq!(v["model_version"], "live-1");
     assert_close(v["risk_score"].as_f64().expect("score"), *score, id);
     assert_eq!(v["shadow"]["model_version"], "shadow-1");
@@ -217,13 +214,7 @@ fn shadow_alerts_reach_only_the_shadow_topic_and_v1_shows_both_scores() {
     let (status, body) = http_request(worker.http, "POST", "/admin/reload", Some(ADMIN));
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"shadow_version\":\"shadow-2\""), "{body}");
-    let v = customer_with_events(
-        worker.http,
-        id,
-        Some(as_of),
-        u64::from(*events),
-        Duration::from_secs(5),
-    );
+    let v = lookup(worker.http, Duration::from_secs(5));
     assert_eq!(v["shadow"]["model_version"], "shadow-2");
     write_file_atomically(
         &shadow_path,
@@ -233,13 +224,7 @@ fn shadow_alerts_reach_only_the_shadow_topic_and_v1_shows_both_scores() {
     let (status, body) = http_request(worker.http, "POST", "/admin/reload", Some(ADMIN));
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("shadow"), "names the shadow file: {body}");
-    let v = customer_with_events(
-        worker.http,
-        id,
-        Some(as_of),
-        u64::from(*events),
-        Duration::from_secs(5),
-    );
+    let v = lookup(worker.http, Duration::from_secs(5));
     assert_eq!(
         (&v["model_version"], &v["shadow"]["model_version"]),
         (&"live-1".into(), &"shadow-2".into()),
@@ -251,13 +236,7 @@ fn shadow_alerts_reach_only_the_shadow_topic_and_v1_shows_both_scores() {
     write_file_atomically(&shadow_path, &model_text("shadow-1", 55.0, 35.0));
     write_file_atomically(&live_path, &model_text("live-1", 75.0, 55.0));
     let worker = RunningWorker::start(config, live);
-    let v = customer_with_events(
-        worker.http,
-        id,
-        Some(as_of),
-        u64::from(*events),
-        Duration::from_secs(60),
-    );
+    let v = lookup(worker.http, Duration::from_secs(60));
     assert_close(
         v["shadow"]["risk_score"].as_f64().expect("shadow score"),
         shadow_scores[id].0,
