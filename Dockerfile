@@ -1,11 +1,12 @@
 # churn-scorer container image.
 #
-#   docker build -t churn-scorer:dev .
+#   DOCKER_BUILDKIT=1 docker build -t churn-scorer:dev .
 #   docker run --rm -p 9464:9464 \
 #     -e CHURN_SCORER__KAFKA__BOOTSTRAP_SERVERS=kafka:9092 churn-scorer:dev
 #
-# The same image runs every subcommand (`run`, `generate`, `broker`, ...):
-# override the CMD, e.g. `docker run churn-scorer:dev generate --help`.
+# The image runs the production subcommands (`run`, `score`, `backtest`,
+# `fit`); override the CMD, e.g. `docker run churn-scorer:dev score --help`.
+# The development tools (`broker`, `demo`, `generate`, `bench`) are not in it.
 # See docs/deployment.md.
 
 # ---------------------------------------------------------------------------
@@ -23,32 +24,25 @@ RUN apt-get update \
 
 WORKDIR /build
 
-# 1) Dependency layer: build every dependency (librdkafka included, the slow
-#    part) against stub sources. This layer is reused as long as Cargo.toml
-#    and Cargo.lock do not change.
-#    Only the binary is built here, so [[bench]]/[[test]]/[[example]] tables
-#    are dropped from the manifest (their sources are not in the build
-#    context, see .dockerignore); the dependency graph and Cargo.lock are
-#    unaffected. A stub is written for every remaining `path = ...` target.
+# The workspace is built as a whole: the manifests, the crates' sources and
+# `config/` (churn-core embeds config/model.toml with include_str!). BuildKit
+# cache mounts keep the registry and the target directory between builds, so
+# librdkafka (the slow part) is compiled once.
+# `--no-default-features` leaves out the `devtools` feature: the development
+# broker, the generator, the demo and the benchmark are not in this image
+# (`churn-scorer --help` lists score, run, backtest and fit). A development
+# image with them: `--build-arg CARGO_FEATURES=devtools` (docker-compose.yml
+# builds that one, for its generator).
+ARG CARGO_FEATURES=""
 COPY Cargo.toml Cargo.lock ./
-RUN awk '/^\[\[(bench|test|example)\]\]/ { skip = 1; next } /^\[/ { skip = 0 } !skip' \
-      Cargo.toml > Cargo.toml.bin && mv Cargo.toml.bin Cargo.toml \
- && mkdir -p src \
- && echo 'fn main() {}' > src/main.rs \
- && touch src/lib.rs \
- && for p in $(sed -n 's/^path *= *"\(.*\)"/\1/p' Cargo.toml); do \
-      [ -e "$p" ] || { mkdir -p "$(dirname "$p")"; echo 'fn main() {}' > "$p"; }; \
-    done \
- && cargo build --release --locked --bin churn-scorer \
- && rm -rf src
-
-# 2) Application layer: the real sources. `config/` is needed at compile time
-#    too: src/model.rs embeds config/model.toml with include_str!.
 COPY src ./src
+COPY crates ./crates
+COPY benches ./benches
 COPY config ./config
-# Bump mtimes so cargo rebuilds the crate itself, not the stub.
-RUN find src -name '*.rs' -exec touch {} + \
- && cargo build --release --locked --bin churn-scorer \
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/build/target \
+    cargo build --release --locked --no-default-features --features "$CARGO_FEATURES" \
+      --bin churn-scorer \
  && install -Dm755 target/release/churn-scorer /out/churn-scorer
 
 # ---------------------------------------------------------------------------

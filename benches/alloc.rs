@@ -11,8 +11,8 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use churn_scorer::bench::{ALLOCATIONS, BenchOptions, run_bench};
-use churn_scorer::generate::Shape;
+use churn_devtools::bench::{ALLOCATIONS, BenchOptions, run_bench};
+use churn_generate::Shape;
 
 struct Counting;
 

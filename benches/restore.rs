@@ -9,12 +9,12 @@
 
 use std::time::{Duration, Instant};
 
-use churn_scorer::broker::EmbeddedBroker;
-use churn_scorer::changelog::encode_state;
-use churn_scorer::config::{Overrides, WorkerConfig};
-use churn_scorer::engine::CustomerState;
-use churn_scorer::model::RiskModel;
-use churn_scorer::worker::restore_partition;
+use churn_core::changelog::encode_state;
+use churn_core::engine::CustomerState;
+use churn_core::model::RiskModel;
+use churn_devtools::broker::EmbeddedBroker;
+use churn_worker::config::{Overrides, WorkerConfig};
+use churn_worker::restore_partition;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 

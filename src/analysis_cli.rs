@@ -1,5 +1,5 @@
 //! The analysts' subcommands, `backtest` and `fit`: argument parsing and file
-//! handling around `churn_scorer::analysis` (kept out of `main.rs` so that the
+//! handling around `churn_analysis` (kept out of `main.rs` so that the
 //! other subcommands' code stays apart).
 
 use std::io::{BufRead, BufReader, Write};
@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use churn_scorer::analysis::backtest::{run_backtest, write_json, write_text};
-use churn_scorer::analysis::fit::{AlertTarget, FitOptions, describe, model_toml, run_fit};
-use churn_scorer::analysis::labels::{Labels, read_labels};
-use churn_scorer::analysis::report::render_html;
-use churn_scorer::analysis::{backtest::evaluate_store, fit::FitSummary};
-use churn_scorer::offline::BadLine;
-use churn_scorer::offline::parse_date_arg;
+use churn_analysis::backtest::{run_backtest, write_json, write_text};
+use churn_analysis::fit::{AlertTarget, FitOptions, describe, model_toml, run_fit};
+use churn_analysis::labels::{Labels, read_labels};
+use churn_analysis::report::render_html;
+use churn_analysis::{backtest::evaluate_store, fit::FitSummary};
+use churn_core::event::parse_date_arg;
+use churn_core::offline::BadLine;
 
 use crate::load_model;
 
@@ -33,11 +33,11 @@ pub struct BacktestArgs {
     cutoff: String,
     /// Print the lowest at-risk threshold whose alerts in the month before
     /// the cutoff reach this precision (share of alerted customers who churned).
-    #[arg(long, default_value_t = churn_scorer::analysis::backtest::DEFAULT_TARGET_PRECISION)]
+    #[arg(long, default_value_t = churn_analysis::backtest::DEFAULT_TARGET_PRECISION)]
     alert_precision: f64,
     /// Print the lowest at-risk threshold that alerts at most this share of
     /// customers per 30 days.
-    #[arg(long, default_value_t = churn_scorer::analysis::backtest::DEFAULT_TARGET_RATE)]
+    #[arg(long, default_value_t = churn_analysis::backtest::DEFAULT_TARGET_RATE)]
     alert_rate: f64,
     /// Print one JSON object instead of tables.
     #[arg(long)]
@@ -83,11 +83,11 @@ pub struct FitArgs {
     #[arg(long)]
     model_version: Option<String>,
     /// L2 penalties to cross-validate (standardised units), comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = churn_scorer::analysis::fit::DEFAULT_LAMBDAS)]
+    #[arg(long, value_delimiter = ',', default_values_t = churn_analysis::fit::DEFAULT_LAMBDAS)]
     lambdas: Vec<f64>,
     /// Half-lives (days) tried for each fitted event type, comma-separated;
     /// each type keeps the one with the best cross-validated AUC.
-    #[arg(long, value_delimiter = ',', default_values_t = churn_scorer::analysis::fit::DEFAULT_HALF_LIFE_GRID)]
+    #[arg(long, value_delimiter = ',', default_values_t = churn_analysis::fit::DEFAULT_HALF_LIFE_GRID)]
     half_life_grid: Vec<f64>,
     /// Keep the base model's half-lives (no search; faster).
     #[arg(long)]

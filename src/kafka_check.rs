@@ -14,7 +14,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, Producer};
 use tokio_util::sync::CancellationToken;
 
-use churn_scorer::config::WorkerConfig;
+use churn_worker::config::WorkerConfig;
 
 /// Collects librdkafka's error reports of the check client.
 #[derive(Default)]

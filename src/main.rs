@@ -8,11 +8,14 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use churn_scorer::model::RiskModel;
-use churn_scorer::offline::{ScoreOptions, parse_date_arg, run_score};
-use churn_scorer::telemetry::LogFormat;
+use churn_core::event::parse_date_arg;
+use churn_core::model::RiskModel;
+use churn_core::offline::{ScoreOptions, run_score};
+use churn_worker::telemetry::LogFormat;
 
 mod analysis_cli;
+#[cfg(feature = "devtools")]
+mod devtools_cli;
 mod kafka_check;
 
 // jemalloc for the whole process, librdkafka's C allocations included (the
@@ -52,17 +55,21 @@ enum Command {
     /// Run the streaming worker: consume events, publish alerts, serve metrics.
     Run(RunArgs),
     /// Run a local development Kafka broker (librdkafka's mock cluster).
-    Broker(BrokerArgs),
+    #[cfg(feature = "devtools")]
+    Broker(devtools_cli::BrokerArgs),
     /// The one-command tour: embedded broker, live synthetic feed, worker, metrics.
-    Demo(DemoArgs),
+    #[cfg(feature = "devtools")]
+    Demo(devtools_cli::DemoArgs),
     /// Generate synthetic customer journeys (JSON lines) with planted churn labels.
-    Generate(GenerateArgs),
+    #[cfg(feature = "devtools")]
+    Generate(devtools_cli::GenerateArgs),
     /// Measure a model against churn labels at a cutoff (AUC, lift, calibration).
     Backtest(analysis_cli::BacktestArgs),
     /// Fit a model's points to churn labels (L2 logistic regression) and write it.
     Fit(analysis_cli::FitArgs),
     /// End-to-end benchmark on an embedded broker: worker vs bare consumer, latency, memory.
-    Bench(BenchArgs),
+    #[cfg(feature = "devtools")]
+    Bench(devtools_cli::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -102,23 +109,13 @@ struct RunArgs {
     connect_timeout: u64,
 }
 
-#[derive(clap::Args)]
-struct BrokerArgs {
-    /// Partitions of each default topic.
-    #[arg(long, default_value_t = 6)]
-    partitions: i32,
-    /// Listen on 127.0.0.1:PORT (default: a free port chosen at each start).
-    #[arg(long)]
-    port: Option<u16>,
-}
-
 fn main() -> ExitCode {
     let cli = match Cli::from_arg_matches(&command().get_matches()) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
     let format: LogFormat = cli.log_format.parse().unwrap_or_default();
-    churn_scorer::telemetry::init_tracing_with(format);
+    churn_worker::telemetry::init_tracing_with(format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // `score … | head`: the reader is gone, which is how such pipes end.
@@ -174,9 +171,9 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-            || c.downcast_ref::<churn_scorer::offline::ScoreError>()
+            || c.downcast_ref::<churn_core::offline::ScoreError>()
                 .is_some_and(|s| {
-                    matches!(s, churn_scorer::offline::ScoreError::Output(io)
+                    matches!(s, churn_core::offline::ScoreError::Output(io)
                         if io.kind() == std::io::ErrorKind::BrokenPipe)
                 })
     })
@@ -203,108 +200,17 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Score(args) => score(args),
         Command::Run(args) => run_worker(args),
-        Command::Broker(args) => broker(args),
-        Command::Demo(args) => demo(args),
-        Command::Generate(args) => generate(args),
+        #[cfg(feature = "devtools")]
+        Command::Broker(args) => devtools_cli::broker(args),
+        #[cfg(feature = "devtools")]
+        Command::Demo(args) => devtools_cli::demo(args),
+        #[cfg(feature = "devtools")]
+        Command::Generate(args) => devtools_cli::generate(args),
         Command::Backtest(args) => analysis_cli::backtest(args),
         Command::Fit(args) => analysis_cli::fit(args),
-        Command::Bench(args) => bench(args),
+        #[cfg(feature = "devtools")]
+        Command::Bench(args) => devtools_cli::bench(args),
     }
-}
-
-#[derive(clap::Args)]
-struct BenchArgs {
-    /// Events loaded into the input topic.
-    #[arg(long, default_value_t = 1_000_000)]
-    events: u64,
-    /// Customers of the generator.
-    #[arg(long, default_value_t = 100_000)]
-    customers: u32,
-    /// Partitions of every topic (the mock broker keeps ~5 MiB per partition).
-    #[arg(long, default_value_t = 32)]
-    partitions: i32,
-    /// Seconds of the paced latency phase at half the measured worker rate; 0 skips it.
-    #[arg(long, default_value_t = 10.0)]
-    latency_secs: f64,
-    /// Load of the latency phase, as a fraction of the measured worker rate.
-    #[arg(long, default_value_t = 0.5)]
-    latency_load: f64,
-    /// Rate of the latency phase in events/s, instead of --latency-load:
-    /// to compare builds or settings at the same absolute load.
-    #[arg(long)]
-    latency_rate: Option<f64>,
-    /// Worker configuration (TOML) for experiments; built-in defaults when omitted.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Stream shapes, each measured in a run of its own on a fresh broker:
-    /// `journeys`, `sparse`, `mixed` (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "journeys")]
-    shape: Vec<churn_scorer::generate::Shape>,
-    /// Also measure this Python worker (`benches/python_worker.py`, needs
-    /// python3 with confluent-kafka) on the same topic in each run.
-    #[arg(long)]
-    python_worker: Option<PathBuf>,
-    /// Also time `kcat` (from PATH) reading the same topic in each round: a
-    /// read-only reference from another process.
-    #[arg(long)]
-    kcat: bool,
-    /// Rounds of (bare consumer, kcat, Python worker, worker) on the loaded
-    /// topic, each in a fresh consumer group; rates and ratios are medians.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-    rounds: u32,
-}
-
-fn bench(args: BenchArgs) -> Result<()> {
-    use churn_scorer::bench::{BenchOptions, run_bench};
-    let mut summary = Vec::new();
-    for shape in &args.shape {
-        let options = BenchOptions {
-            events: args.events,
-            customers: args.customers,
-            partitions: args.partitions,
-            latency_secs: args.latency_secs,
-            latency_load: args.latency_load,
-            latency_rate: args.latency_rate,
-            config: args.config.clone(),
-            shape: *shape,
-            python_worker: args.python_worker.clone(),
-            kcat: args.kcat,
-            rounds: args.rounds,
-        };
-        let report = run_bench(&options)?;
-        print!("{}", report.render(&options));
-        println!();
-        summary.push((options, report));
-    }
-    if summary.len() > 1 {
-        println!(
-            "shape     events/s   / bare   / kcat   / python   state/event   alerts/event   p50 ms   p99 ms"
-        );
-        for (o, r) in &summary {
-            let n = o.events as f64;
-            println!(
-                "{:<8} {:>9.0} {:>7.1} % {:>8} {:>8} {:>12.3} {:>14.3} {:>8} {:>8}",
-                o.shape.to_string(),
-                r.worker.rate(),
-                100.0 * r.worker.rate() / r.bare.rate().max(1e-9),
-                r.kcat.map_or("-".to_string(), |k| format!(
-                    "{:.1} %",
-                    100.0 * r.worker.rate() / k.rate().max(1e-9)
-                )),
-                r.python.map_or("-".to_string(), |p| format!(
-                    "{:.1} x",
-                    r.worker.rate() / p.rate().max(1e-9)
-                )),
-                r.state_records as f64 / n,
-                r.alerts as f64 / n,
-                r.latency
-                    .map_or("-".to_string(), |l| format!("{:.1}", l.p50 * 1e3)),
-                r.latency
-                    .map_or("-".to_string(), |l| format!("{:.1}", l.p99 * 1e3)),
-            );
-        }
-    }
-    Ok(())
 }
 
 fn load_model(path: Option<&PathBuf>) -> Result<RiskModel> {
@@ -360,7 +266,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// (a refused model is logged and counted by the worker, which keeps the
 /// previous one).
 async fn reload_on_sighup(
-    shared: std::sync::Arc<churn_scorer::worker::WorkerShared>,
+    shared: std::sync::Arc<churn_worker::WorkerShared>,
     token: tokio_util::sync::CancellationToken,
 ) {
     #[cfg(unix)]
@@ -418,7 +324,7 @@ async fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
 }
 
 fn run_worker(args: RunArgs) -> Result<()> {
-    use churn_scorer::config::{Overrides, WorkerConfig};
+    use churn_worker::config::{Overrides, WorkerConfig};
     let default_path = PathBuf::from("config/worker.toml");
     let (path, path_source) = match args.config {
         Some(p) => {
@@ -462,17 +368,17 @@ fn run_worker(args: RunArgs) -> Result<()> {
         bootstrap_servers = %config.kafka.bootstrap_servers,
         "starting worker"
     );
-    let metrics = churn_scorer::telemetry::Metrics::new();
+    let metrics = churn_worker::telemetry::Metrics::new();
     let http_addr = config.http.addr.clone();
     let bootstrap = config.kafka.bootstrap_servers.clone();
     let rt = runtime()?;
     let result = rt.block_on(async move {
         let token = tokio_util::sync::CancellationToken::new();
         tokio::spawn(cancel_on_signal(token.clone()));
-        let worker = match churn_scorer::worker::Worker::bind(config.clone(), model, metrics).await
+        let worker = match churn_worker::Worker::bind(config.clone(), model, metrics).await
         {
             Ok(worker) => worker,
-            Err(e @ churn_scorer::worker::WorkerError::Http(_)) => {
+            Err(e @ churn_worker::WorkerError::Http(_)) => {
                 return Err(anyhow::Error::new(e).context(format!(
                     "cannot listen on {http_addr} (set by --http-addr or `http.addr`)"
                 )));
@@ -489,7 +395,7 @@ fn run_worker(args: RunArgs) -> Result<()> {
             .await
             .context("kafka connection check")??;
         worker.run(token).await.map_err(|e| match e {
-            churn_scorer::worker::WorkerError::Kafka(k) => anyhow::anyhow!(
+            churn_worker::WorkerError::Kafka(k) => anyhow::anyhow!(
                 "kafka at {bootstrap} (set by --bootstrap-servers or `kafka.bootstrap_servers`): {k}"
             ),
             other => other.into(),
@@ -500,185 +406,4 @@ fn run_worker(args: RunArgs) -> Result<()> {
     // stray blocking tasks (e.g. an HTTP lookup) beyond a moment.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     result
-}
-
-fn broker(args: BrokerArgs) -> Result<()> {
-    use churn_scorer::broker::EmbeddedBroker;
-    use churn_scorer::config::TopicsConfig;
-    anyhow::ensure!(args.partitions >= 1, "--partitions must be at least 1");
-    let broker = match args.port {
-        Some(port) => EmbeddedBroker::start_on_port(port)?,
-        None => EmbeddedBroker::start(1)?,
-    };
-    broker.create_default_topics(&TopicsConfig::default(), args.partitions)?;
-    println!("bootstrap: {}", broker.bootstrap_servers());
-    eprintln!(
-        "development broker (librdkafka mock cluster): topics {} created with {} partitions each.\n\
-         NOT a production broker: it keeps only the most recent ~5 MiB (or 100k batches) per partition,\n\
-         never compacts, and has no admin API. Runs until killed (Ctrl-C).",
-        [
-            "customer-events",
-            "churn-alerts",
-            "churn-events-dlq",
-            "churn-scorer-state"
-        ]
-        .join(", "),
-        args.partitions
-    );
-    runtime()?.block_on(async {
-        let token = tokio_util::sync::CancellationToken::new();
-        cancel_on_signal(token.clone()).await;
-    });
-    drop(broker);
-    Ok(())
-}
-
-#[derive(clap::Args)]
-struct GenerateArgs {
-    /// Number of customers.
-    #[arg(long, default_value_t = 1000)]
-    customers: u32,
-    /// Seed: the same seed and settings always give the same bytes.
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
-    /// Start of the period: a date (midnight UTC) or RFC 3339.
-    #[arg(long, default_value = "2025-01-01T00:00:00Z")]
-    start: String,
-    /// Length of the period in days.
-    #[arg(long, default_value_t = 180)]
-    days: u32,
-    /// Label cutoff in days from the start; default: 30 days before the end.
-    #[arg(long)]
-    cutoff_days: Option<u32>,
-    /// Output JSON-lines file, or `-` for standard output.
-    #[arg(long, default_value = "-")]
-    out: String,
-    /// Write `customer_id,churned` labels (CSV) to this file.
-    #[arg(long)]
-    labels: Option<PathBuf>,
-    /// Event-type names: `default` (the default model's) or `custom` (unknown to it).
-    #[arg(long, default_value = "default")]
-    vocabulary: churn_scorer::generate::Vocabulary,
-    /// Fraction of lines (0-1) replaced by realistic bad lines.
-    #[arg(long, default_value_t = 0.0)]
-    invalid_rate: f64,
-    /// Stream shape: `journeys` (archetype stories), `sparse` (everyone about
-    /// once every 18 days, 30 % slowing down) or `mixed` (rhythms from daily
-    /// to every 40 days, 30 % slowing down).
-    #[arg(long, default_value = "journeys")]
-    shape: churn_scorer::generate::Shape,
-    /// Produce to Kafka instead of writing a file: a live stream that runs until stopped.
-    #[arg(long)]
-    bootstrap_servers: Option<String>,
-    /// Topic to produce to (with --bootstrap-servers).
-    #[arg(long, default_value = "customer-events")]
-    topic: String,
-    /// Events per second (with --bootstrap-servers).
-    #[arg(long, default_value_t = 200.0)]
-    rate: f64,
-}
-
-#[derive(clap::Args)]
-struct DemoArgs {
-    /// Stop after this many seconds (default: run until Ctrl-C).
-    #[arg(long)]
-    duration: Option<u64>,
-    /// HTTP address of the worker.
-    #[arg(long, default_value = "0.0.0.0:9464")]
-    http_addr: String,
-    /// Synthetic customers in the feed.
-    #[arg(long, default_value_t = 2000)]
-    customers: u32,
-    /// Simulated days per second of the feed.
-    #[arg(long, default_value_t = 8.0)]
-    days_per_second: f64,
-}
-
-fn demo(args: DemoArgs) -> Result<()> {
-    use churn_scorer::demo::{DemoOptions, run_demo};
-    let options = DemoOptions {
-        duration: args.duration.map(std::time::Duration::from_secs),
-        http_addr: args.http_addr,
-        partitions: 6,
-        customers: args.customers,
-        days_per_second: args.days_per_second,
-    };
-    runtime()?.block_on(async move {
-        let token = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(cancel_on_signal(token.clone()));
-        run_demo(options, token).await?;
-        Ok(())
-    })
-}
-
-fn generate(args: GenerateArgs) -> Result<()> {
-    use churn_scorer::generate::{GenerateConfig, Generator};
-    use std::io::Write;
-
-    let start_ms = parse_date_arg(&args.start).map_err(|e| anyhow::anyhow!("--start: {e}"))?;
-    let config = GenerateConfig {
-        customers: args.customers,
-        seed: args.seed,
-        start_ms,
-        days: args.days,
-        cutoff_days: args
-            .cutoff_days
-            .unwrap_or_else(|| args.days.saturating_sub(30).max(1)),
-        vocabulary: args.vocabulary,
-        invalid_rate: args.invalid_rate,
-        shape: args.shape,
-    };
-    if let Some(bootstrap) = &args.bootstrap_servers {
-        use churn_scorer::demo::{Pace, run_live_feed};
-        anyhow::ensure!(args.rate > 0.0, "--rate must be positive");
-        let token = tokio_util::sync::CancellationToken::new();
-        let signal_token = token.clone();
-        std::thread::spawn(move || {
-            if let Ok(rt) = runtime() {
-                rt.block_on(cancel_on_signal(signal_token));
-            }
-        });
-        eprintln!(
-            "producing to {} at {} events/s until stopped",
-            args.topic, args.rate
-        );
-        let stats = run_live_feed(
-            bootstrap,
-            &args.topic,
-            config,
-            Pace::EventsPerSecond(args.rate),
-            &token,
-        )?;
-        eprintln!("produced={} invalid={}", stats.produced, stats.invalid);
-        return Ok(());
-    }
-    let mut generator = Generator::new(config)?;
-    if let Some(path) = &args.labels {
-        let file = std::fs::File::create(path)
-            .with_context(|| format!("creating labels file {}", path.display()))?;
-        generator
-            .write_labels_csv(std::io::BufWriter::new(file))
-            .with_context(|| format!("writing labels file {}", path.display()))?;
-    }
-    let stats = if args.out == "-" {
-        let stdout = std::io::stdout();
-        generator.write_jsonl(std::io::BufWriter::with_capacity(1 << 20, stdout.lock()))?
-    } else {
-        let file = std::fs::File::create(&args.out)
-            .with_context(|| format!("creating events file {}", args.out))?;
-        generator
-            .write_jsonl(std::io::BufWriter::with_capacity(1 << 20, file))
-            .with_context(|| format!("writing events file {}", args.out))?
-    };
-    let churned = generator.labels().filter(|l| l.churned).count();
-    writeln!(
-        std::io::stderr(),
-        "generated: lines={} invalid={} customers={} churned={} cutoff={}",
-        stats.lines,
-        stats.invalid,
-        generator.config().customers,
-        churned,
-        churn_scorer::event::format_timestamp_ms(generator.cutoff_ms()),
-    )?;
-    Ok(())
 }

@@ -7,13 +7,13 @@ use std::process::Command;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use churn_scorer::analysis::backtest::{Backtest, run_backtest};
-use churn_scorer::analysis::fit::{FitOptions, FitOutcome, model_toml, run_fit};
-use churn_scorer::analysis::labels::Labels;
-use churn_scorer::analysis::metrics::{average_precision, groups_descending, roc_auc, top_share};
-use churn_scorer::event::parse_timestamp_ms;
-use churn_scorer::generate::{GenerateConfig, Generator, Vocabulary};
-use churn_scorer::model::RiskModel;
+use churn_analysis::backtest::{Backtest, run_backtest};
+use churn_analysis::fit::{FitOptions, FitOutcome, model_toml, run_fit};
+use churn_analysis::labels::Labels;
+use churn_analysis::metrics::{average_precision, groups_descending, roc_auc, top_share};
+use churn_core::event::parse_timestamp_ms;
+use churn_core::model::RiskModel;
+use churn_generate::{GenerateConfig, Generator, Vocabulary};
 
 const BIN: &str = env!("CARGO_BIN_EXE_churn-scorer");
 
@@ -176,16 +176,14 @@ fn run(args: &[&str]) -> (String, String) {
 fn events_after_the_cutoff_change_nothing_but_their_counter() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (events, labels, cutoff) = generated(200, 5, Vocabulary::Default);
-    let cutoff_text = churn_scorer::event::format_timestamp_ms(cutoff);
+    let cutoff_text = churn_core::event::format_timestamp_ms(cutoff);
     let all = dir.path().join("all.jsonl");
     let before = dir.path().join("before.jsonl");
     let labels_csv = dir.path().join("labels.csv");
     std::fs::write(&all, &events).expect("write");
     let kept: Vec<&[u8]> = events
         .split(|b| *b == b'\n')
-        .filter(|line| {
-            churn_scorer::event::parse_event(line).is_ok_and(|e| e.timestamp_ms < cutoff)
-        })
+        .filter(|line| churn_core::event::parse_event(line).is_ok_and(|e| e.timestamp_ms < cutoff))
         .collect();
     std::fs::write(&before, kept.join(&b'\n')).expect("write");
     // Labels with a header, a bad row and a customer without events.
@@ -317,7 +315,7 @@ fn fit_recovers_planted_effects_and_beats_the_default_out_of_sample() {
             "{named} not fitted: {fitted_types:?}"
         );
     }
-    // The generator's planted friction and engagement (docs in src/generate.rs).
+    // The generator's planted friction and engagement (docs in crates/generate/src/lib.rs).
     // `cart_abandoned` is planted per session, so its count follows activity: not checked.
     let risky = [
         "complaint",
@@ -425,7 +423,7 @@ fn fit_command_writes_a_model_that_score_and_backtest_load() {
         .map(|(id, c)| format!("{id},{}\n", u8::from(*c)))
         .collect();
     std::fs::write(&labels_path, csv).expect("write");
-    let cutoff_text = churn_scorer::event::format_timestamp_ms(cutoff);
+    let cutoff_text = churn_core::event::format_timestamp_ms(cutoff);
     let (out, _) = run(&[
         "fit",
         "--events",

@@ -162,10 +162,10 @@ fn config_relative_model_path_resolves_next_to_the_file() {
     let dir = tempfile::tempdir().expect("dir");
     let conf_dir = dir.path().join("etc");
     std::fs::create_dir(&conf_dir).expect("mkdir");
-    let default_version = churn_scorer::model::RiskModel::default_model()
+    let default_version = churn_core::model::RiskModel::default_model()
         .version()
         .to_string();
-    let model = churn_scorer::model::DEFAULT_MODEL_TOML.replace(
+    let model = churn_core::model::DEFAULT_MODEL_TOML.replace(
         &format!("model_version = \"{default_version}\""),
         "model_version = \"next-to-the-file\"",
     );

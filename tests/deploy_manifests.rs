@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use churn_scorer::telemetry::{METRIC_PREFIX, Metrics};
+use churn_worker::telemetry::{METRIC_PREFIX, Metrics};
 
 const RULES: &str = "deploy/prometheus/rules.yml";
 const RULES_TEST: &str = "deploy/prometheus/rules_test.yml";

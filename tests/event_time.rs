@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use churn_scorer::alert::Alert;
-use churn_scorer::engine::CustomerStore;
-use churn_scorer::event::{format_timestamp_ms, parse_event};
-use churn_scorer::model::{InactivityStep, RiskModel};
+use churn_core::alert::Alert;
+use churn_core::engine::CustomerStore;
+use churn_core::event::{format_timestamp_ms, parse_event};
+use churn_core::model::{InactivityStep, RiskModel};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use support::*;
@@ -169,7 +169,7 @@ fn events_from_a_bad_clock_are_dead_lettered_and_move_nothing() {
         let (status, body) = http_get(w.http, "/v1/customers/c3", None);
         assert_eq!(status, 200);
         let v: serde_json::Value = serde_json::from_str(&body).expect("json");
-        let as_of = churn_scorer::event::parse_timestamp_ms(v["as_of"].as_str().expect("as_of"))
+        let as_of = churn_core::event::parse_timestamp_ms(v["as_of"].as_str().expect("as_of"))
             .expect("timestamp");
         assert!(as_of <= now_ms() + 300_000, "scored at {}", v["as_of"]);
         assert_eq!(
@@ -333,7 +333,7 @@ fn a_broker_outage_fires_no_inactivity_alert_for_customers_who_stay_active() {
         .iter()
         .filter(|a| a.customer_id.starts_with("active-"))
         .filter(|a| {
-            churn_scorer::event::parse_timestamp_ms(&a.event_time).expect("time") < active_until
+            churn_core::event::parse_timestamp_ms(&a.event_time).expect("time") < active_until
         })
         .collect();
     assert!(false_alerts.is_empty(), "{false_alerts:#?}");
@@ -346,7 +346,7 @@ fn a_broker_outage_fires_no_inactivity_alert_for_customers_who_stay_active() {
 
 /// Alerts of every kind the broker has acknowledged.
 fn alerts_acknowledged(w: &RunningWorker) -> u64 {
-    churn_scorer::engine::AlertKind::ALL
+    churn_core::engine::AlertKind::ALL
         .iter()
         .map(|k| {
             w.metrics()
@@ -395,21 +395,18 @@ fn a_backlog_alerts_at_the_same_event_times_as_a_live_run_and_offline_replay() {
         c
     };
     let lateness_ms = config_for("unused").engine.allowed_lateness_ms();
-    let offline: BTreeSet<AlertKey> = churn_scorer::offline::replay_alerts(
-        &model,
-        lines.iter().map(|l| l.as_bytes()),
-        lateness_ms,
-    )
-    .into_iter()
-    .map(|r| {
-        (
-            r.customer_id,
-            r.decision.kind.as_str().to_string(),
-            format_timestamp_ms(r.decision.event_time_ms),
-            r.decision.cause.as_str().to_string(),
-        )
-    })
-    .collect();
+    let offline: BTreeSet<AlertKey> =
+        churn_core::offline::replay_alerts(&model, lines.iter().map(|l| l.as_bytes()), lateness_ms)
+            .into_iter()
+            .map(|r| {
+                (
+                    r.customer_id,
+                    r.decision.kind.as_str().to_string(),
+                    format_timestamp_ms(r.decision.event_time_ms),
+                    r.decision.cause.as_str().to_string(),
+                )
+            })
+            .collect();
     let inactivity = offline.iter().filter(|k| k.3 == "inactivity").count();
     assert!(
         inactivity >= 19,

@@ -7,8 +7,8 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use churn_scorer::changelog::{WATERMARK_KEY, decode_state};
-use churn_scorer::model::RiskModel;
+use churn_core::changelog::{WATERMARK_KEY, decode_state};
+use churn_core::model::RiskModel;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka_sys::{RDKafkaApiKey, RDKafkaRespErr};

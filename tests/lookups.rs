@@ -11,16 +11,16 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use churn_scorer::forwarding::{FORWARDED_HEADER, SERVED_BY_HEADER};
-use churn_scorer::model::RiskModel;
-use churn_scorer::partitioner::KeyPartitioner;
+use churn_core::model::RiskModel;
+use churn_worker::forwarding::{FORWARDED_HEADER, SERVED_BY_HEADER};
+use churn_worker::partitioner::KeyPartitioner;
 use support::*;
 
 const PARTITIONS: i32 = 4;
 const MEMBERSHIP: &str = "churn-scorer-members";
 const TOKEN: &str = "read-token";
 
-fn config(bootstrap: &str) -> churn_scorer::config::WorkerConfig {
+fn config(bootstrap: &str) -> churn_worker::config::WorkerConfig {
     let mut c = worker_config(bootstrap);
     c.topics.membership = Some(MEMBERSHIP.into());
     c.http.bearer_token = Some(TOKEN.into());
@@ -107,7 +107,7 @@ fn forwarded(w: &RunningWorker, result: &str) -> u64 {
 }
 
 fn forwarded_total(w: &RunningWorker) -> u64 {
-    churn_scorer::telemetry::FORWARD_RESULTS
+    churn_worker::telemetry::FORWARD_RESULTS
         .iter()
         .map(|r| forwarded(w, r))
         .sum()
@@ -177,7 +177,7 @@ fn each_member_answers_lookups_for_customers_the_other_owns() {
     }
 
     // Each member answers for the other's customers, with the owner's body.
-    let ts = churn_scorer::event::format_timestamp_ms(as_of);
+    let ts = churn_core::event::format_timestamp_ms(as_of);
     let (a_found_before, b_found_before) = (forwarded(&a, "found"), forwarded(&b, "found"));
     let mut asked = BTreeMap::from([(url(&a), 0), (url(&b), 0)]);
     for (id, (score, events)) in &expected {

@@ -6,8 +6,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use churn_scorer::alert::Alert;
-use churn_scorer::model::RiskModel;
+use churn_core::alert::Alert;
+use churn_core::model::RiskModel;
 use support::*;
 
 const ADMIN: &str = "s3cret-admin";

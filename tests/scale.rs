@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use churn_scorer::model::RiskModel;
+use churn_core::model::RiskModel;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use support::*;
@@ -22,7 +22,7 @@ const PARTITIONS: i32 = 6;
 /// group's session timeout less 1 s (a real broker completes it as soon as
 /// every member has rejoined), so the default 45 s would make each hand-over
 /// take most of a minute here without saying anything about the worker.
-fn group_config(bootstrap: &str) -> churn_scorer::config::WorkerConfig {
+fn group_config(bootstrap: &str) -> churn_worker::config::WorkerConfig {
     let mut c = worker_config(bootstrap);
     c.kafka
         .consumer
@@ -231,7 +231,7 @@ fn members_joining_leaving_and_crashing_never_stop_the_group() {
 
     // Alerts re-sent by the hand-overs are exact repeats (same id, same body).
     let alerts = read_alerts(&bootstrap, Duration::from_secs(3));
-    let mut by_id: BTreeMap<&str, Vec<&churn_scorer::alert::Alert>> = BTreeMap::new();
+    let mut by_id: BTreeMap<&str, Vec<&churn_core::alert::Alert>> = BTreeMap::new();
     for alert in &alerts {
         by_id
             .entry(alert.alert_id.as_str())
@@ -258,7 +258,7 @@ fn eager_rebalancing_still_hands_partitions_over() {
     let lines = history(200, 30, 23);
     let eager = |bootstrap: &str| {
         let mut c = worker_config(bootstrap);
-        c.kafka.rebalance_protocol = churn_scorer::config::RebalanceProtocol::Eager;
+        c.kafka.rebalance_protocol = churn_worker::config::RebalanceProtocol::Eager;
         c
     };
     let a = RunningWorker::start(eager(&bootstrap), model.clone());

@@ -8,11 +8,11 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use churn_scorer::alert::Alert;
-use churn_scorer::analysis::backtest::{run_backtest, write_json, write_text};
-use churn_scorer::analysis::labels::Labels;
-use churn_scorer::event::format_timestamp_ms;
-use churn_scorer::model::{DEFAULT_MODEL_TOML, RiskModel};
+use churn_analysis::backtest::{run_backtest, write_json, write_text};
+use churn_analysis::labels::Labels;
+use churn_core::alert::Alert;
+use churn_core::event::format_timestamp_ms;
+use churn_core::model::{DEFAULT_MODEL_TOML, RiskModel};
 use support::*;
 
 /// The default model (at-risk 75, recovery 55) with segments by `plan`:
@@ -253,15 +253,15 @@ fn a_reload_keeps_each_customers_segment_by_name() {
 #[test]
 fn alerts_of_a_model_without_segments_say_null_and_keep_their_ids() {
     let model = RiskModel::default_model();
-    let mut store = churn_scorer::engine::CustomerStore::new();
+    let mut store = churn_core::engine::CustomerStore::new();
     // Properties are not read without [segments]: the plan changes nothing.
     let mut alerts = Vec::new();
     for line in journey("c", "enterprise", T0_MS).iter().chain(&[
         event_on("c", "complaint", T0_MS + DAY_MS + 1, None),
         event_on("c", "complaint", T0_MS + DAY_MS + 2, None),
     ]) {
-        let event = churn_scorer::event::parse_event(line.as_bytes()).expect("valid");
-        if let churn_scorer::engine::ApplyOutcome::Scored {
+        let event = churn_core::event::parse_event(line.as_bytes()).expect("valid");
+        if let churn_core::engine::ApplyOutcome::Scored {
             customer,
             decision: Some(decision),
             ..
@@ -280,7 +280,7 @@ fn alerts_of_a_model_without_segments_say_null_and_keep_their_ids() {
     assert!(json["segment"].is_null() && json.get("segment").is_some());
     assert_eq!(
         alert.alert_id,
-        churn_scorer::alert::alert_id("c", "at_risk", T0_MS + DAY_MS + 1, model.version())
+        churn_core::alert::alert_id("c", "at_risk", T0_MS + DAY_MS + 1, model.version())
     );
 }
 
@@ -338,8 +338,7 @@ fn backtest_reports_figures_per_segment() {
     let v: serde_json::Value = serde_json::from_slice(&json).expect("json");
     assert_eq!(v["segments"][1]["segment"], "enterprise");
     assert_eq!(v["segments"][1]["alerts"]["customers"], 3);
-    let html =
-        churn_scorer::analysis::report::render_html(&bt, "segments", &[]).expect("report renders");
+    let html = churn_analysis::report::render_html(&bt, "segments", &[]).expect("report renders");
     assert!(
         html.contains("<h2 id=\"segments\">Segments</h2>")
             && html.contains("<td class=\"name\">enterprise</td>"),

@@ -7,9 +7,9 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use churn_scorer::alert::{Alert, alert_id};
-use churn_scorer::model::RiskModel;
-use churn_scorer::offline::replay_alerts;
+use churn_core::alert::{Alert, alert_id};
+use churn_core::model::RiskModel;
+use churn_core::offline::replay_alerts;
 use support::*;
 
 const ADMIN: &str = "s3cret-admin";
@@ -82,7 +82,7 @@ struct ShadowSetup {
     dir: tempfile::TempDir,
     live: RiskModel,
     shadow: RiskModel,
-    config: churn_scorer::config::WorkerConfig,
+    config: churn_worker::config::WorkerConfig,
 }
 
 impl ShadowSetup {

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use churn_scorer::model::RiskModel;
+use churn_core::model::RiskModel;
 use support::*;
 
 #[test]

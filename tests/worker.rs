@@ -5,10 +5,10 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use churn_scorer::alert::{Alert, alert_id};
-use churn_scorer::engine::{ApplyOutcome, CustomerStore};
-use churn_scorer::event::parse_event;
-use churn_scorer::model::RiskModel;
+use churn_core::alert::{Alert, alert_id};
+use churn_core::engine::{ApplyOutcome, CustomerStore};
+use churn_core::event::parse_event;
+use churn_core::model::RiskModel;
 use support::*;
 
 /// Customers whose complaints push them over the threshold within a few
@@ -190,7 +190,7 @@ fn bad_messages_go_to_the_dead_letter_topic_and_good_ones_still_score() {
             worker.http,
             &format!(
                 "/v1/customers/{id}?as_of={}",
-                churn_scorer::event::format_timestamp_ms(as_of)
+                churn_core::event::format_timestamp_ms(as_of)
             ),
             None,
         );
@@ -227,7 +227,7 @@ fn a_restarted_worker_resumes_from_committed_offsets_without_skipping_or_rereadi
     // ...and every customer's state holds all of their events (restored + new).
     let as_of = T0_MS + 30 * DAY_MS;
     let offline = offline_scores(&model, &all, as_of);
-    let ts = churn_scorer::event::format_timestamp_ms(as_of);
+    let ts = churn_core::event::format_timestamp_ms(as_of);
     for (id, (score, events)) in &offline {
         let (status, body) = http_get(w2.http, &format!("/v1/customers/{id}?as_of={ts}"), None);
         assert_eq!(status, 200, "{id}: {body}");
@@ -292,7 +292,7 @@ fn a_quiet_customer_gets_an_inactivity_alert_without_a_new_event() {
     assert_eq!(quiet[0].kind, "at_risk");
     assert_eq!(
         quiet[0].event_time,
-        churn_scorer::event::format_timestamp_ms(due)
+        churn_core::event::format_timestamp_ms(due)
     );
     assert!(
         quiet[0]

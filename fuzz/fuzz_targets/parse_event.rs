@@ -3,7 +3,7 @@
 
 #![no_main]
 
-use churn_scorer::event::{
+use churn_core::event::{
     MAX_CUSTOMER_ID_BYTES, MAX_EVENT_TYPE_BYTES, format_timestamp_ms, parse_event,
     parse_timestamp_ms,
 };

@@ -9,11 +9,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use churn_scorer::broker::EmbeddedBroker;
-use churn_scorer::config::{Overrides, WorkerConfig};
-use churn_scorer::model::RiskModel;
-use churn_scorer::telemetry::Metrics;
-use churn_scorer::worker::{Worker, WorkerShared};
+use churn_core::model::RiskModel;
+use churn_devtools::broker::EmbeddedBroker;
+use churn_worker::config::{Overrides, WorkerConfig};
+use churn_worker::telemetry::Metrics;
+use churn_worker::{Worker, WorkerShared};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -27,14 +27,14 @@ pub const T0_MS: i64 = 1_735_689_600_000;
 /// A broker with the default topics.
 pub fn broker(partitions: i32) -> EmbeddedBroker {
     let b = EmbeddedBroker::start(1).expect("mock broker starts");
-    b.create_default_topics(&churn_scorer::config::TopicsConfig::default(), partitions)
+    b.create_default_topics(&churn_worker::config::TopicsConfig::default(), partitions)
         .expect("topics");
     b
 }
 
 /// One event line.
 pub fn event(customer: &str, kind: &str, t_ms: i64, amount: Option<f64>) -> String {
-    let ts = churn_scorer::event::format_timestamp_ms(t_ms);
+    let ts = churn_core::event::format_timestamp_ms(t_ms);
     match amount {
         Some(a) => format!(
             r#"{{"customer_id":"{customer}","event_type":"{kind}","timestamp":"{ts}","amount":{a}}}"#
@@ -181,12 +181,12 @@ pub struct RunningWorker {
     pub http: SocketAddr,
     token: CancellationToken,
     runtime: Option<tokio::runtime::Runtime>,
-    handle: Option<tokio::task::JoinHandle<Result<(), churn_scorer::worker::WorkerError>>>,
+    handle: Option<tokio::task::JoinHandle<Result<(), churn_worker::WorkerError>>>,
 }
 
 impl RunningWorker {
     pub fn start(config: WorkerConfig, model: RiskModel) -> Self {
-        churn_scorer::telemetry::init_tracing();
+        churn_worker::telemetry::init_tracing();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -227,13 +227,13 @@ impl RunningWorker {
     }
 
     /// Graceful shutdown; returns the worker's result.
-    pub fn stop(mut self) -> Result<(), churn_scorer::worker::WorkerError> {
+    pub fn stop(mut self) -> Result<(), churn_worker::WorkerError> {
         self.token.cancel();
         let runtime = self.runtime.take().expect("runtime");
         let handle = self.handle.take().expect("handle");
         runtime
             .block_on(handle)
-            .unwrap_or(Err(churn_scorer::worker::WorkerError::PipelineStopped))
+            .unwrap_or(Err(churn_worker::WorkerError::PipelineStopped))
     }
 }
 
@@ -315,12 +315,12 @@ pub fn offline_scores(
     let input = lines.join("\n");
     let mut out = Vec::new();
     let mut report = Vec::new();
-    churn_scorer::offline::run_score(
+    churn_core::offline::run_score(
         model,
         input.as_bytes(),
         &mut out,
         &mut report,
-        &churn_scorer::offline::ScoreOptions {
+        &churn_core::offline::ScoreOptions {
             as_of_ms: Some(as_of_ms),
             strict: false,
         },
@@ -494,7 +494,7 @@ pub fn assert_matches_offline(
     as_of_ms: i64,
     timeout: Duration,
 ) {
-    let ts = churn_scorer::event::format_timestamp_ms(as_of_ms);
+    let ts = churn_core::event::format_timestamp_ms(as_of_ms);
     let deadline = Instant::now() + timeout;
     for (id, (score, events)) in expected {
         loop {
@@ -590,7 +590,7 @@ pub fn high_watermark(bootstrap: &str, topic: &str, partition: i32) -> i64 {
 }
 
 /// Alerts read back from the alerts topic.
-pub fn read_alerts(bootstrap: &str, timeout: Duration) -> Vec<churn_scorer::alert::Alert> {
+pub fn read_alerts(bootstrap: &str, timeout: Duration) -> Vec<churn_core::alert::Alert> {
     read_topic(bootstrap, "churn-alerts", usize::MAX, timeout)
         .iter()
         .filter_map(|r| serde_json::from_slice(r.value.as_deref()?).ok())
@@ -609,7 +609,7 @@ pub fn customer_with_events(
     let path = match as_of_ms {
         Some(t) => format!(
             "/v1/customers/{id}?as_of={}",
-            churn_scorer::event::format_timestamp_ms(t)
+            churn_core::event::format_timestamp_ms(t)
         ),
         None => format!("/v1/customers/{id}"),
     };

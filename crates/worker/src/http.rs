@@ -1,0 +1,556 @@
+//! HTTP routes: `/metrics`, `/healthz`, `/readyz`,
+//! `GET /v1/customers/{id}[?as_of=RFC3339]`, and the admin operations
+//! `POST /admin/reload` and `DELETE /v1/customers/{id}` (only with
+//! `http.admin_token`). The routes own no state; they reach the worker
+//! through its [`WorkerShared`] handle. With `topics.membership`, a lookup
+//! of a customer held by another instance is forwarded there
+//! ([`crate::forwarding`]).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{OriginalUri, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+use crate::config::{HttpConfig, WorkerConfig};
+use crate::forwarding::{FORWARDED_HEADER, ForwardOutcome, LookupForwarder, SERVED_BY_HEADER};
+use crate::{ReloadError, WorkerShared};
+use churn_core::event::parse_date_arg;
+
+/// How long an admin request waits for every pipeline thread to act on it
+/// (each does between bursts, within milliseconds unless it is stuck).
+const ADMIN_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+struct AppState {
+    shared: Arc<WorkerShared>,
+    bearer_token: Option<Arc<str>>,
+    admin_token: Option<Arc<str>>,
+    /// Set with `topics.membership`: lookups of customers held elsewhere.
+    forwarder: Option<Arc<LookupForwarder>>,
+}
+
+/// Builds the router. With `http.bearer_token`, `/v1` requires
+/// `Authorization: Bearer <token>` (the admin token is accepted too); the
+/// operational endpoints stay open. The admin operations require
+/// `http.admin_token` and answer 403 while it is not set.
+pub fn router(shared: Arc<WorkerShared>, http: &HttpConfig) -> Router {
+    build(shared, http, None)
+}
+
+/// The worker's router: as [`router`], and with `topics.membership` a
+/// lookup of a customer held by another instance is forwarded to it
+/// (`http.advertised_url` names this instance; [`crate::Worker::bind`]
+/// sets it).
+pub fn worker_router(shared: Arc<WorkerShared>, config: &WorkerConfig) -> Router {
+    let forwarder = config.topics.membership.as_ref().map(|_| {
+        Arc::new(LookupForwarder::new(
+            config.http.advertised_url.clone().unwrap_or_default(),
+            config.lookup.partitioner,
+            Duration::from_millis(config.lookup.forward_timeout_ms),
+            shared.metrics().clone(),
+        ))
+    });
+    build(shared, &config.http, forwarder)
+}
+
+fn build(
+    shared: Arc<WorkerShared>,
+    http: &HttpConfig,
+    forwarder: Option<Arc<LookupForwarder>>,
+) -> Router {
+    let state = AppState {
+        shared,
+        bearer_token: http.bearer_token.as_deref().map(Arc::from),
+        admin_token: http.admin_token.as_deref().map(Arc::from),
+        forwarder,
+    };
+    let v1 = Router::new()
+        .route("/v1/customers/{id}", get(customer).delete(erase))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/admin/reload", post(reload))
+        .merge(v1)
+        .with_state(state)
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(ErrorBody {
+            error: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+async fn require_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(expected) = &state.bearer_token {
+        let given = bearer(&headers);
+        let matches =
+            |token: &str| given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()));
+        // The admin token grants reading too.
+        if !matches(expected) && !state.admin_token.as_deref().is_some_and(matches) {
+            return unauthorized();
+        }
+    }
+    next.run(request).await
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+fn unauthorized() -> Response {
+    let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    response
+}
+
+/// The admin token check: `None` if granted, else the refusal (403 while
+/// no admin token is configured, 401 on a missing or wrong one).
+fn refuse_admin(state: &AppState, headers: &HeaderMap) -> Option<Response> {
+    let Some(expected) = &state.admin_token else {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "admin operations are disabled: set http.admin_token",
+        ));
+    };
+    match bearer(headers) {
+        Some(given) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => None,
+        _ => Some(unauthorized()),
+    }
+}
+
+#[derive(Serialize)]
+struct ReloadBody {
+    model_version: String,
+    previous_version: String,
+    /// The shadow model's version (`model.shadow_path`), re-read too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shadow_version: Option<String>,
+    /// Every pipeline thread confirmed it scores with the new model.
+    applied: bool,
+}
+
+/// `POST /admin/reload`: re-reads the model file (as SIGHUP does).
+async fn reload(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(response) = refuse_admin(&state, &headers) {
+        return response;
+    }
+    let shared = Arc::clone(&state.shared);
+    // Reads a file: off the async workers.
+    let result = tokio::task::spawn_blocking(move || shared.reload_model()).await;
+    match result {
+        Ok(Ok(reloaded)) => {
+            let deadline = tokio::time::Instant::now() + ADMIN_WAIT;
+            let mut applied = true;
+            for rx in reloaded.applied {
+                applied &= matches!(tokio::time::timeout_at(deadline, rx).await, Ok(Ok(())));
+            }
+            Json(ReloadBody {
+                model_version: reloaded.model_version,
+                shadow_version: reloaded.shadow_version,
+                previous_version: reloaded.previous_version,
+                applied,
+            })
+            .into_response()
+        }
+        Ok(Err(e @ ReloadError::NoModelFile)) => error(StatusCode::CONFLICT, e.to_string()),
+        Ok(Err(e @ (ReloadError::Invalid { .. } | ReloadError::InvalidShadow { .. }))) => {
+            error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+        }
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "reload failed"),
+    }
+}
+
+#[derive(Serialize)]
+struct ErasedBody {
+    customer_id: String,
+    /// Input partitions it was removed from (one unless its events were misrouted).
+    partitions: Vec<i32>,
+    erased: bool,
+}
+
+/// `DELETE /v1/customers/{id}`: erases the customer on the pipeline thread
+/// that owns its partition (every thread is asked; at most one holds it,
+/// unless its events were misrouted).
+async fn erase(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(response) = refuse_admin(&state, &headers) {
+        return response;
+    }
+    let answers = match state.shared.erase_customer(&id) {
+        Ok(a) => a,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let deadline = tokio::time::Instant::now() + ADMIN_WAIT;
+    let mut incomplete = false;
+    let mut partitions = Vec::new();
+    for rx in answers {
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(outcome)) => {
+                partitions.extend(outcome.erased);
+                incomplete |= outcome.restoring;
+            }
+            Ok(Err(_)) | Err(_) => incomplete = true,
+        }
+    }
+    if !partitions.is_empty() {
+        partitions.sort_unstable();
+        return Json(ErasedBody {
+            customer_id: id,
+            partitions,
+            erased: true,
+        })
+        .into_response();
+    }
+    if incomplete {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not found, but some partitions are restoring or did not answer: retry",
+        )
+    } else {
+        error(
+            StatusCode::NOT_FOUND,
+            "unknown customer (not in this instance's partitions)",
+        )
+    }
+}
+
+/// Compares without an early exit, so response time does not leak the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.shared.metrics().render(),
+    )
+        .into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+#[derive(Serialize)]
+struct Readiness {
+    ready: bool,
+    partitions: Vec<PartitionReadiness>,
+}
+
+#[derive(Serialize)]
+struct PartitionReadiness {
+    partition: i32,
+    live: bool,
+    /// Fraction of the partition's changelog restored so far (1 once live).
+    restore_progress: f64,
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let ready = state.shared.is_ready();
+    let body = Readiness {
+        ready,
+        partitions: state
+            .shared
+            .partition_status()
+            .into_iter()
+            .map(|(partition, live)| PartitionReadiness {
+                partition,
+                live,
+                restore_progress: state
+                    .shared
+                    .metrics()
+                    .partition_restore_progress
+                    .with_label_values(&[&partition.to_string()])
+                    .get(),
+            })
+            .collect(),
+    };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+#[derive(Deserialize)]
+struct CustomerQuery {
+    as_of: Option<String>,
+}
+
+async fn customer(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<CustomerQuery>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+) -> Response {
+    let as_of = match query.as_of.as_deref().map(parse_date_arg).transpose() {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("as_of: {e}")),
+    };
+    let shared = Arc::clone(&state.shared);
+    let customer_id = id.clone();
+    // Scoring takes read locks the pipeline also takes: keep it off the async workers.
+    let view =
+        tokio::task::spawn_blocking(move || shared.lookup_with_model(&customer_id, as_of)).await;
+    match view {
+        Ok(Some((view, model))) => {
+            let mut body = serde_json::to_value(&view).unwrap_or_default();
+            label_reasons(&mut body, &model);
+            Json(body).into_response()
+        }
+        Ok(None) => match &state.forwarder {
+            None => error(
+                StatusCode::NOT_FOUND,
+                "unknown customer (not in this instance's partitions)",
+            ),
+            // Asked by another instance: answer from local state only (one hop).
+            Some(_) if headers.contains_key(FORWARDED_HEADER) => {
+                if state
+                    .shared
+                    .partition_status()
+                    .iter()
+                    .any(|(_, live)| !live)
+                {
+                    error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not found, but some of this instance's partitions are restoring: retry",
+                    )
+                } else {
+                    error(
+                        StatusCode::NOT_FOUND,
+                        "unknown customer (not in this instance's partitions)",
+                    )
+                }
+            }
+            Some(forwarder) => {
+                let path = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+                let owners = state.shared.partition_owners();
+                let restoring: Vec<i32> = state
+                    .shared
+                    .partition_status()
+                    .into_iter()
+                    .filter(|(_, live)| !live)
+                    .map(|(p, _)| p)
+                    .collect();
+                let outcome = forwarder
+                    .find(
+                        &owners,
+                        &id,
+                        path,
+                        headers.get(header::AUTHORIZATION),
+                        &restoring,
+                    )
+                    .await;
+                forwarded_response(outcome)
+            }
+        },
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "lookup failed"),
+    }
+}
+
+/// The answer to a lookup another instance was asked for.
+fn forwarded_response(outcome: ForwardOutcome) -> Response {
+    let status = outcome.status();
+    match outcome {
+        ForwardOutcome::Found { url, body } => {
+            let mut response =
+                (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+            if let Ok(v) = header::HeaderValue::from_str(&url) {
+                response.headers_mut().insert(SERVED_BY_HEADER, v);
+            }
+            response
+        }
+        ForwardOutcome::NotFound => error(
+            status,
+            "unknown customer (no instance of the group holds it)",
+        ),
+        ForwardOutcome::TimedOut(why) => error(status, format!("lookup incomplete: {why}")),
+        ForwardOutcome::Failed(why) => error(status, format!("lookup incomplete: {why}")),
+        ForwardOutcome::Unavailable(why) => {
+            error(status, format!("lookup incomplete, retry: {why}"))
+        }
+    }
+}
+
+/// Adds each reason's `label` (the model file's, or the default) next to its `factor`.
+fn label_reasons(body: &mut serde_json::Value, model: &churn_core::model::RiskModel) {
+    if let Some(reasons) = body.get_mut("reasons").and_then(|r| r.as_array_mut()) {
+        for reason in reasons {
+            let label = reason
+                .get("factor")
+                .and_then(|f| f.as_str())
+                .map(|f| model.label(f));
+            if let (Some(label), Some(obj)) = (label, reason.as_object_mut()) {
+                obj.insert("label".into(), serde_json::Value::String(label));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::Metrics;
+    use axum::body::Body;
+    use churn_core::model::RiskModel;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    fn app(token: Option<&str>) -> Router {
+        admin_app(token, None)
+    }
+
+    fn admin_app(token: Option<&str>, admin: Option<&str>) -> Router {
+        let shared = WorkerShared::new(Arc::new(RiskModel::default_model()), Metrics::new());
+        let http = HttpConfig {
+            bearer_token: token.map(String::from),
+            admin_token: admin.map(String::from),
+            ..HttpConfig::default()
+        };
+        router(shared, &http)
+    }
+
+    async fn send(
+        app: Router,
+        method: &str,
+        uri: &str,
+        auth: Option<&str>,
+    ) -> (StatusCode, String) {
+        let mut req = axum::http::Request::builder().method(method).uri(uri);
+        if let Some(a) = auth {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        let resp = app
+            .oneshot(req.body(Body::empty()).expect("request"))
+            .await
+            .expect("response");
+        let status = resp.status();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn admin_operations_need_the_admin_token() {
+        for (method, uri) in [("POST", "/admin/reload"), ("DELETE", "/v1/customers/x")] {
+            let (s, _) = send(admin_app(None, None), method, uri, None).await;
+            assert_eq!(
+                s,
+                StatusCode::FORBIDDEN,
+                "{method} {uri} without an admin token"
+            );
+            let (s, _) = send(admin_app(None, Some("adm")), method, uri, None).await;
+            assert_eq!(
+                s,
+                StatusCode::UNAUTHORIZED,
+                "{method} {uri} with no token given"
+            );
+            let (s, _) = send(
+                admin_app(None, Some("adm")),
+                method,
+                uri,
+                Some("Bearer nope"),
+            )
+            .await;
+            assert_eq!(
+                s,
+                StatusCode::UNAUTHORIZED,
+                "{method} {uri} with a wrong token"
+            );
+            let (s, _) = send(
+                admin_app(Some("read"), Some("adm")),
+                method,
+                uri,
+                Some("Bearer read"),
+            )
+            .await;
+            assert_eq!(
+                s,
+                StatusCode::UNAUTHORIZED,
+                "{method} {uri}: the read token is not admin"
+            );
+        }
+        // Right token: no model file to re-read, no pipeline running.
+        let app = admin_app(Some("read"), Some("adm"));
+        let (s, _) = send(app.clone(), "POST", "/admin/reload", Some("Bearer adm")).await;
+        assert_eq!(s, StatusCode::CONFLICT);
+        let (s, _) = send(app.clone(), "DELETE", "/v1/customers/x", Some("Bearer adm")).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        // The admin token also reads.
+        let (s, _) = send(app, "GET", "/v1/customers/x", Some("Bearer adm")).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+    }
+
+    async fn get_status(app: Router, uri: &str, auth: Option<&str>) -> (StatusCode, String) {
+        send(app, "GET", uri, auth).await
+    }
+
+    #[tokio::test]
+    async fn operational_endpoints_answer() {
+        let (s, body) = get_status(app(None), "/healthz", None).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(body, "ok\n");
+        let (s, _) = get_status(app(None), "/readyz", None).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "not joined yet");
+        let (s, body) = get_status(app(None), "/metrics", None).await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(body.contains("churn_scorer_events_consumed_total"));
+    }
+
+    #[test]
+    fn v1_reasons_carry_labels() {
+        let model = RiskModel::default_model();
+        let mut body =
+            serde_json::json!({"reasons": [{"factor": "event:payment_failed", "points": 12.0}]});
+        label_reasons(&mut body, &model);
+        assert_eq!(body["reasons"][0]["label"], "Payment failed");
+    }
+
+    #[tokio::test]
+    async fn v1_requires_the_token_when_set() {
+        let uri = "/v1/customers/nobody";
+        let (s, _) = get_status(app(Some("s3cret")), uri, None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        let (s, _) = get_status(app(Some("s3cret")), uri, Some("Bearer wrong")).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        let (s, _) = get_status(app(Some("s3cret")), uri, Some("Bearer s3cret")).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (s, _) = get_status(app(None), uri, None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (s, _) = get_status(app(None), "/v1/customers/x?as_of=yesterday", None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+    }
+}

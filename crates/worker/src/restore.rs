@@ -1,0 +1,176 @@
+//! Restoring a partition's customers from the state changelog.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::WorkerConfig;
+use churn_core::changelog::{
+    DELETION_POSITION_KEY, PartitionClock, WATERMARK_KEY, decode_clock, decode_position,
+    decode_state,
+};
+use churn_core::engine::CustomerStore;
+use churn_core::model::RiskModel;
+
+use super::{WorkerError, wall_clock_ms};
+
+/// A finished restore.
+pub struct Restored {
+    /// The customers, with their timers rebuilt.
+    pub store: CustomerStore,
+    /// The partition's event-time clock, as the previous owner left it (or,
+    /// if it left none, derived from the newest event restored), never ahead
+    /// of the wall clock plus the allowed skew.
+    pub clock: PartitionClock,
+    /// How far the deletion topic's partition of the same number has been
+    /// applied (next offset to read), if a flush ever wrote it.
+    pub deletion_position: Option<i64>,
+    /// State records read.
+    pub records: u64,
+    /// Records that could not be decoded (logged and skipped).
+    pub undecodable: u64,
+    /// Wall time taken.
+    pub elapsed: Duration,
+    /// The model the store is held for (the one current when the restore
+    /// started; converted on install if a reload happened meanwhile).
+    pub model: Arc<RiskModel>,
+}
+
+/// Reads changelog partition `partition` from its low to its high watermark
+/// and rebuilds the store. The last record per customer wins; an empty
+/// record (tombstone) forgets the customer.
+pub fn restore_partition(
+    config: &WorkerConfig,
+    model: &Arc<RiskModel>,
+    partition: i32,
+    progress: &prometheus::Gauge,
+) -> Result<Restored, WorkerError> {
+    progress.set(0.0);
+    let started = Instant::now();
+    let topic = &config.topics.state;
+    let mut client =
+        super::kafka::consumer_config(config, &format!("{}-restore", config.kafka.group_id));
+    // A plain assigned reader: it must not join the group or commit anything.
+    client.set("enable.auto.commit", "false");
+    client.set("enable.partition.eof", "false");
+    client.set("fetch.max.bytes", "52428800");
+    client.set("max.partition.fetch.bytes", "10485760");
+    let consumer: BaseConsumer = client.create()?;
+    let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(30))?;
+    let mut store = CustomerStore::new();
+    let mut records = 0_u64;
+    let mut undecodable = 0_u64;
+    let mut saved_clock: Option<PartitionClock> = None;
+    let mut deletion_position: Option<i64> = None;
+    if high > low {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(low))?;
+        consumer.assign(&tpl)?;
+        let mut last_progress = Instant::now();
+        loop {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(msg)) => {
+                    last_progress = Instant::now();
+                    records += 1;
+                    if msg.key() == Some(WATERMARK_KEY) {
+                        match msg.payload().map(decode_clock) {
+                            Some(Ok(clock)) => saved_clock = Some(clock),
+                            Some(Err(e)) => {
+                                undecodable += 1;
+                                tracing::warn!(partition, offset = msg.offset(), error = %e, "skipping undecodable partition clock");
+                            }
+                            None => saved_clock = None,
+                        }
+                        if msg.offset() >= high - 1 {
+                            break;
+                        }
+                        continue;
+                    }
+                    if msg.key() == Some(DELETION_POSITION_KEY) {
+                        match msg.payload().map(decode_position) {
+                            Some(Ok(next)) => deletion_position = Some(next),
+                            Some(Err(e)) => {
+                                undecodable += 1;
+                                tracing::warn!(partition, offset = msg.offset(), error = %e, "skipping undecodable deletion position");
+                            }
+                            None => deletion_position = None,
+                        }
+                        if msg.offset() >= high - 1 {
+                            break;
+                        }
+                        continue;
+                    }
+                    let key = msg.key().and_then(|k| std::str::from_utf8(k).ok());
+                    match (key, msg.payload()) {
+                        (Some(id), None) | (Some(id), Some([])) => {
+                            store.remove(id);
+                        }
+                        (Some(id), Some(bytes)) => match decode_state(model, bytes) {
+                            Ok(state) => store.insert_state(id, state),
+                            Err(e) => {
+                                undecodable += 1;
+                                tracing::warn!(partition, offset = msg.offset(), error = %e, "skipping undecodable state record");
+                            }
+                        },
+                        (None, _) => undecodable += 1,
+                    }
+                    if msg.offset() >= high - 1 {
+                        break;
+                    }
+                    if records.is_multiple_of(4096) {
+                        progress.set((msg.offset() - low + 1) as f64 / (high - low) as f64);
+                    }
+                }
+                Some(Err(e)) => return Err(e.into()),
+                None => {
+                    if last_progress.elapsed() > Duration::from_secs(60) {
+                        return Err(WorkerError::RestoreStalled { partition });
+                    }
+                }
+            }
+        }
+    }
+    progress.set(1.0);
+    let clock = resume_clock(config, &store, saved_clock, wall_clock_ms());
+    store.rebuild_timers(model, clock.watermark_ms);
+    Ok(Restored {
+        clock,
+        deletion_position,
+        store,
+        records,
+        undecodable,
+        elapsed: started.elapsed(),
+        model: Arc::clone(model),
+    })
+}
+
+/// The clock a restored partition resumes with: the saved one if the previous
+/// owner left one, else the newest restored event less the allowed lateness.
+/// Either is capped at `now_ms` plus the allowed skew, so a clock poisoned by
+/// an older release (which accepted events from the far future) heals.
+fn resume_clock(
+    config: &WorkerConfig,
+    store: &CustomerStore,
+    saved: Option<PartitionClock>,
+    now_ms: i64,
+) -> PartitionClock {
+    let cap = now_ms.saturating_add(config.engine.max_future_skew_ms());
+    let max_event = store
+        .iter()
+        .map(|(_, s)| s.last_event_ms())
+        .max()
+        .map(|m| m.min(cap));
+    let derived = max_event.map_or(i64::MIN, |m| {
+        m.saturating_sub(config.engine.allowed_lateness_ms())
+    });
+    let watermark = saved
+        .map_or(derived, |c| c.watermark_ms.max(derived))
+        .min(cap);
+    PartitionClock {
+        watermark_ms: watermark,
+        max_event_ms: max_event,
+    }
+}
