@@ -727,6 +727,8 @@ impl RiskModel {
         }
     }
 
+    /// The 0–100 risk score of a total of points: the model's logistic
+    /// curve (`[score] midpoint` and `scale`).
     #[inline]
     pub fn risk_from_points(&self, points: f64) -> f64 {
         let s = &self.spec.score;
@@ -796,6 +798,7 @@ fn interpolate(knots: &[(f64, f64)], x: f64) -> f64 {
     prev.1
 }
 
+/// The label a factor's reasons carry when the model file gives none.
 pub fn default_label(factor: &str) -> String {
     match factor {
         "base" => "Baseline risk".into(),

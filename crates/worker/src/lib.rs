@@ -21,6 +21,7 @@ mod restore;
 mod run;
 pub mod sink;
 pub mod telemetry;
+pub mod topics;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
