@@ -937,6 +937,26 @@ impl CustomerStore {
         self.rebuild_timers(new, watermark_ms);
     }
 
+    /// The highest input offset applied to any customer held, if any event
+    /// came with one: what the changelog says of how far the input
+    /// partition was read.
+    pub fn max_applied_offset(&self) -> Option<i64> {
+        self.states
+            .iter()
+            .filter_map(CustomerState::last_offset)
+            .max()
+    }
+
+    /// Forgets every customer's applied input offset, keeping the rest of
+    /// its state: after the input topic was recreated, its offsets start
+    /// again at 0 and the old positions would skip new events as
+    /// redeliveries.
+    pub fn forget_offsets(&mut self) {
+        for state in &mut self.states {
+            state.last_offset = NO_OFFSET;
+        }
+    }
+
     /// Removes a customer (eviction or a tombstone in the changelog).
     pub fn remove(&mut self, customer_id: &str) -> Option<CustomerState> {
         let hash = self.hasher.hash_one(customer_id);

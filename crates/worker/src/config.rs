@@ -389,14 +389,32 @@ pub struct StateConfig {
     /// stored only once the flush covering them is acknowledged, so this is
     /// also how far the committed offsets may trail the processed events.
     pub flush_interval_ms: u64,
+    /// What to do when the changelog records input positions past the end
+    /// of the input partition: the input topic was recreated (or
+    /// truncated), its offsets start again, and the old positions would
+    /// skip its events as redeliveries. `fail` (default): stop with an
+    /// error naming the topic and partition. `reset_positions`: keep every
+    /// customer's state, forget the old positions, read the new topic.
+    pub on_input_reset: InputResetPolicy,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             flush_interval_ms: 5000,
+            on_input_reset: InputResetPolicy::Fail,
         }
     }
+}
+
+/// `state.on_input_reset`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum InputResetPolicy {
+    /// Stop the worker with an error that says what to do.
+    Fail,
+    /// Keep the customers' state, forget the recorded input positions.
+    ResetPositions,
 }
 
 /// `[shutdown]`.

@@ -110,6 +110,29 @@ pub enum WorkerError {
         /// Its partitions.
         input_partitions: usize,
     },
+    /// The changelog records input positions past the end of the input
+    /// partition: the input topic was recreated or truncated.
+    #[error(
+        "input topic `{topic}` partition {partition} ends at offset {log_end} but the state topic \
+         records events applied up to offset {applied}: the input topic was recreated (or \
+         truncated), and its new events would be skipped as already applied. Nothing was \
+         skipped. To keep every customer's state and read the new topic from its start, set \
+         state.on_input_reset = \"reset_positions\" \
+         (CHURN_SCORER__STATE__ON_INPUT_RESET=reset_positions) and restart; to start from \
+         nothing, delete and recreate the state topic `{state}` too"
+    )]
+    InputTopicReset {
+        /// Input topic.
+        topic: String,
+        /// Input partition.
+        partition: i32,
+        /// The input partition's log end offset (high watermark).
+        log_end: i64,
+        /// The highest input offset the changelog records as applied.
+        applied: i64,
+        /// State topic.
+        state: String,
+    },
     /// A changelog restore made no progress.
     #[error("restore of partition {partition} made no progress for 60 s")]
     RestoreStalled {

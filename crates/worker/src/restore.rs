@@ -7,7 +7,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::config::WorkerConfig;
+use crate::config::{InputResetPolicy, WorkerConfig};
 use churn_core::changelog::{
     DELETION_POSITION_KEY, PartitionClock, WATERMARK_KEY, decode_clock, decode_position,
     decode_state,
@@ -37,6 +37,10 @@ pub struct Restored {
     /// The model the store is held for (the one current when the restore
     /// started; converted on install if a reload happened meanwhile).
     pub model: Arc<RiskModel>,
+    /// Set when the changelog's input positions were past the input
+    /// partition's end and `state.on_input_reset = "reset_positions"` made
+    /// the store forget them: (highest position recorded, log end).
+    pub input_reset: Option<(i64, i64)>,
 }
 
 /// Reads changelog partition `partition` from its low to its high watermark
@@ -134,6 +138,7 @@ pub fn restore_partition(
         }
     }
     progress.set(1.0);
+    let input_reset = check_input_positions(config, &consumer, &mut store, partition)?;
     let clock = resume_clock(config, &store, saved_clock, wall_clock_ms());
     store.rebuild_timers(model, clock.watermark_ms);
     Ok(Restored {
@@ -144,7 +149,46 @@ pub fn restore_partition(
         undecodable,
         elapsed: started.elapsed(),
         model: Arc::clone(model),
+        input_reset,
     })
+}
+
+/// Compares the highest input offset the changelog records as applied with
+/// the input partition's log end. An offset at or past the end cannot have
+/// been read from this partition: the topic was recreated (offsets start
+/// again at 0) or truncated, and the recorded positions would make the
+/// store skip the new events as redeliveries. Kafka's topic ids (KIP-516)
+/// would tell incarnations apart even when the new topic has grown past
+/// the old positions, but librdkafka does not expose them to consumers;
+/// this proof holds from the first restore after the recreation, which is
+/// when the positions would start skipping events.
+fn check_input_positions(
+    config: &WorkerConfig,
+    consumer: &BaseConsumer,
+    store: &mut CustomerStore,
+    partition: i32,
+) -> Result<Option<(i64, i64)>, WorkerError> {
+    let Some(applied) = store.max_applied_offset() else {
+        return Ok(None);
+    };
+    let topic = &config.topics.input;
+    let (_, log_end) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(30))?;
+    if applied < log_end {
+        return Ok(None);
+    }
+    match config.state.on_input_reset {
+        InputResetPolicy::Fail => Err(WorkerError::InputTopicReset {
+            topic: topic.clone(),
+            partition,
+            log_end,
+            applied,
+            state: config.topics.state.clone(),
+        }),
+        InputResetPolicy::ResetPositions => {
+            store.forget_offsets();
+            Ok(Some((applied, log_end)))
+        }
+    }
 }
 
 /// The clock a restored partition resumes with: the saved one if the previous

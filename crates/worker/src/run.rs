@@ -159,6 +159,22 @@ impl Restores {
             self.running = self.running.saturating_sub(1);
             match done.result {
                 Ok(restored) => {
+                    if let Some((applied, log_end)) = restored.input_reset {
+                        metrics
+                            .input_resets
+                            .with_label_values(&["reset_positions"])
+                            .inc();
+                        tracing::error!(
+                            topic = %input,
+                            partition = done.partition,
+                            applied,
+                            log_end,
+                            "the changelog records input positions past the input partition's \
+                             end: the input topic was recreated or truncated; every customer's \
+                             state is kept and its recorded position forgotten \
+                             (state.on_input_reset = reset_positions)"
+                        );
+                    }
                     let owner = &cores[owner_of(done.partition, cores.len())];
                     let installed = owner.lock_from_outside()?.install_restore(
                         done.partition,
@@ -187,6 +203,12 @@ impl Restores {
                         tracing::error!(partition = done.partition, error = %e, "resume failed");
                     }
                     owner.wake();
+                }
+                Err(e @ WorkerError::InputTopicReset { .. }) => {
+                    // Retrying cannot help, and skipping would lose events:
+                    // stop, with the error saying what to do.
+                    metrics.input_resets.with_label_values(&["fail"]).inc();
+                    return Err(e);
                 }
                 Err(e) => {
                     tracing::error!(partition = done.partition, error = %e, "state restore failed; retrying in 5 s");

@@ -73,6 +73,10 @@ pub struct Metrics {
     pub state_restore_seconds: Histogram,
     /// Customers restored from the changelog.
     pub state_restored_customers: IntCounter,
+    /// Restores that found the input partition recreated (the changelog's
+    /// positions past its end), by the policy applied (`fail`,
+    /// `reset_positions`).
+    pub input_resets: IntCounterVec,
     /// State records written to the changelog topic.
     pub state_changelog_records: IntCounter,
     /// Customers dropped from memory after the eviction horizon.
@@ -231,6 +235,15 @@ impl Metrics {
                 "Customers restored from the state changelog.",
             ))
             .expect("valid metric"),
+            input_resets: IntCounterVec::new(
+                opts(
+                    "input_resets_total",
+                    "Restores that found the input partition recreated (changelog positions \
+                     past its end), by the policy applied.",
+                ),
+                &["policy"],
+            )
+            .expect("valid metric"),
             state_changelog_records: IntCounter::with_opts(opts(
                 "state_changelog_records_total",
                 "State records written to the changelog topic.",
@@ -381,6 +394,7 @@ impl Metrics {
             Box::new(self.partitions_assigned.clone()),
             Box::new(self.state_restore_seconds.clone()),
             Box::new(self.state_restored_customers.clone()),
+            Box::new(self.input_resets.clone()),
             Box::new(self.state_changelog_records.clone()),
             Box::new(self.customers_evicted.clone()),
             Box::new(self.partition_watermark_seconds.clone()),
