@@ -307,7 +307,9 @@ fn an_erased_customer_stays_gone_across_a_restart_until_a_new_event() {
 
     // Restored from the changelog: the tombstone wins.
     let worker = RunningWorker::start(config, model);
-    worker.wait_until("ready", Duration::from_secs(30), |w| w.shared.is_ready());
+    worker.wait_until("ready", Duration::from_secs(30), |w| {
+        w.handles.directory.is_ready()
+    });
     customer_with_events(worker.http, "e-2", None, 5, Duration::from_secs(30));
     let (status, body) = http_get(worker.http, "/v1/customers/e-1", None);
     assert_eq!(status, 404, "still gone after a restart: {body}");
@@ -378,7 +380,9 @@ fn a_deletion_topic_record_erases_once_across_a_restart() {
     // Restarted: the request is not applied again, so the customer who
     // comes back stays.
     let worker = RunningWorker::start(config, model);
-    worker.wait_until("ready", Duration::from_secs(30), |w| w.shared.is_ready());
+    worker.wait_until("ready", Duration::from_secs(30), |w| {
+        w.handles.directory.is_ready()
+    });
     let (status, _) = http_get(worker.http, "/v1/customers/d-2", None);
     assert_eq!(status, 404, "still gone after a restart");
     produce_events(

@@ -17,10 +17,9 @@ use rdkafka::{ClientContext, Statistics, TopicPartitionList};
 
 use crate::telemetry::Metrics;
 
-use super::sink::LogLimiter;
-
-use super::WorkerShared;
-use super::pipeline::{CoreHandle, owner_of, set_paused};
+use crate::directory::PartitionDirectory;
+use crate::pipeline::{CoreHandle, owner_of, set_paused};
+use crate::sink::LogLimiter;
 
 /// A partition counts as fetched only if its leader answered this recently:
 /// a fetch request returns within `fetch.wait.max.ms` (500 ms by default)
@@ -34,7 +33,7 @@ const REVOKE_COMMIT_WAIT: Duration = Duration::from_secs(5);
 pub struct GroupContext {
     /// One per pipeline thread; partition `p` belongs to `cores[owner_of(p, n)]`.
     pub(super) cores: Arc<[CoreHandle]>,
-    pub(super) shared: Arc<WorkerShared>,
+    pub(super) directory: Arc<PartitionDirectory>,
     pub(super) metrics: Metrics,
     pub(super) input_topic: String,
     pub(super) drain_timeout: Duration,
@@ -86,7 +85,7 @@ impl ClientContext for GroupContext {
             return;
         };
         let owned: Vec<i32> = self
-            .shared
+            .directory
             .partition_status()
             .into_iter()
             .map(|(p, _)| p)
@@ -187,7 +186,7 @@ impl ConsumerContext for GroupContext {
                         tracing::warn!(partition = p, error = %e, "cannot pause partition during restore");
                     }
                 }
-                self.shared.set_joined();
+                self.directory.set_joined();
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => tracing::error!(error = %e, "rebalance error"),
