@@ -36,7 +36,10 @@ use crate::commands::{CommandQueue, ModelSet};
 use crate::deletions::DeletionReader;
 use crate::directory::PartitionDirectory;
 use crate::error::WorkerError;
-use crate::group::{CommitOutcome, GroupContext, commit_with_deadline, store_offsets};
+use crate::group::{
+    AssignmentWait, CommitOutcome, GroupContext, commit_with_deadline, log_assignment_wait,
+    store_offsets,
+};
 use crate::kafka::{self, DeliveryContext};
 use crate::membership::MembershipReader;
 use crate::pipeline::{Core, CoreHandle, owner_of, set_paused};
@@ -255,6 +258,7 @@ pub fn run_pipeline(
         input_topic: input_topic.clone(),
         drain_timeout,
         commit_log: Default::default(),
+        coordinator: Default::default(),
     };
     let consumer: Arc<Consumer0> = Arc::new(
         kafka::consumer_config(&config, &config.kafka.group_id).create_with_context(context)?,
@@ -313,9 +317,16 @@ pub fn run_pipeline(
 
     let mut restores = Restores::new();
     let mut consumer_errors = LogLimiter::default();
+    let mut assignment_wait = AssignmentWait::new(Instant::now());
     let stopped = loop {
         if shutdown.is_cancelled() {
             break Stop::Requested;
+        }
+        if !directory.is_joined()
+            && let Some(waited) = assignment_wait.due(Instant::now())
+        {
+            let coordinator = consumer.context().coordinator();
+            log_assignment_wait(&config.kafka.group_id, coordinator.as_deref(), waited);
         }
         if handles.iter().any(JoinHandle::is_finished) {
             break Stop::Failed(WorkerError::PipelineStopped);
