@@ -266,7 +266,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// (a refused model is logged and counted by the worker, which keeps the
 /// previous one).
 async fn reload_on_sighup(
-    shared: std::sync::Arc<churn_worker::WorkerShared>,
+    registry: std::sync::Arc<churn_worker::ModelRegistry>,
     token: tokio_util::sync::CancellationToken,
 ) {
     #[cfg(unix)]
@@ -285,14 +285,14 @@ async fn reload_on_sighup(
                 got = hangup.recv() => if got.is_none() { return },
             }
             tracing::info!("SIGHUP: reloading the model");
-            let shared = std::sync::Arc::clone(&shared);
+            let registry = std::sync::Arc::clone(&registry);
             // Reads a file: off the async workers. The outcome is logged there.
-            let _ = tokio::task::spawn_blocking(move || shared.reload_model()).await;
+            let _ = tokio::task::spawn_blocking(move || registry.reload_model()).await;
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = (shared, token);
+        let _ = (registry, token);
     }
 }
 
@@ -385,7 +385,7 @@ fn run_worker(args: RunArgs) -> Result<()> {
             }
             Err(e) => return Err(e.into()),
         };
-        tokio::spawn(reload_on_sighup(worker.shared(), token.clone()));
+        tokio::spawn(reload_on_sighup(worker.handles().registry, token.clone()));
         let check_config = config.clone();
         let check_token = token.clone();
         let deadline = std::time::Duration::from_secs(args.connect_timeout);

@@ -99,7 +99,7 @@ fn a_silent_customer_is_alerted_once_across_restarts_a_kill_and_a_rebalance() {
     b.wait_until(
         "the second member holds a partition",
         Duration::from_secs(60),
-        |b| b.metrics().partitions_assigned.get() > 0 && b.shared.is_ready(),
+        |b| b.metrics().partitions_assigned.get() > 0 && b.handles.directory.is_ready(),
     );
     std::thread::sleep(Duration::from_secs(2));
     b.stop().expect("the second member leaves cleanly");
@@ -262,7 +262,9 @@ fn a_broker_outage_fires_no_inactivity_alert_for_customers_who_stay_active() {
         .consumer
         .insert("session.timeout.ms".into(), "45000".into());
     let w = RunningWorker::start(config, model.clone());
-    w.wait_until("ready", Duration::from_secs(30), |w| w.shared.is_ready());
+    w.wait_until("ready", Duration::from_secs(30), |w| {
+        w.handles.directory.is_ready()
+    });
 
     // Five customers log in every 250 ms, stamped by their own clock, through
     // the outage (their producer buffers); "quiet" logs in twice, then stops.
@@ -431,7 +433,9 @@ fn a_backlog_alerts_at_the_same_event_times_as_a_live_run_and_offline_replay() {
     let live_broker = broker(1);
     let bootstrap = live_broker.bootstrap_servers().to_string();
     let w = RunningWorker::start(config_for(&bootstrap), model.clone());
-    w.wait_until("ready", Duration::from_secs(30), |w| w.shared.is_ready());
+    w.wait_until("ready", Duration::from_secs(30), |w| {
+        w.handles.directory.is_ready()
+    });
     let mut sent = 0;
     for chunk in lines.chunks(97) {
         produce_events(&bootstrap, "customer-events", chunk);

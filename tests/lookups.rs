@@ -118,14 +118,14 @@ fn forwarded_total(w: &RunningWorker) -> u64 {
 fn membership_settled(a: &RunningWorker, b: &RunningWorker) -> bool {
     let mut actual = BTreeMap::new();
     for w in [a, b] {
-        for (p, _) in w.shared.partition_status() {
+        for (p, _) in w.handles.directory.partition_status() {
             actual.insert(p, url(w));
         }
     }
     actual.len() == PARTITIONS as usize
         && [a, b]
             .iter()
-            .all(|w| w.shared.partition_owners().to_map() == actual)
+            .all(|w| w.handles.directory.partition_owners().to_map() == actual)
 }
 
 #[test]
@@ -147,8 +147,8 @@ fn each_member_answers_lookups_for_customers_the_other_owns() {
         |b| {
             a.metrics().partitions_assigned.get() > 0
                 && b.metrics().partitions_assigned.get() > 0
-                && a.shared.is_ready()
-                && b.shared.is_ready()
+                && a.handles.directory.is_ready()
+                && b.handles.directory.is_ready()
                 && a.metrics().events_consumed.get() + b.metrics().events_consumed.get()
                     >= lines.len() as u64
                 && membership_settled(&a, b)
@@ -161,8 +161,8 @@ fn each_member_answers_lookups_for_customers_the_other_owns() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let owner_of = |id: &str| -> Option<(&RunningWorker, &RunningWorker, u32)> {
         match (
-            a.shared.lookup(id, Some(as_of)),
-            b.shared.lookup(id, Some(as_of)),
+            a.handles.lookups.lookup(id, Some(as_of)),
+            b.handles.lookups.lookup(id, Some(as_of)),
         ) {
             (Some(v), None) => Some((&a, &b, v.events)),
             (None, Some(v)) => Some((&b, &a, v.events)),
@@ -258,9 +258,9 @@ fn each_member_answers_lookups_for_customers_the_other_owns() {
         "a owns every partition and the membership says so",
         Duration::from_secs(90),
         |a| {
-            let owners = a.shared.partition_owners();
+            let owners = a.handles.directory.partition_owners();
             a.metrics().partitions_assigned.get() == i64::from(PARTITIONS)
-                && a.shared.is_ready()
+                && a.handles.directory.is_ready()
                 && owners.members() == [a_url.clone()]
                 && owners.unowned().is_empty()
         },

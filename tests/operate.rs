@@ -307,7 +307,9 @@ fn an_erased_customer_stays_gone_across_a_restart_until_a_new_event() {
 
     // Restored from the changelog: the tombstone wins.
     let worker = RunningWorker::start(config, model);
-    worker.wait_until("ready", Duration::from_secs(30), |w| w.shared.is_ready());
+    worker.wait_until("ready", Duration::from_secs(30), |w| {
+        w.handles.directory.is_ready()
+    });
     customer_with_events(worker.http, "e-2", None, 5, Duration::from_secs(30));
     let (status, body) = http_get(worker.http, "/v1/customers/e-1", None);
     assert_eq!(status, 404, "still gone after a restart: {body}");
@@ -378,7 +380,9 @@ fn a_deletion_topic_record_erases_once_across_a_restart() {
     // Restarted: the request is not applied again, so the customer who
     // comes back stays.
     let worker = RunningWorker::start(config, model);
-    worker.wait_until("ready", Duration::from_secs(30), |w| w.shared.is_ready());
+    worker.wait_until("ready", Duration::from_secs(30), |w| {
+        w.handles.directory.is_ready()
+    });
     let (status, _) = http_get(worker.http, "/v1/customers/d-2", None);
     assert_eq!(status, 404, "still gone after a restart");
     produce_events(
@@ -400,4 +404,22 @@ fn a_deletion_topic_record_erases_once_across_a_restart() {
     );
     customer_with_events(worker.http, "d-1", None, 5, Duration::from_secs(5));
     worker.stop().expect("clean stop");
+}
+
+/// Issue 32: before this instance has joined its group (here it never can:
+/// no broker listens), a lookup it cannot answer is a 503 `not ready` with
+/// the `/readyz` report, not a 404 "unknown customer".
+#[test]
+fn a_lookup_before_the_first_assignment_answers_not_ready() {
+    // A closed port: the worker serves HTTP but waits for the brokers.
+    let worker = RunningWorker::start(worker_config("127.0.0.1:9"), RiskModel::default_model());
+    let (status, body) = http_get(worker.http, "/v1/customers/nobody", None);
+    assert_eq!(status, 503, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("json body");
+    assert_eq!(json["error"], "not ready", "{body}");
+    assert_eq!(json["ready"], false, "{body}");
+    assert_eq!(json["partitions"], serde_json::json!([]), "{body}");
+    let (status, _) = http_get(worker.http, "/readyz", None);
+    assert_eq!(status, 503);
+    worker.stop().expect("stops cleanly before joining");
 }

@@ -165,7 +165,9 @@ fn members_joining_leaving_and_crashing_never_stop_the_group() {
 
     let started = Instant::now();
     let a = RunningWorker::start(group_config(&bootstrap), model.clone());
-    a.wait_until("a ready", Duration::from_secs(30), |a| a.shared.is_ready());
+    a.wait_until("a ready", Duration::from_secs(30), |a| {
+        a.handles.directory.is_ready()
+    });
     let mut sampler = Sampler {
         fed: Arc::clone(&fed),
         samples: Vec::new(),
@@ -190,8 +192,8 @@ fn members_joining_leaving_and_crashing_never_stop_the_group() {
                 + b.metrics().partitions_assigned.get()
                 + c_partitions
                 == i64::from(PARTITIONS)
-            && b.shared.is_ready()
-            && a.shared.is_ready()
+            && b.handles.directory.is_ready()
+            && a.handles.directory.is_ready()
     });
     assert_eq!(
         restores(&a),
@@ -204,14 +206,15 @@ fn members_joining_leaving_and_crashing_never_stop_the_group() {
     let left = sampler.run_until(Duration::from_secs(90), &a, None, Some(&c), || {
         a.metrics().partitions_assigned.get() + c.metric("churn_scorer_partitions_assigned") as i64
             == i64::from(PARTITIONS)
-            && a.shared.is_ready()
+            && a.handles.directory.is_ready()
     });
     let graceful_pause = sampler.longest_pause();
 
     // One is killed: its partitions come back after its session expires.
     c.kill_abruptly();
     let recovered = sampler.run_until(Duration::from_secs(90), &a, None, None, || {
-        a.metrics().partitions_assigned.get() == i64::from(PARTITIONS) && a.shared.is_ready()
+        a.metrics().partitions_assigned.get() == i64::from(PARTITIONS)
+            && a.handles.directory.is_ready()
     });
     let sent = feed.stop();
     eprintln!(
@@ -266,8 +269,8 @@ fn eager_rebalancing_still_hands_partitions_over() {
     b.wait_until("both hold partitions", Duration::from_secs(60), |b| {
         a.metrics().partitions_assigned.get() > 0
             && b.metrics().partitions_assigned.get() > 0
-            && a.shared.is_ready()
-            && b.shared.is_ready()
+            && a.handles.directory.is_ready()
+            && b.handles.directory.is_ready()
     });
     produce_events(&bootstrap, "customer-events", &lines);
     b.wait_until("everything consumed", Duration::from_secs(60), |b| {
@@ -275,7 +278,7 @@ fn eager_rebalancing_still_hands_partitions_over() {
     });
     b.stop().expect("b leaves cleanly");
     a.wait_until("a owns every partition", Duration::from_secs(60), |a| {
-        a.metrics().partitions_assigned.get() == 4 && a.shared.is_ready()
+        a.metrics().partitions_assigned.get() == 4 && a.handles.directory.is_ready()
     });
     let as_of = T0_MS + 31 * DAY_MS;
     assert_matches_offline(
@@ -303,7 +306,9 @@ fn a_member_joining_and_leaving_with_default_timeouts_never_stops_the_group() {
     let lines = history(300, 150, 29);
     let feed = Feed::start(&bootstrap, &lines, 15);
     let a = RunningWorker::start(defaults(&bootstrap), model.clone());
-    a.wait_until("a ready", Duration::from_secs(30), |a| a.shared.is_ready());
+    a.wait_until("a ready", Duration::from_secs(30), |a| {
+        a.handles.directory.is_ready()
+    });
     let mut sampler = Sampler {
         fed: Arc::clone(&feed.fed),
         samples: Vec::new(),
@@ -316,8 +321,8 @@ fn a_member_joining_and_leaving_with_default_timeouts_never_stops_the_group() {
         b.metrics().partitions_assigned.get() > 0
             && a.metrics().partitions_assigned.get() + b.metrics().partitions_assigned.get()
                 == i64::from(PARTITIONS)
-            && a.shared.is_ready()
-            && b.shared.is_ready()
+            && a.handles.directory.is_ready()
+            && b.handles.directory.is_ready()
     });
     assert_eq!(
         restores(&a),
@@ -326,7 +331,8 @@ fn a_member_joining_and_leaving_with_default_timeouts_never_stops_the_group() {
     );
     b.stop().expect("b leaves cleanly");
     let left = sampler.run_until(Duration::from_secs(180), &a, None, None, || {
-        a.metrics().partitions_assigned.get() == i64::from(PARTITIONS) && a.shared.is_ready()
+        a.metrics().partitions_assigned.get() == i64::from(PARTITIONS)
+            && a.handles.directory.is_ready()
     });
     let pause = sampler.longest_pause();
     let sent = feed.stop();

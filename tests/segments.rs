@@ -150,7 +150,9 @@ fn segment_thresholds_change_which_customers_alert_and_survive_a_restart() {
 
     // Restored from the changelog: the segment is kept, and still decides.
     let worker = RunningWorker::start(config, model);
-    worker.wait_until("ready", Duration::from_secs(30), |w| w.shared.is_ready());
+    worker.wait_until("ready", Duration::from_secs(30), |w| {
+        w.handles.directory.is_ready()
+    });
     let ent = customer_with_events(worker.http, "ent-1", None, 2, Duration::from_secs(30));
     assert_eq!(ent["segment"], "enterprise", "kept across the restart");
     let ent2 = customer_with_events(worker.http, "ent-2", None, 1, Duration::from_secs(30));

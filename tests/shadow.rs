@@ -274,7 +274,9 @@ fn a_shadow_topic_the_worker_may_not_write_never_stops_the_live_alerts() {
     let lateness = config.engine.allowed_lateness_ms();
 
     let worker = RunningWorker::start(config, live.clone());
-    worker.wait_until("ready", Duration::from_secs(30), |w| w.shared.is_ready());
+    worker.wait_until("ready", Duration::from_secs(30), |w| {
+        w.handles.directory.is_ready()
+    });
     // Permissions on the shadow topic revoked while the worker runs; its
     // producers refresh metadata ten times before the first event is sent.
     broker

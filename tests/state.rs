@@ -120,8 +120,8 @@ fn when_one_of_two_workers_leaves_the_other_restores_its_partitions() {
         |b| {
             a.metrics().partitions_assigned.get() > 0
                 && b.metrics().partitions_assigned.get() > 0
-                && a.shared.is_ready()
-                && b.shared.is_ready()
+                && a.handles.directory.is_ready()
+                && b.handles.directory.is_ready()
         },
     );
     produce_events(&bootstrap, "customer-events", first);
@@ -140,7 +140,7 @@ fn when_one_of_two_workers_leaves_the_other_restores_its_partitions() {
     b.stop().expect("b leaves cleanly");
     produce_events(&bootstrap, "customer-events", second);
     a.wait_until("a owns every partition", Duration::from_secs(30), |w| {
-        w.metrics().partitions_assigned.get() == 4 && w.shared.is_ready()
+        w.metrics().partitions_assigned.get() == 4 && w.handles.directory.is_ready()
     });
     let as_of = T0_MS + 41 * DAY_MS;
     let expected = offline_scores(&model, &lines, as_of);

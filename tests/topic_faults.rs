@@ -118,3 +118,95 @@ fn with_reset_positions_a_recreated_input_topic_is_read_whole_on_top_of_the_kept
     );
     w.stop().expect("worker stops cleanly");
 }
+
+/// Whether `topic` exists, asked without allowing its creation.
+fn topic_exists(bootstrap: &str, topic: &str) -> bool {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .expect("consumer");
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .expect("metadata");
+    md.topics()
+        .iter()
+        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+}
+
+#[test]
+fn the_start_up_check_names_every_missing_topic_and_creates_none() {
+    let broker = churn_devtools::broker::EmbeddedBroker::start(1).expect("broker");
+    broker.create_topic("customer-events", 4).expect("input");
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let mut config = worker_config(&bootstrap);
+    config.topics.shadow_alerts = Some("churn-alerts-shadow".into());
+    let w = RunningWorker::start(config, RiskModel::default_model());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !w.finished() {
+        assert!(
+            Instant::now() < deadline,
+            "the worker ran without its topics"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let error = w.stop().expect_err("the worker refuses to start");
+    let text = error.to_string();
+    let missing = [
+        "churn-scorer-state",
+        "churn-alerts",
+        "churn-events-dlq",
+        "churn-alerts-shadow",
+    ];
+    for topic in missing {
+        assert!(
+            text.contains(&format!("`{topic}`")),
+            "{topic} not named: {text}"
+        );
+        assert!(
+            !topic_exists(&bootstrap, topic),
+            "{topic} was created by the check"
+        );
+    }
+    assert!(
+        text.contains("4 topic problems (nothing was created)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("--topic churn-scorer-state --partitions 4 --replication-factor 3 --config cleanup.policy=compact"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_state_topic_with_another_partition_count_is_refused_naming_both_counts() {
+    let broker = churn_devtools::broker::EmbeddedBroker::start(1).expect("broker");
+    for (topic, partitions) in [
+        ("customer-events", 6),
+        ("churn-scorer-state", 4),
+        ("churn-alerts", 1),
+        ("churn-events-dlq", 1),
+    ] {
+        broker.create_topic(topic, partitions).expect("topic");
+    }
+    let w = RunningWorker::start(
+        worker_config(broker.bootstrap_servers()),
+        RiskModel::default_model(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !w.finished() {
+        assert!(
+            Instant::now() < deadline,
+            "the worker ran with mismatched topics"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = w.stop().expect_err("refused").to_string();
+    assert!(
+        text.contains(
+            "`churn-scorer-state` (topics.state) has 4 partitions but the input topic has 6"
+        ),
+        "{text}"
+    );
+}

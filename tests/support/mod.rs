@@ -6,14 +6,13 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use churn_core::model::RiskModel;
 use churn_devtools::broker::EmbeddedBroker;
 use churn_worker::config::{Overrides, WorkerConfig};
 use churn_worker::telemetry::Metrics;
-use churn_worker::{Worker, WorkerShared};
+use churn_worker::{Worker, WorkerHandles};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -177,7 +176,7 @@ pub fn worker_config(bootstrap: &str) -> WorkerConfig {
 
 /// A worker running in this process.
 pub struct RunningWorker {
-    pub shared: Arc<WorkerShared>,
+    pub handles: WorkerHandles,
     pub http: SocketAddr,
     token: CancellationToken,
     runtime: Option<tokio::runtime::Runtime>,
@@ -195,12 +194,12 @@ impl RunningWorker {
         let worker = runtime
             .block_on(Worker::bind(config, model, Metrics::new()))
             .expect("worker binds");
-        let shared = worker.shared();
+        let handles = worker.handles();
         let http = worker.http_addr();
         let token = CancellationToken::new();
         let handle = runtime.spawn(worker.run(token.clone()));
         RunningWorker {
-            shared,
+            handles,
             http,
             token,
             runtime: Some(runtime),
@@ -209,7 +208,7 @@ impl RunningWorker {
     }
 
     pub fn metrics(&self) -> &Metrics {
-        self.shared.metrics()
+        &self.handles.metrics
     }
 
     /// Whether the worker has stopped by itself.

@@ -169,7 +169,7 @@ pub async fn run_demo(options: DemoOptions, stop: CancellationToken) -> Result<(
     let metrics = churn_worker::telemetry::Metrics::new();
     let worker = churn_worker::Worker::bind(config.clone(), model, metrics.clone()).await?;
     let http = worker.http_addr();
-    let shared = worker.shared();
+    let handles = worker.handles();
     let worker_stop = CancellationToken::new();
     let worker_task = tokio::spawn(worker.run(worker_stop.clone()));
 
@@ -220,7 +220,7 @@ pub async fn run_demo(options: DemoOptions, stop: CancellationToken) -> Result<(
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(deadline.unwrap_or(Duration::from_secs(3600))), if deadline.is_some() => break,
             _ = ticker.tick() => {
-                let m = shared.metrics();
+                let m = &handles.metrics;
                 let events = m.events_consumed.get();
                 let rate = (events - last_events) as f64 / last_at.elapsed().as_secs_f64();
                 last_events = events;

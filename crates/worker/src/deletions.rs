@@ -21,9 +21,10 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::WorkerConfig;
 
-use super::WorkerError;
-use super::pipeline::{Command, CoreHandle, owner_of};
-use super::sink::LogLimiter;
+use crate::commands::Command;
+use crate::error::WorkerError;
+use crate::pipeline::{CoreHandle, owner_of};
+use crate::sink::LogLimiter;
 
 /// How often the assignment is compared with the live partitions.
 const RECONCILE_EVERY: Duration = Duration::from_millis(200);

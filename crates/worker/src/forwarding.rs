@@ -22,7 +22,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::PartitionOwners;
+use crate::ownership::PartitionOwners;
 use crate::partitioner::KeyPartitioner;
 use crate::telemetry::Metrics;
 
@@ -358,7 +358,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreachable_instance_is_a_502_and_a_silent_one_a_504() {
-        use crate::membership::MemberClaim;
+        use crate::ownership::MemberClaim;
         // A port nobody listens on, and a listener that never answers.
         let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let closed_url = format!("http://{}", closed.local_addr().expect("addr"));
@@ -412,7 +412,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_404_while_the_customers_partition_is_restoring_here() {
-        use crate::membership::MemberClaim;
+        use crate::ownership::MemberClaim;
         // This instance alone owns every partition: nobody else to ask.
         let claims = [MemberClaim {
             url: "http://self".into(),

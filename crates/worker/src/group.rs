@@ -17,10 +17,9 @@ use rdkafka::{ClientContext, Statistics, TopicPartitionList};
 
 use crate::telemetry::Metrics;
 
-use super::sink::LogLimiter;
-
-use super::WorkerShared;
-use super::pipeline::{CoreHandle, owner_of, set_paused};
+use crate::directory::PartitionDirectory;
+use crate::pipeline::{CoreHandle, owner_of, set_paused};
+use crate::sink::LogLimiter;
 
 /// A partition counts as fetched only if its leader answered this recently:
 /// a fetch request returns within `fetch.wait.max.ms` (500 ms by default)
@@ -34,15 +33,23 @@ const REVOKE_COMMIT_WAIT: Duration = Duration::from_secs(5);
 pub struct GroupContext {
     /// One per pipeline thread; partition `p` belongs to `cores[owner_of(p, n)]`.
     pub(super) cores: Arc<[CoreHandle]>,
-    pub(super) shared: Arc<WorkerShared>,
+    pub(super) directory: Arc<PartitionDirectory>,
     pub(super) metrics: Metrics,
     pub(super) input_topic: String,
     pub(super) drain_timeout: Duration,
     /// Background commit failures are logged at a bounded rate.
     pub(super) commit_log: Mutex<LogLimiter>,
+    /// The group coordinator's address, from the latest statistics that
+    /// named one (for the log while waiting for the first assignment).
+    pub(super) coordinator: Mutex<Option<String>>,
 }
 
 impl GroupContext {
+    /// The group coordinator's address, if the statistics named one yet.
+    pub(super) fn coordinator(&self) -> Option<String> {
+        self.coordinator.lock().ok().and_then(|c| c.clone())
+    }
+
     fn input_partitions(&self, tpl: &TopicPartitionList) -> Vec<i32> {
         tpl.elements()
             .iter()
@@ -66,6 +73,60 @@ impl GroupContext {
     }
 }
 
+/// The group coordinator's address in the consumer's statistics: librdkafka
+/// lists it as a logical broker named `GroupCoordinator` whose node name is
+/// set once the coordinator is known.
+fn coordinator_of(stats: &Statistics) -> Option<String> {
+    stats
+        .brokers
+        .values()
+        .find(|b| b.source == "logical" && b.name.starts_with("GroupCoordinator"))
+        .map(|b| b.nodename.clone())
+        .filter(|n| !n.is_empty())
+}
+
+/// How often the group thread says it is still waiting for its first
+/// partition assignment.
+pub(super) const ASSIGNMENT_WAIT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Paces the INFO line logged while no assignment has been received: one
+/// every [`ASSIGNMENT_WAIT_LOG_EVERY`] (issue 32: a worker waiting on an
+/// unreachable or slow coordinator should say so, not stay silent).
+pub(super) struct AssignmentWait {
+    started: Instant,
+    next: Instant,
+}
+
+impl AssignmentWait {
+    /// Waiting since `now`; the first line is due one period later.
+    pub(super) fn new(now: Instant) -> Self {
+        AssignmentWait {
+            started: now,
+            next: now + ASSIGNMENT_WAIT_LOG_EVERY,
+        }
+    }
+
+    /// `Some(time waited)` when a line is due at `now` (then not again for
+    /// one period).
+    pub(super) fn due(&mut self, now: Instant) -> Option<Duration> {
+        if now < self.next {
+            return None;
+        }
+        self.next = now + ASSIGNMENT_WAIT_LOG_EVERY;
+        Some(now.duration_since(self.started))
+    }
+}
+
+/// The line logged while waiting for the first assignment.
+pub(super) fn log_assignment_wait(group: &str, coordinator: Option<&str>, waited: Duration) {
+    tracing::info!(
+        group,
+        coordinator = coordinator.unwrap_or("coordinator unknown"),
+        waited_s = waited.as_secs(),
+        "waiting for the first partition assignment"
+    );
+}
+
 /// Whether a partition is fetched and caught up, from the consumer's
 /// statistics: its leader is up and answering, its fetcher is active, and
 /// everything up to the high watermark has been handed to the pipeline.
@@ -82,11 +143,16 @@ fn caught_up(stats: &Statistics, p: &rdkafka::statistics::Partition) -> bool {
 
 impl ClientContext for GroupContext {
     fn stats(&self, statistics: Statistics) {
+        if let Some(address) = coordinator_of(&statistics)
+            && let Ok(mut c) = self.coordinator.lock()
+        {
+            *c = Some(address);
+        }
         let Some(topic) = statistics.topics.get(&self.input_topic) else {
             return;
         };
         let owned: Vec<i32> = self
-            .shared
+            .directory
             .partition_status()
             .into_iter()
             .map(|(p, _)| p)
@@ -187,7 +253,7 @@ impl ConsumerContext for GroupContext {
                         tracing::warn!(partition = p, error = %e, "cannot pause partition during restore");
                     }
                 }
-                self.shared.set_joined();
+                self.directory.set_joined();
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => tracing::error!(error = %e, "rebalance error"),
@@ -291,5 +357,82 @@ pub fn commit_with_deadline<C: ConsumerContext>(
         };
         sys::rd_kafka_queue_destroy(queue);
         outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::Arc;
+
+    #[test]
+    fn the_assignment_wait_is_logged_every_ten_seconds() {
+        let t0 = Instant::now();
+        let mut wait = AssignmentWait::new(t0);
+        assert_eq!(wait.due(t0), None);
+        assert_eq!(wait.due(t0 + Duration::from_millis(9_999)), None);
+        assert_eq!(
+            wait.due(t0 + Duration::from_secs(10)),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            wait.due(t0 + Duration::from_secs(15)),
+            None,
+            "once per period"
+        );
+        assert_eq!(
+            wait.due(t0 + Duration::from_secs(21)),
+            Some(Duration::from_secs(21))
+        );
+    }
+
+    /// Collects what a tracing subscriber writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut b) = self.0.lock() {
+                b.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn logged(f: impl FnOnce()) -> String {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = captured.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[test]
+    fn the_assignment_wait_line_names_the_group_and_the_coordinator() {
+        let line = logged(|| log_assignment_wait("scorers", None, Duration::from_secs(20)));
+        assert!(line.contains("INFO"), "{line}");
+        assert!(
+            line.contains("waiting for the first partition assignment"),
+            "{line}"
+        );
+        assert!(
+            line.contains("group=\"scorers\"") || line.contains("group=scorers"),
+            "{line}"
+        );
+        assert!(line.contains("coordinator unknown"), "{line}");
+        let line = logged(|| {
+            log_assignment_wait("scorers", Some("kafka-2:9092"), Duration::from_secs(30))
+        });
+        assert!(line.contains("kafka-2:9092"), "{line}");
+        assert!(!line.contains("coordinator unknown"), "{line}");
     }
 }

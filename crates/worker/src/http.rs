@@ -2,7 +2,11 @@
 //! `GET /v1/customers/{id}[?as_of=RFC3339]`, and the admin operations
 //! `POST /admin/reload` and `DELETE /v1/customers/{id}` (only with
 //! `http.admin_token`). The routes own no state; they reach the worker
-//! through its [`WorkerShared`] handle. With `topics.membership`, a lookup
+//! through its handles ([`WorkerHandles`]): the model registry for reloads,
+//! the partition directory for readiness, lookups for customers and
+//! erasures, the metrics registry. Until this instance has joined its group
+//! and restored every partition it was assigned, a lookup it cannot answer
+//! is refused with 503 `not ready` (as `/readyz` reports), not a 404. With `topics.membership`, a lookup
 //! of a customer held by another instance is forwarded there
 //! ([`crate::forwarding`]).
 
@@ -19,8 +23,12 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 use crate::config::{HttpConfig, WorkerConfig};
+use crate::directory::PartitionDirectory;
 use crate::forwarding::{FORWARDED_HEADER, ForwardOutcome, LookupForwarder, SERVED_BY_HEADER};
-use crate::{ReloadError, WorkerShared};
+use crate::handles::WorkerHandles;
+use crate::lookups::Lookups;
+use crate::registry::{ModelRegistry, ReloadError};
+use crate::telemetry::Metrics;
 use churn_core::event::parse_date_arg;
 
 /// How long an admin request waits for every pipeline thread to act on it
@@ -29,7 +37,10 @@ const ADMIN_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 struct AppState {
-    shared: Arc<WorkerShared>,
+    registry: Arc<ModelRegistry>,
+    directory: Arc<PartitionDirectory>,
+    lookups: Lookups,
+    metrics: Metrics,
     bearer_token: Option<Arc<str>>,
     admin_token: Option<Arc<str>>,
     /// Set with `topics.membership`: lookups of customers held elsewhere.
@@ -40,33 +51,36 @@ struct AppState {
 /// `Authorization: Bearer <token>` (the admin token is accepted too); the
 /// operational endpoints stay open. The admin operations require
 /// `http.admin_token` and answer 403 while it is not set.
-pub fn router(shared: Arc<WorkerShared>, http: &HttpConfig) -> Router {
-    build(shared, http, None)
+pub fn router(handles: WorkerHandles, http: &HttpConfig) -> Router {
+    build(handles, http, None)
 }
 
 /// The worker's router: as [`router`], and with `topics.membership` a
 /// lookup of a customer held by another instance is forwarded to it
 /// (`http.advertised_url` names this instance; [`crate::Worker::bind`]
 /// sets it).
-pub fn worker_router(shared: Arc<WorkerShared>, config: &WorkerConfig) -> Router {
+pub fn worker_router(handles: WorkerHandles, config: &WorkerConfig) -> Router {
     let forwarder = config.topics.membership.as_ref().map(|_| {
         Arc::new(LookupForwarder::new(
             config.http.advertised_url.clone().unwrap_or_default(),
             config.lookup.partitioner,
             Duration::from_millis(config.lookup.forward_timeout_ms),
-            shared.metrics().clone(),
+            handles.metrics.clone(),
         ))
     });
-    build(shared, &config.http, forwarder)
+    build(handles, &config.http, forwarder)
 }
 
 fn build(
-    shared: Arc<WorkerShared>,
+    handles: WorkerHandles,
     http: &HttpConfig,
     forwarder: Option<Arc<LookupForwarder>>,
 ) -> Router {
     let state = AppState {
-        shared,
+        registry: handles.registry,
+        directory: handles.directory,
+        lookups: handles.lookups,
+        metrics: handles.metrics,
         bearer_token: http.bearer_token.as_deref().map(Arc::from),
         admin_token: http.admin_token.as_deref().map(Arc::from),
         forwarder,
@@ -163,9 +177,9 @@ async fn reload(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Some(response) = refuse_admin(&state, &headers) {
         return response;
     }
-    let shared = Arc::clone(&state.shared);
+    let registry = Arc::clone(&state.registry);
     // Reads a file: off the async workers.
-    let result = tokio::task::spawn_blocking(move || shared.reload_model()).await;
+    let result = tokio::task::spawn_blocking(move || registry.reload_model()).await;
     match result {
         Ok(Ok(reloaded)) => {
             let deadline = tokio::time::Instant::now() + ADMIN_WAIT;
@@ -208,7 +222,7 @@ async fn erase(
     if let Some(response) = refuse_admin(&state, &headers) {
         return response;
     }
-    let answers = match state.shared.erase_customer(&id) {
+    let answers = match state.lookups.erase_customer(&id) {
         Ok(a) => a,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
@@ -254,7 +268,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.shared.metrics().render(),
+        state.metrics.render(),
     )
         .into_response()
 }
@@ -277,32 +291,52 @@ struct PartitionReadiness {
     restore_progress: f64,
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
-    let ready = state.shared.is_ready();
-    let body = Readiness {
-        ready,
+/// Body of a lookup refused before this instance is ready: `/readyz`'s
+/// report under an `error`.
+#[derive(Serialize)]
+struct NotReady {
+    error: &'static str,
+    #[serde(flatten)]
+    readiness: Readiness,
+}
+
+fn readiness(state: &AppState) -> Readiness {
+    Readiness {
+        ready: state.directory.is_ready(),
         partitions: state
-            .shared
+            .directory
             .partition_status()
             .into_iter()
             .map(|(partition, live)| PartitionReadiness {
                 partition,
                 live,
                 restore_progress: state
-                    .shared
-                    .metrics()
+                    .metrics
                     .partition_restore_progress
                     .with_label_values(&[&partition.to_string()])
                     .get(),
             })
             .collect(),
-    };
-    let status = if ready {
+    }
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let body = readiness(&state);
+    let status = if body.ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body)).into_response()
+}
+
+/// 503 `not ready`, with the readiness report.
+fn not_ready(state: &AppState) -> Response {
+    let body = NotReady {
+        error: "not ready",
+        readiness: readiness(state),
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
 #[derive(Deserialize)]
@@ -321,11 +355,11 @@ async fn customer(
         Ok(t) => t,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("as_of: {e}")),
     };
-    let shared = Arc::clone(&state.shared);
+    let lookups = state.lookups.clone();
     let customer_id = id.clone();
     // Scoring takes read locks the pipeline also takes: keep it off the async workers.
     let view =
-        tokio::task::spawn_blocking(move || shared.lookup_with_model(&customer_id, as_of)).await;
+        tokio::task::spawn_blocking(move || lookups.lookup_with_model(&customer_id, as_of)).await;
     match view {
         Ok(Some((view, model))) => {
             let mut body = serde_json::to_value(&view).unwrap_or_default();
@@ -333,22 +367,19 @@ async fn customer(
             Json(body).into_response()
         }
         Ok(None) => match &state.forwarder {
+            // Not joined or not restored: the customer may yet appear here
+            // (or, before joining, anywhere): not a 404 (issue 32).
+            None if !state.directory.is_ready() => not_ready(&state),
+            Some(_) if !state.directory.is_joined() => not_ready(&state),
             None => error(
                 StatusCode::NOT_FOUND,
                 "unknown customer (not in this instance's partitions)",
             ),
             // Asked by another instance: answer from local state only (one hop).
             Some(_) if headers.contains_key(FORWARDED_HEADER) => {
-                if state
-                    .shared
-                    .partition_status()
-                    .iter()
-                    .any(|(_, live)| !live)
-                {
-                    error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "not found, but some of this instance's partitions are restoring: retry",
-                    )
+                if !state.directory.is_ready() {
+                    // Some partitions are restoring (or none assigned yet).
+                    not_ready(&state)
                 } else {
                     error(
                         StatusCode::NOT_FOUND,
@@ -358,9 +389,9 @@ async fn customer(
             }
             Some(forwarder) => {
                 let path = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
-                let owners = state.shared.partition_owners();
+                let owners = state.directory.partition_owners();
                 let restoring: Vec<i32> = state
-                    .shared
+                    .directory
                     .partition_status()
                     .into_iter()
                     .filter(|(_, live)| !live)
@@ -435,13 +466,15 @@ mod tests {
     }
 
     fn admin_app(token: Option<&str>, admin: Option<&str>) -> Router {
-        let shared = WorkerShared::new(Arc::new(RiskModel::default_model()), Metrics::new());
+        let handles = WorkerHandles::new(Arc::new(RiskModel::default_model()), Metrics::new());
+        // Joined, no partitions: ready, so an unknown customer is a 404.
+        handles.directory.set_joined();
         let http = HttpConfig {
             bearer_token: token.map(String::from),
             admin_token: admin.map(String::from),
             ..HttpConfig::default()
         };
-        router(shared, &http)
+        router(handles, &http)
     }
 
     async fn send(
@@ -514,6 +547,24 @@ mod tests {
         assert_eq!(s, StatusCode::NOT_FOUND);
     }
 
+    #[tokio::test]
+    async fn lookups_answer_not_ready_until_joined() {
+        let handles = WorkerHandles::new(Arc::new(RiskModel::default_model()), Metrics::new());
+        let app = router(handles.clone(), &HttpConfig::default());
+        let (s, body) = send(app.clone(), "GET", "/v1/customers/x", None).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "before joining: {body}");
+        let body: serde_json::Value = serde_json::from_str(&body).expect("json body");
+        assert_eq!(body["error"], "not ready");
+        assert_eq!(body["ready"], false, "reported as /readyz does: {body}");
+        assert!(body["partitions"].is_array(), "{body}");
+        let (s, _) = send(app.clone(), "GET", "/readyz", None).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        handles.directory.set_joined();
+        let (s, body) = send(app, "GET", "/v1/customers/x", None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "ready, customer unknown: {body}");
+        assert!(body.contains("unknown customer"), "{body}");
+    }
+
     async fn get_status(app: Router, uri: &str, auth: Option<&str>) -> (StatusCode, String) {
         send(app, "GET", uri, auth).await
     }
@@ -524,7 +575,7 @@ mod tests {
         assert_eq!(s, StatusCode::OK);
         assert_eq!(body, "ok\n");
         let (s, _) = get_status(app(None), "/readyz", None).await;
-        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "not joined yet");
+        assert_eq!(s, StatusCode::OK, "joined, no partitions to restore");
         let (s, body) = get_status(app(None), "/metrics", None).await;
         assert_eq!(s, StatusCode::OK);
         assert!(body.contains("churn_scorer_events_consumed_total"));

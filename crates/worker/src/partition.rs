@@ -35,9 +35,9 @@ use churn_core::engine::{
 use churn_core::event::{EventError, check_not_in_future, parse_event};
 use churn_core::model::RiskModel;
 
-use super::kafka::{OutputKind, OutputRecord};
-use super::pipeline::LocalMetrics;
-use super::sink::LogLimiter;
+use crate::kafka::{OutputKind, OutputRecord};
+use crate::sink::LogLimiter;
+use crate::telemetry::LocalMetrics;
 
 /// A batch closes once its first event is this old, even if neither full nor
 /// drained: under a steady backlog, latency stays bounded by this plus one

@@ -28,11 +28,10 @@
 //! [`super::sink`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use prometheus::local::{LocalHistogram, LocalIntCounter};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
@@ -47,19 +46,22 @@ use crate::telemetry::Metrics;
 use churn_core::engine::AlertKind;
 use churn_core::model::RiskModel;
 
-use super::ModelSet;
-use super::kafka::{DeliveryContext, DeliveryTag, OutputKind};
-use super::ledger::{AckLedger, BatchId};
-use super::partition::{
+use crate::clock::wall_clock_ms;
+use crate::commands::{Command, CommandQueue, EraseOutcome, ModelSet};
+use crate::directory::PartitionDirectory;
+use crate::error::WorkerError;
+use crate::kafka::{DeliveryContext, DeliveryTag, OutputKind};
+use crate::ledger::{AckLedger, BatchId};
+use crate::partition::{
     InputMessage, PartitionBacklog, PartitionSettings, PartitionTask, Step, TaskContext,
     alert_headers,
 };
-use super::restore::Restored;
-use super::sink::{OutputSink, Settled, SinkFatal};
-use super::wall_clock_ms;
-use super::{WorkerError, WorkerShared};
+use crate::registry::ModelRegistry;
+use crate::restore::Restored;
+use crate::sink::{OutputSink, Settled, SinkFatal};
+use crate::telemetry::LocalMetrics;
 
-pub use super::partition::PartitionData;
+pub use crate::partition::PartitionData;
 
 /// How many times `pipeline.max_in_flight` the unacknowledged work may reach
 /// when state records waiting behind their partition's in-flight batch are
@@ -76,58 +78,9 @@ pub struct CoreHandle {
     /// Set while the group thread waits for the lock: the pipeline thread
     /// then steps aside after its current burst.
     wanted: AtomicBool,
-    /// The pipeline thread, to wake it when a partition queue fills or the
-    /// worker stops.
-    thread: OnceLock<Thread>,
-    /// Requests from other threads (reload, erasure), carried out by the
-    /// pipeline thread between bursts.
-    commands: Mutex<Vec<Command>>,
-    /// Set while `commands` may be non-empty: the loop checks it without a lock.
-    has_commands: AtomicBool,
-}
-
-/// A request to a pipeline thread, carried out on it between bursts (so it
-/// never waits for a lock held across polls, and applies between batches).
-pub enum Command {
-    /// Score with `model` from the next batch on.
-    Reload {
-        /// The new models, validated.
-        models: ModelSet,
-        /// Answered once the thread's partitions use it.
-        done: tokio::sync::oneshot::Sender<()>,
-    },
-    /// Erase a customer if one of the thread's partitions holds it.
-    Erase {
-        /// The customer.
-        customer_id: String,
-        /// Answered with the outcome.
-        done: tokio::sync::oneshot::Sender<EraseOutcome>,
-    },
-    /// A deletion-topic record: erase the customer from input partition
-    /// `partition` (the deletion topic's partition of the same number), if
-    /// it is still ours in assignment `epoch`.
-    EraseFromTopic {
-        /// Input partition (= deletion topic partition).
-        partition: i32,
-        /// Assignment epoch the record was read for.
-        epoch: u64,
-        /// The record's key.
-        customer_id: String,
-        /// The record's offset.
-        offset: i64,
-    },
-}
-
-/// What an erasure did on one pipeline thread.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EraseOutcome {
-    /// Input partitions the customer was removed from (more than one only
-    /// if its events were misrouted); their tombstones follow with the next
-    /// flush.
-    pub erased: Vec<i32>,
-    /// Some of the thread's partitions are still being restored, so the
-    /// customer may yet appear there.
-    pub restoring: bool,
+    /// Requests from other threads (reload, erasure) and the thread to wake;
+    /// also registered with the [`ModelRegistry`](crate::registry::ModelRegistry).
+    queue: Arc<CommandQueue>,
 }
 
 impl CoreHandle {
@@ -136,30 +89,23 @@ impl CoreHandle {
         CoreHandle {
             core: Mutex::new(core),
             wanted: AtomicBool::new(false),
-            thread: OnceLock::new(),
-            commands: Mutex::new(Vec::new()),
-            has_commands: AtomicBool::new(false),
+            queue: Arc::new(CommandQueue::default()),
         }
+    }
+
+    /// The core's command queue (registered for reloads and erasures).
+    pub fn queue(&self) -> Arc<CommandQueue> {
+        Arc::clone(&self.queue)
     }
 
     /// Queues a command for the pipeline thread and wakes it.
     pub fn send(&self, command: Command) {
-        if let Ok(mut queue) = self.commands.lock() {
-            queue.push(command);
-            self.has_commands.store(true, Ordering::Release);
-        }
-        self.wake();
+        self.queue.send(command);
     }
 
     /// The queued commands (from the pipeline thread).
     pub fn take_commands(&self) -> Vec<Command> {
-        if !self.has_commands.swap(false, Ordering::AcqRel) {
-            return Vec::new();
-        }
-        self.commands
-            .lock()
-            .map(|mut q| std::mem::take(&mut *q))
-            .unwrap_or_default()
+        self.queue.take()
     }
 
     /// Locks the core from the pipeline thread that owns it; a poisoned lock
@@ -189,14 +135,12 @@ impl CoreHandle {
 
     /// Records the pipeline thread (once, from that thread).
     pub fn set_thread(&self, thread: Thread) {
-        let _ = self.thread.set(thread);
+        self.queue.set_thread(thread);
     }
 
     /// Wakes the pipeline thread if it is waiting for messages.
     pub fn wake(&self) {
-        if let Some(t) = self.thread.get() {
-            t.unpark();
-        }
+        self.queue.wake();
     }
 }
 
@@ -214,42 +158,6 @@ pub struct RestoreRequest {
     pub epoch: u64,
 }
 
-/// Metrics updated for every event, accumulated on the pipeline thread and
-/// added to the shared registry in bulk (at every offset store and tick).
-pub struct LocalMetrics {
-    pub(super) events_consumed: LocalIntCounter,
-    pub(super) events_late: LocalIntCounter,
-    pub(super) events_duplicate: LocalIntCounter,
-    pub(super) risk_score: LocalHistogram,
-    pub(super) processing_latency: LocalHistogram,
-    pub(super) inactivity_timers_fired: LocalIntCounter,
-    pub(super) state_changelog_records: LocalIntCounter,
-}
-
-impl LocalMetrics {
-    fn new(m: &Metrics) -> Self {
-        LocalMetrics {
-            events_consumed: m.events_consumed.local(),
-            events_late: m.events_late.local(),
-            events_duplicate: m.events_duplicate.local(),
-            risk_score: m.risk_score.local(),
-            processing_latency: m.processing_latency.local(),
-            inactivity_timers_fired: m.inactivity_timers_fired.local(),
-            state_changelog_records: m.state_changelog_records.local(),
-        }
-    }
-
-    fn flush(&self) {
-        self.events_consumed.flush();
-        self.events_late.flush();
-        self.events_duplicate.flush();
-        self.risk_score.flush();
-        self.processing_latency.flush();
-        self.inactivity_timers_fired.flush();
-        self.state_changelog_records.flush();
-    }
-}
-
 struct Owned {
     task: PartitionTask,
     backlog: PartitionBacklog,
@@ -264,7 +172,10 @@ pub struct Core {
     /// Where shadow alerts go (`None`: they are only counted).
     shadow_alerts_topic: Option<String>,
     metrics: Metrics,
-    shared: Arc<WorkerShared>,
+    /// Read for the current models when a restore is installed.
+    registry: Arc<ModelRegistry>,
+    /// Where this core's partitions are registered for readiness and lookups.
+    directory: Arc<PartitionDirectory>,
     settings: PartitionSettings,
     state_topic: String,
     max_in_flight: usize,
@@ -299,7 +210,8 @@ impl Core {
         config: &WorkerConfig,
         models: ModelSet,
         metrics: Metrics,
-        shared: Arc<WorkerShared>,
+        registry: Arc<ModelRegistry>,
+        directory: Arc<PartitionDirectory>,
         producer: BaseProducer<DeliveryContext>,
     ) -> Self {
         let max_message_bytes = config
@@ -326,7 +238,8 @@ impl Core {
             shadow: models.shadow,
             shadow_alerts_topic: config.topics.shadow_alerts.clone(),
             metrics,
-            shared,
+            registry,
+            directory,
             ledger: AckLedger::new(),
             partitions: FxHashMap::default(),
             next_epoch: 1,
@@ -785,7 +698,7 @@ impl Core {
                 Arc::clone(&self.model),
                 self.shadow.clone(),
             );
-            self.shared.insert_partition(p, task.data(), false);
+            self.directory.insert_partition(p, task.data(), false);
             self.ledger.assign(p, epoch);
             self.partitions.insert(
                 p,
@@ -802,7 +715,7 @@ impl Core {
         }
         self.metrics
             .partitions_assigned
-            .set(self.shared.partition_count() as i64);
+            .set(self.directory.partition_count() as i64);
     }
 
     /// Installs a finished restore if the partition is still ours in that epoch.
@@ -824,7 +737,7 @@ impl Core {
         // A reload this core has not carried out yet, but the restore was
         // read with: adopt it now (its command then changes nothing), so
         // the restored counters are not converted through the older model.
-        let current = self.shared.current_models();
+        let current = self.registry.current_models();
         if !Arc::ptr_eq(&current.live, &self.model) && Arc::ptr_eq(&current.live, &restored.model) {
             self.adopt_model(current);
         }
@@ -857,7 +770,7 @@ impl Core {
         self.metrics
             .state_restored_customers
             .inc_by(customers as u64);
-        self.shared.set_partition_live(partition);
+        self.directory.set_partition_live(partition);
         self.update_customer_gauge();
         Some(rewind)
     }
@@ -872,7 +785,7 @@ impl Core {
             if let Some(owned) = self.partitions.remove(p) {
                 owned.task.remove_metrics(&self.metrics);
             }
-            self.shared.remove_partition(*p);
+            self.directory.remove_partition(*p);
         }
         if undrained {
             tracing::warn!(
@@ -887,7 +800,7 @@ impl Core {
         }
         self.metrics
             .partitions_assigned
-            .set(self.shared.partition_count() as i64);
+            .set(self.directory.partition_count() as i64);
         self.update_customer_gauge();
     }
 
@@ -895,7 +808,7 @@ impl Core {
     pub fn update_customer_gauge(&self) {
         self.metrics
             .customers_tracked
-            .set(self.shared.customer_count() as i64);
+            .set(self.directory.customer_count() as i64);
     }
 
     /// Partitions currently tracked.

@@ -15,7 +15,8 @@ use churn_core::changelog::{
 use churn_core::engine::CustomerStore;
 use churn_core::model::RiskModel;
 
-use super::{WorkerError, wall_clock_ms};
+use crate::clock::wall_clock_ms;
+use crate::error::WorkerError;
 
 /// A finished restore.
 pub struct Restored {

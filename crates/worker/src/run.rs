@@ -32,14 +32,21 @@ use tokio_util::sync::CancellationToken;
 use crate::config::WorkerConfig;
 use crate::telemetry::Metrics;
 
-use super::deletions::DeletionReader;
-use super::group::{CommitOutcome, GroupContext, commit_with_deadline, store_offsets};
-use super::kafka::{self, DeliveryContext};
-use super::membership::MembershipReader;
-use super::pipeline::{Core, CoreHandle, owner_of, set_paused};
-use super::restore::{Restored, restore_partition};
-use super::sink::{LogLimiter, SinkFatal};
-use super::{ModelSet, WorkerError, WorkerShared};
+use crate::commands::{CommandQueue, ModelSet};
+use crate::deletions::DeletionReader;
+use crate::directory::PartitionDirectory;
+use crate::error::WorkerError;
+use crate::group::{
+    AssignmentWait, CommitOutcome, GroupContext, commit_with_deadline, log_assignment_wait,
+    store_offsets,
+};
+use crate::kafka::{self, DeliveryContext};
+use crate::membership::MembershipReader;
+use crate::pipeline::{Core, CoreHandle, owner_of, set_paused};
+use crate::preflight::preflight;
+use crate::registry::ModelRegistry;
+use crate::restore::{Restored, restore_partition};
+use crate::sink::{LogLimiter, SinkFatal};
 
 /// Budgets of the steps after the drain: 7 s in all, leaving room within the
 /// promised 10 s for the process itself to wind down.
@@ -110,7 +117,7 @@ impl Restores {
         cores: &[CoreHandle],
         consumer: &Consumer0,
         config: &WorkerConfig,
-        shared: &WorkerShared,
+        registry: &ModelRegistry,
         metrics: &Metrics,
     ) -> Result<(), WorkerError> {
         let now = Instant::now();
@@ -133,7 +140,7 @@ impl Restores {
             let tx = self.tx.clone();
             let config = config.clone();
             // The model in use now; a reload while it runs is applied on install.
-            let model = shared.current_model();
+            let model = registry.current_model();
             let progress = metrics
                 .partition_restore_progress
                 .with_label_values(&[&partition.to_string()]);
@@ -229,12 +236,13 @@ impl Restores {
 pub fn run_pipeline(
     config: WorkerConfig,
     metrics: Metrics,
-    shared: Arc<WorkerShared>,
+    registry: Arc<ModelRegistry>,
+    directory: Arc<PartitionDirectory>,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
     let producer: BaseProducer<DeliveryContext> =
         kafka::producer_config(&config).create_with_context(DeliveryContext::default())?;
-    let Some(input_partitions) = super::preflight(&config, &producer, &shutdown)? else {
+    let Some(input_partitions) = preflight(&config, &shutdown)? else {
         tracing::info!("stopped before joining the group");
         return Ok(());
     };
@@ -246,29 +254,33 @@ pub fn run_pipeline(
         producers
             .push(kafka::producer_config(&config).create_with_context(DeliveryContext::default())?);
     }
-    // Registered with the shared handle, which sends them reloads and erasures.
-    let cores: Arc<[CoreHandle]> = shared.start_cores(|models: ModelSet| {
-        producers
+    // Registered with the model registry, which sends them reloads and erasures.
+    let cores: Arc<[CoreHandle]> = registry.start_cores(|models: ModelSet| {
+        let cores: Arc<[CoreHandle]> = producers
             .into_iter()
             .map(|producer| {
                 CoreHandle::new(Core::new(
                     &config,
                     models.clone(),
                     metrics.clone(),
-                    Arc::clone(&shared),
+                    Arc::clone(&registry),
+                    Arc::clone(&directory),
                     producer,
                 ))
             })
-            .collect()
+            .collect();
+        let queues: Vec<Arc<CommandQueue>> = cores.iter().map(CoreHandle::queue).collect();
+        (cores, queues)
     });
-    let _registered = Registered(&shared);
+    let _registered = Registered(&registry);
     let context = GroupContext {
         cores: Arc::clone(&cores),
-        shared: Arc::clone(&shared),
+        directory: Arc::clone(&directory),
         metrics: metrics.clone(),
         input_topic: input_topic.clone(),
         drain_timeout,
         commit_log: Default::default(),
+        coordinator: Default::default(),
     };
     let consumer: Arc<Consumer0> = Arc::new(
         kafka::consumer_config(&config, &config.kafka.group_id).create_with_context(context)?,
@@ -327,14 +339,21 @@ pub fn run_pipeline(
 
     let mut restores = Restores::new();
     let mut consumer_errors = LogLimiter::default();
+    let mut assignment_wait = AssignmentWait::new(Instant::now());
     let stopped = loop {
         if shutdown.is_cancelled() {
             break Stop::Requested;
         }
+        if !directory.is_joined()
+            && let Some(waited) = assignment_wait.due(Instant::now())
+        {
+            let coordinator = consumer.context().coordinator();
+            log_assignment_wait(&config.kafka.group_id, coordinator.as_deref(), waited);
+        }
         if handles.iter().any(JoinHandle::is_finished) {
             break Stop::Failed(WorkerError::PipelineStopped);
         }
-        restores.step(&cores, &consumer, &config, &shared, &metrics)?;
+        restores.step(&cores, &consumer, &config, &registry, &metrics)?;
         // A failure is retried at the next step; the partitions' positions
         // stay where they were applied.
         if let Some(d) = &mut deletions
@@ -346,7 +365,7 @@ pub fn run_pipeline(
         // Reads claims and publishes ours when the assignment changed (a
         // rebalance callback ran in the previous poll).
         if let Some(m) = &mut membership {
-            m.step(&shared, &metrics);
+            m.step(&directory, &metrics);
         }
         let timeout = if restores.running > 0 || !restores.retry.is_empty() {
             Duration::from_millis(10)
@@ -372,7 +391,7 @@ pub fn run_pipeline(
     };
 
     // Commands from now on are refused (their callers see the worker stopping).
-    shared.stop_cores();
+    registry.stop_cores();
     stop.store(true, Ordering::Release);
     for h in &cores[..] {
         h.wake();
@@ -408,8 +427,8 @@ pub fn run_pipeline(
     }
 }
 
-/// Takes the cores off the shared handle however `run_pipeline` ends.
-struct Registered<'a>(&'a WorkerShared);
+/// Takes the cores off the model registry however `run_pipeline` ends.
+struct Registered<'a>(&'a ModelRegistry);
 
 impl Drop for Registered<'_> {
     fn drop(&mut self) {

@@ -6,6 +6,7 @@
 //! by a test, so a renamed metric cannot leave a dead panel behind.
 
 use prometheus::core::Collector;
+use prometheus::local::{LocalHistogram, LocalIntCounter};
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
@@ -632,6 +633,42 @@ impl log::Log for LogBridge {
     }
 
     fn flush(&self) {}
+}
+
+/// Metrics updated for every event, accumulated on the pipeline thread and
+/// added to the shared registry in bulk (at every offset store and tick).
+pub struct LocalMetrics {
+    pub(crate) events_consumed: LocalIntCounter,
+    pub(crate) events_late: LocalIntCounter,
+    pub(crate) events_duplicate: LocalIntCounter,
+    pub(crate) risk_score: LocalHistogram,
+    pub(crate) processing_latency: LocalHistogram,
+    pub(crate) inactivity_timers_fired: LocalIntCounter,
+    pub(crate) state_changelog_records: LocalIntCounter,
+}
+
+impl LocalMetrics {
+    pub(crate) fn new(m: &Metrics) -> Self {
+        LocalMetrics {
+            events_consumed: m.events_consumed.local(),
+            events_late: m.events_late.local(),
+            events_duplicate: m.events_duplicate.local(),
+            risk_score: m.risk_score.local(),
+            processing_latency: m.processing_latency.local(),
+            inactivity_timers_fired: m.inactivity_timers_fired.local(),
+            state_changelog_records: m.state_changelog_records.local(),
+        }
+    }
+
+    pub(crate) fn flush(&self) {
+        self.events_consumed.flush();
+        self.events_late.flush();
+        self.events_duplicate.flush();
+        self.risk_score.flush();
+        self.processing_latency.flush();
+        self.inactivity_timers_fired.flush();
+        self.state_changelog_records.flush();
+    }
 }
 
 #[cfg(test)]

@@ -1,27 +1,8 @@
-//! Start-up checks of every topic the worker reads or writes, made with
-//! requests that can never create a topic.
-//!
-//! Apache Kafka creates a topic on a metadata request that names it when the
-//! broker has `auto.create.topics.enable=true` (its default) and the client
-//! allows it; librdkafka's producers allow it by default. A check made that
-//! way creates a missing state topic with the broker's defaults (not
-//! compacted, any partition count) and the worker then writes its changelog
-//! there. So the checks here ask with a consumer-type client whose
-//! `allow.auto.create.topics` is `false`, and report every problem at once,
-//! each with the command that fixes it.
+//! What each topic the worker reads or writes must look like, and what is
+//! wrong with one that does not: pure, so it is tested without a broker.
+//! [`crate::preflight`] asks the brokers.
 
 use std::fmt;
-use std::time::{Duration, Instant};
-
-use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::metadata::Metadata;
-use rdkafka::types::RDKafkaErrorCode;
-use tokio_util::sync::CancellationToken;
-
-use crate::config::WorkerConfig;
 
 /// What the worker does with a topic, which decides what it must look like.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,12 +39,12 @@ impl TopicRole {
     }
 
     /// Whether the topic must have `cleanup.policy=compact`.
-    fn compacted(self) -> bool {
+    pub fn compacted(self) -> bool {
         matches!(self, TopicRole::State | TopicRole::Membership)
     }
 
     /// Whether the topic must have the input topic's partition count.
-    fn co_partitioned(self) -> bool {
+    pub fn co_partitioned(self) -> bool {
         matches!(self, TopicRole::State | TopicRole::Deletion)
     }
 }
@@ -168,197 +149,6 @@ impl fmt::Display for TopicProblems {
         }
         Ok(())
     }
-}
-
-/// Errors of the start-up check.
-#[derive(Debug, thiserror::Error)]
-pub enum TopicCheckError {
-    /// Topics are missing or misconfigured.
-    #[error("{0}")]
-    Problems(TopicProblems),
-    /// The brokers did not answer within the deadline.
-    #[error("the brokers did not answer a metadata request within {secs} s: {source}")]
-    Unreachable {
-        /// The deadline.
-        secs: u64,
-        /// The last error.
-        source: KafkaError,
-    },
-    /// The check's client could not be created.
-    #[error("creating the topic-check client: {0}")]
-    Client(KafkaError),
-}
-
-/// The topics of a configuration with their roles, input first.
-pub fn topics_of(config: &WorkerConfig) -> Vec<(&str, TopicRole)> {
-    let t = &config.topics;
-    let mut topics = vec![
-        (t.input.as_str(), TopicRole::Input),
-        (t.state.as_str(), TopicRole::State),
-        (t.alerts.as_str(), TopicRole::Alerts),
-        (t.dead_letter.as_str(), TopicRole::DeadLetter),
-    ];
-    if let Some(s) = &t.shadow_alerts {
-        topics.push((s, TopicRole::ShadowAlerts));
-    }
-    if let Some(d) = &t.deletion {
-        topics.push((d, TopicRole::Deletion));
-    }
-    if let Some(m) = &t.membership {
-        topics.push((m, TopicRole::Membership));
-    }
-    topics
-}
-
-/// Checks every topic of `config` and returns the input topic's partition
-/// count, or `None` if `shutdown` was requested while waiting for the
-/// brokers. Runs on a plain thread (it blocks).
-pub fn check_topics(
-    config: &WorkerConfig,
-    wait: Duration,
-    shutdown: &CancellationToken,
-) -> Result<Option<usize>, TopicCheckError> {
-    let mut client = crate::kafka::consumer_config(config, &config.kafka.group_id);
-    // Set last: nothing in the user's pass-through properties may turn the
-    // check into a topic factory.
-    client.set("allow.auto.create.topics", "false");
-    let consumer: BaseConsumer = client.create().map_err(TopicCheckError::Client)?;
-    let topics = topics_of(config);
-    let deadline = Instant::now() + wait;
-    let mut partitions = Vec::with_capacity(topics.len());
-    for &(topic, _) in &topics {
-        match partitions_of(&consumer, topic, deadline, shutdown)? {
-            Some(count) => partitions.push(count),
-            None => return Ok(None),
-        }
-    }
-    let described: Vec<(&str, TopicRole, usize)> = topics
-        .iter()
-        .zip(&partitions)
-        .map(|(&(t, r), &p)| (t, r, p))
-        .collect();
-    let policies = cleanup_policies(config, &described);
-    let problems = problems(&described, &policies);
-    if problems.is_empty() {
-        Ok(Some(partitions[0]))
-    } else {
-        Err(TopicCheckError::Problems(TopicProblems(problems)))
-    }
-}
-
-/// The partition count of `topic` (0: it does not exist), retrying while
-/// the brokers cannot be reached, until `deadline`. `None`: shutdown.
-fn partitions_of(
-    consumer: &BaseConsumer,
-    topic: &str,
-    deadline: Instant,
-    shutdown: &CancellationToken,
-) -> Result<Option<usize>, TopicCheckError> {
-    loop {
-        if shutdown.is_cancelled() {
-            return Ok(None);
-        }
-        let wait = deadline
-            .saturating_duration_since(Instant::now())
-            .clamp(Duration::from_millis(100), Duration::from_secs(5));
-        match consumer.fetch_metadata(Some(topic), wait) {
-            Ok(md) => return Ok(Some(count_in(&md, topic))),
-            Err(e) if Instant::now() < deadline => {
-                tracing::warn!(error = %e, "waiting for the brokers");
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            Err(source) => {
-                return Err(TopicCheckError::Unreachable {
-                    secs: deadline.elapsed().as_secs(),
-                    source,
-                });
-            }
-        }
-    }
-}
-
-fn count_in(md: &Metadata, topic: &str) -> usize {
-    md.topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .filter(|t| t.error().is_none())
-        .map_or(0, |t| t.partitions().len())
-}
-
-/// `cleanup.policy` of each existing topic that must be compacted, by
-/// DescribeConfigs. A topic whose policy cannot be read (no DESCRIBE_CONFIGS
-/// permission, or a broker without the admin API such as the development
-/// broker) is left out with a warning: the worker does not demand more
-/// permissions than it needs to run.
-fn cleanup_policies(
-    config: &WorkerConfig,
-    described: &[(&str, TopicRole, usize)],
-) -> Vec<(String, String)> {
-    let wanted: Vec<&str> = described
-        .iter()
-        .filter(|(_, r, p)| r.compacted() && *p > 0)
-        .map(|(t, _, _)| *t)
-        .collect();
-    if wanted.is_empty() {
-        return Vec::new();
-    }
-    match describe_cleanup_policies(config, &wanted) {
-        Ok(found) => found,
-        Err(e) => {
-            tracing::warn!(
-                topics = ?wanted,
-                error = %e,
-                "could not read the topics' cleanup.policy (DescribeConfigs); not checked"
-            );
-            Vec::new()
-        }
-    }
-}
-
-fn describe_cleanup_policies(
-    config: &WorkerConfig,
-    topics: &[&str],
-) -> Result<Vec<(String, String)>, KafkaError> {
-    let mut client = crate::kafka::consumer_config(config, &config.kafka.group_id);
-    client.set("allow.auto.create.topics", "false");
-    let admin: AdminClient<DefaultClientContext> = client.create()?;
-    let resources: Vec<ResourceSpecifier<'_>> =
-        topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
-    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
-    // The admin client polls its own queue on a thread of its own; a
-    // current-thread runtime is only what waits for the answer, with a
-    // deadline of its own in case the request is never answered.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .map_err(|_| KafkaError::AdminOpCreation("runtime".into()))?;
-    let results = runtime
-        .block_on(async {
-            tokio::time::timeout(
-                Duration::from_secs(7),
-                admin.describe_configs(&resources, &options),
-            )
-            .await
-        })
-        .map_err(|_| KafkaError::AdminOp(RDKafkaErrorCode::OperationTimedOut))??;
-    let mut found = Vec::new();
-    for (topic, result) in topics.iter().zip(results) {
-        match result {
-            Ok(resource) => {
-                if let Some(entry) = resource.get("cleanup.policy")
-                    && let Some(value) = &entry.value
-                {
-                    found.push(((*topic).to_string(), value.clone()));
-                }
-            }
-            Err(code) => tracing::warn!(
-                topic,
-                error = %code,
-                "could not read the topic's cleanup.policy; not checked"
-            ),
-        }
-    }
-    Ok(found)
 }
 
 /// What is wrong with the described topics: `(topic, role, partitions)`
