@@ -277,6 +277,18 @@ fn sigterm_with_the_broker_stalled_returns_within_the_bound() {
 fn a_topic_the_worker_may_not_write_stops_it_with_a_message_naming_the_topic() {
     let broker = broker(1);
     let bootstrap = broker.bootstrap_servers().to_string();
+    // The permission goes away while the worker runs (the start-up check
+    // would refuse a topic it may not describe: tests/topic_faults.rs).
+    let w = RunningWorker::start(worker_config(&bootstrap), RiskModel::default_model());
+    w.wait_until("partitions assigned", Duration::from_secs(60), |w| {
+        w.metrics().partitions_assigned.get() > 0 && w.handles.directory.is_ready()
+    });
+    broker
+        .set_topic_error(
+            "churn-events-dlq",
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+        )
+        .expect("topic error set");
     produce_raw(
         &bootstrap,
         &[
@@ -288,13 +300,6 @@ fn a_topic_the_worker_may_not_write_stops_it_with_a_message_naming_the_topic() {
             ),
         ],
     );
-    broker
-        .set_topic_error(
-            "churn-events-dlq",
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
-        )
-        .expect("topic error set");
-    let w = RunningWorker::start(worker_config(&bootstrap), RiskModel::default_model());
     w.wait_until("the worker stops by itself", Duration::from_secs(60), |w| {
         w.finished()
     });

@@ -210,3 +210,30 @@ fn a_state_topic_with_another_partition_count_is_refused_naming_both_counts() {
         "{text}"
     );
 }
+
+#[test]
+fn a_topic_the_worker_may_not_describe_is_refused_at_start_naming_the_permission() {
+    let broker = broker(2);
+    broker
+        .set_topic_error(
+            "churn-events-dlq",
+            rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+        )
+        .expect("topic error set");
+    let w = RunningWorker::start(
+        worker_config(broker.bootstrap_servers()),
+        RiskModel::default_model(),
+    );
+    w.wait_until(
+        "the worker refuses to start",
+        Duration::from_secs(60),
+        |w| w.finished(),
+    );
+    let text = w.stop().expect_err("refused").to_string();
+    assert!(
+        text.contains("`churn-events-dlq` (topics.dead_letter) cannot be described")
+            && text.contains("uthoriz")
+            && text.contains("DESCRIBE and WRITE"),
+        "{text}"
+    );
+}

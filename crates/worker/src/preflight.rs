@@ -17,13 +17,13 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::metadata::Metadata;
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::WorkerConfig;
 use crate::error::WorkerError;
 use crate::kafka;
-use crate::topics::{TopicProblems, TopicRole, problems};
+use crate::topics::{TopicProblem, TopicProblems, TopicRole, problems};
 
 /// The topics of a configuration with their roles, input first.
 pub fn topics_of(config: &WorkerConfig) -> Vec<(&str, TopicRole)> {
@@ -63,35 +63,38 @@ pub(crate) fn preflight(
     let consumer: BaseConsumer = client.create()?;
     let topics = topics_of(config);
     let deadline = Instant::now() + BROKER_WAIT;
-    let mut partitions = Vec::with_capacity(topics.len());
-    for &(topic, _) in &topics {
+    let mut described: Vec<(&str, TopicRole, usize)> = Vec::with_capacity(topics.len());
+    let mut refused = Vec::new();
+    for &(topic, role) in &topics {
         match partitions_of(&consumer, topic, deadline, shutdown)? {
-            Some(count) => partitions.push(count),
             None => return Ok(None),
+            Some(Ok(count)) => described.push((topic, role, count)),
+            Some(Err(error)) => refused.push(TopicProblem::Refused {
+                topic: topic.to_string(),
+                role,
+                error,
+            }),
         }
     }
-    let described: Vec<(&str, TopicRole, usize)> = topics
-        .iter()
-        .zip(&partitions)
-        .map(|(&(t, r), &p)| (t, r, p))
-        .collect();
     let policies = cleanup_policies(config, &described);
-    let problems = problems(&described, &policies);
+    let mut problems = problems(&described, &policies);
+    problems.extend(refused);
     if problems.is_empty() {
-        Ok(Some(partitions[0]))
+        Ok(Some(described[0].2))
     } else {
         Err(WorkerError::Topics(TopicProblems(problems)))
     }
 }
 
-/// The partition count of `topic` (0: it does not exist), retrying while
-/// the brokers cannot be reached, until `deadline`. `None`: shutdown.
+/// The partition count of `topic` (0: it does not exist), or the error the
+/// brokers answered for it (e.g. not authorized), retrying while the brokers
+/// cannot be reached, until `deadline`. `None`: shutdown.
 fn partitions_of(
     consumer: &BaseConsumer,
     topic: &str,
     deadline: Instant,
     shutdown: &CancellationToken,
-) -> Result<Option<usize>, WorkerError> {
+) -> Result<Option<Result<usize, String>>, WorkerError> {
     loop {
         if shutdown.is_cancelled() {
             return Ok(None);
@@ -110,12 +113,15 @@ fn partitions_of(
     }
 }
 
-fn count_in(md: &Metadata, topic: &str) -> usize {
-    md.topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .filter(|t| t.error().is_none())
-        .map_or(0, |t| t.partitions().len())
+fn count_in(md: &Metadata, topic: &str) -> Result<usize, String> {
+    let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+        return Ok(0);
+    };
+    match t.error() {
+        None => Ok(t.partitions().len()),
+        Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => Ok(0),
+        Some(code) => Err(RDKafkaErrorCode::from(code).to_string()),
+    }
 }
 
 /// `cleanup.policy` of each existing topic that must be compacted, by

@@ -38,6 +38,15 @@ impl TopicRole {
         }
     }
 
+    /// What the worker does with the topic, as ACL operations.
+    pub fn operations(self) -> &'static str {
+        match self {
+            TopicRole::Input | TopicRole::Deletion => "READ",
+            TopicRole::State | TopicRole::Membership => "READ and WRITE",
+            TopicRole::Alerts | TopicRole::DeadLetter | TopicRole::ShadowAlerts => "WRITE",
+        }
+    }
+
     /// Whether the topic must have `cleanup.policy=compact`.
     pub fn compacted(self) -> bool {
         matches!(self, TopicRole::State | TopicRole::Membership)
@@ -71,6 +80,15 @@ pub enum TopicProblem {
         partitions: usize,
         /// The input topic's partitions.
         input_partitions: usize,
+    },
+    /// The brokers refused to describe the topic (e.g. not authorized).
+    Refused {
+        /// Topic name.
+        topic: String,
+        /// Its role.
+        role: TopicRole,
+        /// The brokers' error.
+        error: String,
     },
     /// The topic must be compacted and is not.
     NotCompacted {
@@ -115,6 +133,13 @@ impl fmt::Display for TopicProblem {
                  {input_partitions}; they must match (partition p holds the records of input \
                  partition p); recreate it with --partitions {input_partitions}",
                 role.config_key()
+            ),
+            TopicProblem::Refused { topic, role, error } => write!(
+                f,
+                "topic `{topic}` ({}) cannot be described: {error}; the worker's principal needs \
+                 DESCRIBE and {} on it (docs/deployment.md lists the ACLs)",
+                role.config_key(),
+                role.operations()
             ),
             TopicProblem::NotCompacted {
                 topic,
