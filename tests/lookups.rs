@@ -1,6 +1,7 @@
 //! Lookups from any instance: two workers in one group on the mock
 //! cluster, with a membership topic; each answers `/v1/customers/{id}` for
-//! the customers the other holds (forwarded once, with the caller's token),
+//! the customers the other holds (forwarded once, with the instances' own
+//! peer token, never the caller's),
 //! a 404 means no member holds the customer, and after one member leaves
 //! the other answers for everyone.
 
@@ -19,11 +20,17 @@ use support::*;
 const PARTITIONS: i32 = 4;
 const MEMBERSHIP: &str = "churn-scorer-members";
 const TOKEN: &str = "read-token";
+const ADMIN_TOKEN: &str = "admin-token";
+const PEER_TOKEN: &str = "peer-token";
 
 fn config(bootstrap: &str) -> churn_worker::config::WorkerConfig {
     let mut c = worker_config(bootstrap);
     c.topics.membership = Some(MEMBERSHIP.into());
     c.http.bearer_token = Some(TOKEN.into());
+    c.http.admin_token = Some(ADMIN_TOKEN.into());
+    c.http.peer_token = Some(PEER_TOKEN.into());
+    // The workers listen on 127.0.0.1; nothing else is trusted.
+    c.lookup.peer_urls = vec!["http://127.0.0.1:*".into()];
     c
 }
 
@@ -284,5 +291,142 @@ fn each_member_answers_lookups_for_customers_the_other_owns() {
     }
     let answer = get(a.http, "/v1/customers/nobody-at-all", &[]);
     assert_eq!(answer.status, 404, "{}", answer.body);
+    a.stop().expect("clean stop");
+}
+
+/// A fake instance: accepts connections, records each request's head and
+/// answers 404 like an instance without the customer.
+struct FakePeer {
+    url: String,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FakePeer {
+    fn start(ip: &str) -> Self {
+        let listener = std::net::TcpListener::bind((ip, 0)).expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = std::sync::Arc::clone(&heads);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { break };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                seen.lock()
+                    .expect("lock")
+                    .push(String::from_utf8_lossy(&head).into_owned());
+                let body = r#"{"error":"unknown customer"}"#;
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        FakePeer { url, heads }
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().expect("lock").clone()
+    }
+}
+
+/// A membership claim as anyone who can write the topic can produce it.
+fn claim_record(url: &str, group: &str, partitions: &[i32]) -> (String, Vec<u8>) {
+    let claim = serde_json::json!({
+        "url": url,
+        "group_id": group,
+        "partitions": partitions,
+        "claimed_at_ms": i64::MAX,
+    });
+    (url.to_string(), claim.to_string().into_bytes())
+}
+
+#[test]
+fn forged_claims_capture_nothing_and_no_caller_credential_leaves_the_instance() {
+    let broker = broker(PARTITIONS);
+    broker
+        .create_topic(MEMBERSHIP, 1)
+        .expect("membership topic");
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let c = config(&bootstrap);
+    let group = c.kafka.group_id.clone();
+    let a = RunningWorker::start(c, RiskModel::default_model());
+    let a_url = url(&a);
+    a.wait_until("a owns every partition", Duration::from_secs(60), |a| {
+        let owners = a.handles.directory.partition_owners();
+        a.handles.directory.is_ready() && owners.members() == [a_url.clone()]
+    });
+    // An attacker outside the allowed URLs claims everything with a claim
+    // time no honest claim can beat; a listed but fake peer claims one
+    // partition. Both answer whatever they are asked.
+    let attacker = FakePeer::start("127.0.0.2");
+    let listed = FakePeer::start("127.0.0.1");
+    produce(
+        &bootstrap,
+        MEMBERSHIP,
+        &[
+            claim_record(&attacker.url, &group, &[0, 1, 2, 3]),
+            claim_record(&format!("{}/steal", listed.url), &group, &[0]),
+            claim_record(&listed.url, &group, &[0]),
+        ],
+    );
+    a.wait_until("the claims are read", Duration::from_secs(30), |a| {
+        a.metrics().membership_claims_rejected.get() >= 2
+            && a.handles
+                .directory
+                .partition_owners()
+                .members()
+                .contains(&listed.url)
+    });
+    let owners = a.handles.directory.partition_owners();
+    assert!(
+        !owners.members().contains(&attacker.url),
+        "the forged claim was believed: {:?}",
+        owners.to_map()
+    );
+    // Lookups a forwards, with the read and with the admin token.
+    for token in [TOKEN, ADMIN_TOKEN] {
+        let answer = {
+            let mut stream = TcpStream::connect(a.http).expect("connect");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            write!(
+                stream,
+                "GET /v1/customers/nobody-at-all HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+            )
+            .expect("write");
+            let mut response = String::new();
+            stream.read_to_string(&mut response).expect("read");
+            response
+        };
+        assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    }
+    assert!(
+        attacker.heads().is_empty(),
+        "a request reached the unlisted URL: {:?}",
+        attacker.heads()
+    );
+    let heads = listed.heads();
+    assert_eq!(heads.len(), 2, "{heads:?}");
+    for head in &heads {
+        let lower = head.to_ascii_lowercase();
+        assert!(
+            lower.contains(&format!("authorization: bearer {PEER_TOKEN}")),
+            "{head}"
+        );
+        assert!(
+            !head.contains(TOKEN) && !head.contains(ADMIN_TOKEN),
+            "a caller's token left the instance: {head}"
+        );
+    }
+    // The peer token grants lookups on a forwarded request only.
+    let (status, _) = http_get(a.http, "/v1/customers/nobody-at-all", Some(PEER_TOKEN));
+    assert_eq!(status, 401);
     a.stop().expect("clean stop");
 }

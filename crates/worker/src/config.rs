@@ -212,6 +212,11 @@ pub struct HttpConfig {
     /// (0.0.0.0 or ::) and a membership topic it must be set (in Kubernetes,
     /// from the pod IP: `http://$(POD_IP):9464`).
     pub advertised_url: Option<String>,
+    /// Bearer token the instances send each other with forwarded lookups
+    /// (and accept on them): the caller's `Authorization` never leaves the
+    /// instance. Required with `topics.membership` when `bearer_token` is
+    /// set; grants lookups only, never the admin operations.
+    pub peer_token: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -221,6 +226,7 @@ impl Default for HttpConfig {
             bearer_token: None,
             admin_token: None,
             advertised_url: None,
+            peer_token: None,
         }
     }
 }
@@ -241,6 +247,16 @@ pub struct LookupConfig {
     /// deadline for all of them); without every answer by then the lookup
     /// answers 504, never a 404.
     pub forward_timeout_ms: u64,
+    /// The URLs a membership claim may name, so lookups are forwarded only
+    /// there: `http://HOST:PORT` with HOST a name, `*.suffix`, an IP or an
+    /// IP network (`10.0.0.0/8`), PORT a number or `*`. Empty (the default)
+    /// trusts nobody: with `topics.membership` it must list at least the
+    /// instances' own `http.advertised_url`.
+    pub peer_urls: Vec<String>,
+    /// Seconds a claim lives after its record's Kafka timestamp; each
+    /// instance publishes its claim again every third of it, so a stopped
+    /// or forged claim stops owning partitions within this long.
+    pub claim_ttl_secs: u64,
 }
 
 impl Default for LookupConfig {
@@ -248,7 +264,19 @@ impl Default for LookupConfig {
         LookupConfig {
             partitioner: KeyPartitioner::default(),
             forward_timeout_ms: 2000,
+            peer_urls: Vec::new(),
+            claim_ttl_secs: 90,
         }
+    }
+}
+
+impl LookupConfig {
+    /// `peer_urls`, parsed (validated at load, so this cannot fail then).
+    pub fn peer_url_patterns(&self) -> Vec<crate::ownership::PeerUrlPattern> {
+        self.peer_urls
+            .iter()
+            .filter_map(|p| crate::ownership::PeerUrlPattern::parse(p).ok())
+            .collect()
     }
 }
 
@@ -707,6 +735,7 @@ impl WorkerConfig {
                 ),
             ));
         }
+        self.validate_peers()?;
         if !(1..=60_000).contains(&self.lookup.forward_timeout_ms) {
             return Err(invalid(
                 "lookup.forward_timeout_ms",
@@ -758,6 +787,64 @@ impl WorkerConfig {
             .addr
             .parse()
             .map_err(|e| invalid("http.addr", format!("{e}: {:?}", self.http.addr)))
+    }
+}
+
+impl WorkerConfig {
+    /// Lookup forwarding trusts nobody by default: claims may name only the
+    /// listed URLs (this instance's own among them), and instances prove
+    /// themselves to each other with a token of their own.
+    fn validate_peers(&self) -> Result<(), ConfigError> {
+        let mut patterns = Vec::new();
+        for text in &self.lookup.peer_urls {
+            patterns.push(
+                crate::ownership::PeerUrlPattern::parse(text)
+                    .map_err(|e| invalid("lookup.peer_urls", e))?,
+            );
+        }
+        if !(3..=86_400).contains(&self.lookup.claim_ttl_secs) {
+            return Err(invalid(
+                "lookup.claim_ttl_secs",
+                "must be between 3 and 86400",
+            ));
+        }
+        if self.http.peer_token.as_deref() == Some("") {
+            return Err(invalid(
+                "http.peer_token",
+                "must not be empty (remove it if /v1 needs no token)",
+            ));
+        }
+        if self.topics.membership.is_none() {
+            return Ok(());
+        }
+        if patterns.is_empty() {
+            return Err(invalid(
+                "lookup.peer_urls",
+                "must list the URLs the instances are reached at when topics.membership is set \
+                 (lookups are forwarded only there), e.g. [\"http://10.0.0.0/8:9464\"] or \
+                 [\"http://*.churn-scorer.default.svc.cluster.local:9464\"]",
+            ));
+        }
+        if let Some(url) = &self.http.advertised_url
+            && !patterns
+                .iter()
+                .any(|p| p.matches(url.trim_end_matches('/')))
+        {
+            return Err(invalid(
+                "lookup.peer_urls",
+                format!(
+                    "match no http.advertised_url {url:?}: the other instances would ignore this one's claims"
+                ),
+            ));
+        }
+        if self.http.bearer_token.is_some() && self.http.peer_token.is_none() {
+            return Err(invalid(
+                "http.peer_token",
+                "must be set with topics.membership and http.bearer_token: instances forward \
+                 lookups to each other with it, never with the caller's token",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -971,7 +1058,36 @@ mod tests {
     #[test]
     fn lookup_forwarding_settings_are_checked() {
         let o = Overrides::default();
-        let members = "[topics]\nmembership = \"churn-scorer-members\"\n";
+        let members = "[lookup]\npeer_urls = [\"http://10.0.0.0/8:9464\"]\n\
+                       [topics]\nmembership = \"churn-scorer-members\"\n";
+        // Trust nobody by default: the peers' URLs must be listed.
+        let e = load(
+            "[topics]\nmembership = \"m\"\n[http]\nadvertised_url = \"http://10.0.0.7:9464\"\n",
+            &[],
+            &o,
+        )
+        .expect_err("no peer urls");
+        assert_eq!(key(e), "lookup.peer_urls");
+        let e = load(
+            &format!("{members}[http]\nadvertised_url = \"http://192.168.1.1:9464\"\n"),
+            &[],
+            &o,
+        )
+        .expect_err("own url not listed");
+        assert_eq!(key(e), "lookup.peer_urls");
+        let e = load(
+            &format!(
+                "{members}[http]\nadvertised_url = \"http://10.0.0.7:9464\"\nbearer_token = \"t\"\n"
+            ),
+            &[],
+            &o,
+        )
+        .expect_err("bearer token without a peer token");
+        assert_eq!(key(e), "http.peer_token");
+        assert_eq!(
+            key(load("[lookup]\npeer_urls = [\"10.0.0.0/8\"]\n", &[], &o).expect_err("pattern")),
+            "lookup.peer_urls"
+        );
         // All interfaces and no advertised URL: nobody could reach it.
         let e = load(members, &[], &o).expect_err("no advertised url");
         assert!(e.to_string().contains("pod IP"), "{e}");

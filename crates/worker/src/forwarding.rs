@@ -135,6 +135,9 @@ pub struct LookupForwarder {
     self_url: String,
     partitioner: KeyPartitioner,
     timeout: Duration,
+    /// `Authorization` sent with every forwarded request
+    /// (`http.peer_token`): the caller's own never leaves the instance.
+    peer_authorization: Option<HeaderValue>,
     metrics: Metrics,
 }
 
@@ -144,6 +147,7 @@ impl LookupForwarder {
         self_url: String,
         partitioner: KeyPartitioner,
         timeout: Duration,
+        peer_token: Option<&str>,
         metrics: Metrics,
     ) -> Self {
         let mut connector = HttpConnector::new();
@@ -154,20 +158,29 @@ impl LookupForwarder {
             self_url,
             partitioner,
             timeout,
+            // A token that is not a valid header value is sent as none; the
+            // configuration cannot hold one (it comes from TOML or env text).
+            peer_authorization: peer_token
+                .and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok())
+                .map(|mut v| {
+                    v.set_sensitive(true);
+                    v
+                }),
             metrics,
         }
     }
 
-    /// Looks for `customer_id` on the other instances `owners` names;
-    /// `path_and_query` is the original request's, sent unchanged with the
-    /// caller's `Authorization`. `restoring`: this instance's partitions
-    /// still being restored (a customer there is not known yet: no 404).
+    /// Looks for `customer_id` on the other instances `owners` names (only
+    /// URLs whose claims were believed: see [`crate::ownership`]);
+    /// `path_and_query` is the original request's, sent with the peer token,
+    /// never the caller's `Authorization`. `restoring`: this instance's
+    /// partitions still being restored (a customer there is not known yet:
+    /// no 404).
     pub async fn find(
         &self,
         owners: &PartitionOwners,
         customer_id: &str,
         path_and_query: &str,
-        authorization: Option<&HeaderValue>,
         restoring: &[i32],
     ) -> ForwardOutcome {
         let deadline = Instant::now() + self.timeout;
@@ -203,7 +216,7 @@ impl LookupForwarder {
             .and_then(|p| owners.owner(p))
             .filter(|url| *url != self.self_url);
         if let Some(url) = direct {
-            let answer = self.ask(url, path_and_query, authorization, deadline).await;
+            let answer = self.ask(url, path_and_query, deadline).await;
             if let MemberAnswer::Found(body) = answer {
                 return ForwardOutcome::Found {
                     url: url.to_string(),
@@ -218,7 +231,7 @@ impl LookupForwarder {
             if *url == self.self_url || Some(url.as_str()) == direct {
                 continue;
             }
-            let request = self.request(url, path_and_query, authorization);
+            let request = self.request(url, path_and_query);
             let client = self.client.clone();
             let url = url.clone();
             asking.spawn(async move {
@@ -241,14 +254,8 @@ impl LookupForwarder {
         combine(&answers, unowned)
     }
 
-    async fn ask(
-        &self,
-        url: &str,
-        path_and_query: &str,
-        authorization: Option<&HeaderValue>,
-        deadline: Instant,
-    ) -> MemberAnswer {
-        let request = self.request(url, path_and_query, authorization);
+    async fn ask(&self, url: &str, path_and_query: &str, deadline: Instant) -> MemberAnswer {
+        let request = self.request(url, path_and_query);
         let answer = send(self.client.clone(), request, deadline).await;
         self.count(&answer);
         answer
@@ -261,15 +268,10 @@ impl LookupForwarder {
             .inc();
     }
 
-    fn request(
-        &self,
-        url: &str,
-        path_and_query: &str,
-        authorization: Option<&HeaderValue>,
-    ) -> Result<Request<Empty<Bytes>>, String> {
+    fn request(&self, url: &str, path_and_query: &str) -> Result<Request<Empty<Bytes>>, String> {
         let mut builder = Request::get(format!("{url}{path_and_query}"))
             .header(FORWARDED_HEADER, self.self_url.as_str());
-        if let Some(auth) = authorization {
+        if let Some(auth) = &self.peer_authorization {
             builder = builder.header(header::AUTHORIZATION, auth);
         }
         builder
@@ -358,7 +360,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreachable_instance_is_a_502_and_a_silent_one_a_504() {
-        use crate::ownership::MemberClaim;
+        use crate::ownership::Claim;
         // A port nobody listens on, and a listener that never answers.
         let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let closed_url = format!("http://{}", closed.local_addr().expect("addr"));
@@ -368,29 +370,26 @@ mod tests {
             .expect("bind");
         let silent_url = format!("http://{}", silent.local_addr().expect("addr"));
         let claims = |url: &str| {
-            [MemberClaim {
+            [Claim {
                 url: url.to_string(),
-                group_id: "g".into(),
                 partitions: vec![0],
-                claimed_at_ms: 1,
+                position: 1,
+                timestamp_ms: 1,
             }]
         };
         let forwarder = LookupForwarder::new(
             "http://self".into(),
             KeyPartitioner::ConsistentRandom,
             Duration::from_millis(300),
+            None,
             Metrics::new(),
         );
-        let owners = PartitionOwners::resolve(&claims(&closed_url), 1);
-        let outcome = forwarder
-            .find(&owners, "c1", "/v1/customers/c1", None, &[])
-            .await;
+        let owners = PartitionOwners::resolve(&claims(&closed_url), 1, i64::MIN);
+        let outcome = forwarder.find(&owners, "c1", "/v1/customers/c1", &[]).await;
         assert_eq!(outcome.status(), StatusCode::BAD_GATEWAY, "{outcome:?}");
-        let owners = PartitionOwners::resolve(&claims(&silent_url), 1);
+        let owners = PartitionOwners::resolve(&claims(&silent_url), 1, i64::MIN);
         let started = std::time::Instant::now();
-        let outcome = forwarder
-            .find(&owners, "c1", "/v1/customers/c1", None, &[])
-            .await;
+        let outcome = forwarder.find(&owners, "c1", "/v1/customers/c1", &[]).await;
         assert_eq!(outcome.status(), StatusCode::GATEWAY_TIMEOUT, "{outcome:?}");
         assert!(
             started.elapsed() < Duration::from_secs(2),
@@ -412,38 +411,39 @@ mod tests {
 
     #[tokio::test]
     async fn no_404_while_the_customers_partition_is_restoring_here() {
-        use crate::ownership::MemberClaim;
+        use crate::ownership::Claim;
         // This instance alone owns every partition: nobody else to ask.
-        let claims = [MemberClaim {
+        let claims = [Claim {
             url: "http://self".into(),
-            group_id: "g".into(),
             partitions: vec![0, 1],
-            claimed_at_ms: 1,
+            position: 1,
+            timestamp_ms: 1,
         }];
-        let owners = PartitionOwners::resolve(&claims, 2);
+        let owners = PartitionOwners::resolve(&claims, 2, i64::MIN);
         let forwarder = LookupForwarder::new(
             "http://self".into(),
             KeyPartitioner::ConsistentRandom,
             Duration::from_millis(300),
+            None,
             Metrics::new(),
         );
         let p = KeyPartitioner::ConsistentRandom
             .partition(b"c1", 2)
             .expect("partition");
         let path = "/v1/customers/c1";
-        let outcome = forwarder.find(&owners, "c1", path, None, &[p]).await;
+        let outcome = forwarder.find(&owners, "c1", path, &[p]).await;
         assert_eq!(outcome.status(), StatusCode::SERVICE_UNAVAILABLE);
-        let outcome = forwarder.find(&owners, "c1", path, None, &[1 - p]).await;
+        let outcome = forwarder.find(&owners, "c1", path, &[1 - p]).await;
         assert_eq!(
             outcome,
             ForwardOutcome::NotFound,
             "another partition restores"
         );
-        let outcome = forwarder.find(&owners, "c1", path, None, &[]).await;
+        let outcome = forwarder.find(&owners, "c1", path, &[]).await;
         assert_eq!(outcome, ForwardOutcome::NotFound);
         // Before any claim is read nothing is known.
         let outcome = forwarder
-            .find(&PartitionOwners::default(), "c1", path, None, &[])
+            .find(&PartitionOwners::default(), "c1", path, &[])
             .await;
         assert_eq!(outcome.status(), StatusCode::SERVICE_UNAVAILABLE);
     }

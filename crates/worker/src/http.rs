@@ -43,6 +43,8 @@ struct AppState {
     metrics: Metrics,
     bearer_token: Option<Arc<str>>,
     admin_token: Option<Arc<str>>,
+    /// Accepted on forwarded lookups only (`http.peer_token`).
+    peer_token: Option<Arc<str>>,
     /// Set with `topics.membership`: lookups of customers held elsewhere.
     forwarder: Option<Arc<LookupForwarder>>,
 }
@@ -65,6 +67,7 @@ pub fn worker_router(handles: WorkerHandles, config: &WorkerConfig) -> Router {
             config.http.advertised_url.clone().unwrap_or_default(),
             config.lookup.partitioner,
             Duration::from_millis(config.lookup.forward_timeout_ms),
+            config.http.peer_token.as_deref(),
             handles.metrics.clone(),
         ))
     });
@@ -83,6 +86,7 @@ fn build(
         metrics: handles.metrics,
         bearer_token: http.bearer_token.as_deref().map(Arc::from),
         admin_token: http.admin_token.as_deref().map(Arc::from),
+        peer_token: http.peer_token.as_deref().map(Arc::from),
         forwarder,
     };
     let v1 = Router::new()
@@ -122,8 +126,13 @@ async fn require_token(
         let given = bearer(&headers);
         let matches =
             |token: &str| given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()));
-        // The admin token grants reading too.
-        if !matches(expected) && !state.admin_token.as_deref().is_some_and(matches) {
+        // The admin token grants reading too; the peer token only on a
+        // lookup another instance forwarded (erasure also needs the admin
+        // token, checked by its handler).
+        let peer = headers.contains_key(FORWARDED_HEADER)
+            && request.method() == axum::http::Method::GET
+            && state.peer_token.as_deref().is_some_and(matches);
+        if !matches(expected) && !state.admin_token.as_deref().is_some_and(matches) && !peer {
             return unauthorized();
         }
     }
@@ -397,15 +406,7 @@ async fn customer(
                     .filter(|(_, live)| !live)
                     .map(|(p, _)| p)
                     .collect();
-                let outcome = forwarder
-                    .find(
-                        &owners,
-                        &id,
-                        path,
-                        headers.get(header::AUTHORIZATION),
-                        &restoring,
-                    )
-                    .await;
+                let outcome = forwarder.find(&owners, &id, path, &restoring).await;
                 forwarded_response(outcome)
             }
         },

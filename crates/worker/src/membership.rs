@@ -2,17 +2,19 @@
 //! input partition, so that any instance answers `/v1/customers/{id}`.
 //!
 //! Each instance publishes one record keyed by its advertised URL: the URL,
-//! the input partitions it holds and a claim time. It publishes again
-//! whenever its assignment changes (checked on every turn of the group
-//! thread, so within one poll of a rebalance callback), and a tombstone on a
-//! clean shutdown. Every instance reads the whole topic from the beginning
-//! with a consumer of its own that joins no group, keeps the latest record
-//! per key and derives [`PartitionOwners`]: a partition claimed by several
-//! records (a crashed instance's record is never withdrawn) belongs to the
-//! newest claim. Claim times are Lamport-style: at least one more than any
-//! claim already read, so a partition taken over from a crashed instance
-//! is claimed later than the crashed instance's claim, whatever the clocks
-//! say. Both the reading and the publishing run on the group thread with
+//! the input partitions it holds and its clock. It publishes again whenever
+//! its assignment changes (checked on every turn of the group thread, so
+//! within one poll of a rebalance callback), every third of
+//! `lookup.claim_ttl_secs` in any case, and a tombstone on a clean shutdown.
+//! Every instance reads the whole topic from the beginning with a consumer
+//! of its own that joins no group, keeps the latest believed record per key
+//! and derives [`PartitionOwners`]: a partition claimed by several records
+//! (a crashed instance's record is never withdrawn) belongs to the latest
+//! record on the topic, and a claim whose record's Kafka timestamp is older
+//! than the lifetime owns nothing. A record is believed only if its URL
+//! matches `lookup.peer_urls` and its timestamp is not from the future
+//! (see [`crate::ownership`] and the threat model in docs/operations.md).
+//! Both the reading and the publishing run on the group thread with
 //! zero-wait polls; nothing here blocks a tokio worker.
 
 use std::collections::BTreeMap;
@@ -30,7 +32,7 @@ use crate::telemetry::Metrics;
 use crate::clock::wall_clock_ms;
 use crate::directory::PartitionDirectory;
 use crate::error::WorkerError;
-use crate::ownership::{MemberClaim, PartitionOwners};
+use crate::ownership::{Claim, MemberClaim, PartitionOwners, PeerUrlPattern, check_claim};
 use crate::sink::LogLimiter;
 
 /// Records read per step at most, so the group thread keeps polling the group.
@@ -39,6 +41,11 @@ const MAX_PER_STEP: usize = 1024;
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// How long a metadata request for the membership topic may take at start.
 const METADATA_WAIT: Duration = Duration::from_secs(10);
+/// How far a claim's record timestamp may be ahead of this instance's clock
+/// (clock drift between hosts); further ahead, the claim is not believed.
+const MAX_CLAIM_AHEAD_MS: i64 = 60_000;
+/// How often expiry is applied to the claims read.
+const RESOLVE_EVERY: Duration = Duration::from_secs(1);
 
 /// Delivery results of the claims, by sequence number.
 #[derive(Default)]
@@ -64,7 +71,7 @@ enum Sent {
     /// Waiting for the broker's acknowledgement.
     Pending { seq: u64, partitions: Vec<i32> },
     /// Acknowledged.
-    Acked(Vec<i32>),
+    Acked { partitions: Vec<i32>, at: Instant },
     /// Failed: sent again once `retry_at` has passed.
     Failed { retry_at: Instant },
 }
@@ -77,9 +84,10 @@ pub(super) struct MembershipReader {
     url: String,
     group_id: String,
     input_partitions: usize,
-    claims: BTreeMap<String, MemberClaim>,
-    /// The highest claim time read, for Lamport-style claim times.
-    latest_claim_ms: i64,
+    claims: BTreeMap<String, Claim>,
+    allowed: Vec<PeerUrlPattern>,
+    claim_ttl: Duration,
+    resolved_at: Option<Instant>,
     sent: Option<Sent>,
     seq: u64,
     bad_records: LogLimiter,
@@ -140,7 +148,9 @@ impl MembershipReader {
             group_id: config.kafka.group_id.clone(),
             input_partitions,
             claims: BTreeMap::new(),
-            latest_claim_ms: 0,
+            allowed: config.lookup.peer_url_patterns(),
+            claim_ttl: Duration::from_secs(config.lookup.claim_ttl_secs),
+            resolved_at: None,
             sent: None,
             seq: 0,
             bad_records: LogLimiter::default(),
@@ -148,11 +158,23 @@ impl MembershipReader {
         }))
     }
 
-    /// Reads new claims (updating the shared [`PartitionOwners`]), then
-    /// publishes this instance's claim if its partitions changed.
+    /// Reads new claims (updating the shared [`PartitionOwners`], with
+    /// expired claims left out), then publishes this instance's claim if its
+    /// partitions changed or it is due for renewal.
     pub(super) fn step(&mut self, directory: &PartitionDirectory, metrics: &Metrics) {
-        if self.read() {
-            let owners = PartitionOwners::resolve(self.claims.values(), self.input_partitions);
+        let changed = self.read(metrics);
+        if changed
+            || self
+                .resolved_at
+                .is_none_or(|at| at.elapsed() >= RESOLVE_EVERY)
+        {
+            self.resolved_at = Some(Instant::now());
+            let ttl_ms = i64::try_from(self.claim_ttl.as_millis()).unwrap_or(i64::MAX);
+            let owners = PartitionOwners::resolve(
+                self.claims.values(),
+                self.input_partitions,
+                wall_clock_ms().saturating_sub(ttl_ms),
+            );
             metrics
                 .lookup_partitions_without_owner
                 .set(i64::try_from(owners.unowned().len()).unwrap_or(i64::MAX));
@@ -162,7 +184,7 @@ impl MembershipReader {
     }
 
     /// Applies the records fetched; whether any claim changed.
-    fn read(&mut self) -> bool {
+    fn read(&mut self, metrics: &Metrics) -> bool {
         let mut changed = false;
         for _ in 0..MAX_PER_STEP {
             match self.consumer.poll(Duration::ZERO) {
@@ -182,13 +204,45 @@ impl MembershipReader {
                         continue;
                     };
                     match serde_json::from_slice::<MemberClaim>(payload) {
-                        Ok(claim) if claim.url == key => {
-                            self.latest_claim_ms = self.latest_claim_ms.max(claim.claimed_at_ms);
-                            if claim.group_id == self.group_id {
-                                self.claims.insert(key.to_string(), claim);
-                                changed = true;
+                        Ok(claim) if claim.url == key && claim.group_id == self.group_id => {
+                            // The record's Kafka timestamp, never the payload's
+                            // claim time, decides how long the claim lives.
+                            let timestamp_ms = msg.timestamp().to_millis().unwrap_or(i64::MIN);
+                            match check_claim(
+                                &claim.url,
+                                timestamp_ms,
+                                &self.allowed,
+                                wall_clock_ms(),
+                                MAX_CLAIM_AHEAD_MS,
+                            ) {
+                                Ok(()) => {
+                                    self.claims.insert(
+                                        key.to_string(),
+                                        Claim {
+                                            url: claim.url,
+                                            partitions: claim.partitions,
+                                            position: msg.offset(),
+                                            timestamp_ms,
+                                        },
+                                    );
+                                    changed = true;
+                                }
+                                Err(why) => {
+                                    metrics.membership_claims_rejected.inc();
+                                    // A rejected claim also ends the key's
+                                    // earlier, believed one: it is that
+                                    // record's latest word.
+                                    changed |= self.claims.remove(key).is_some();
+                                    skip(
+                                        &mut self.bad_records,
+                                        &self.topic,
+                                        &msg,
+                                        &format!("not believed ({why})"),
+                                    );
+                                }
                             }
                         }
+                        Ok(claim) if claim.url == key => {}
                         Ok(_) => skip(
                             &mut self.bad_records,
                             &self.topic,
@@ -254,7 +308,10 @@ impl MembershipReader {
                 && *pending == seq
             {
                 self.sent = Some(if ok {
-                    Sent::Acked(partitions.clone())
+                    Sent::Acked {
+                        partitions: partitions.clone(),
+                        at: Instant::now(),
+                    }
                 } else {
                     tracing::warn!(topic = %self.topic, "membership claim not delivered; retrying");
                     Sent::Failed {
@@ -271,7 +328,11 @@ impl MembershipReader {
         let due = match &self.sent {
             None => true,
             Some(Sent::Pending { .. }) => false,
-            Some(Sent::Acked(partitions)) => *partitions != owned,
+            // Renewed every third of the lifetime, so it never expires
+            // while this instance runs.
+            Some(Sent::Acked { partitions, at }) => {
+                *partitions != owned || at.elapsed() >= self.claim_ttl / 3
+            }
             Some(Sent::Failed { retry_at }) => Instant::now() >= *retry_at,
         };
         if !due {
@@ -282,9 +343,8 @@ impl MembershipReader {
             url: self.url.clone(),
             group_id: self.group_id.clone(),
             partitions: owned.clone(),
-            claimed_at_ms: wall_clock_ms().max(self.latest_claim_ms + 1),
+            claimed_at_ms: wall_clock_ms(),
         };
-        self.latest_claim_ms = claim.claimed_at_ms;
         let Ok(payload) = serde_json::to_vec(&claim) else {
             return;
         };

@@ -117,6 +117,9 @@ pub struct Metrics {
     /// Input partitions no instance is known to own, from the membership
     /// topic (0 without one): lookups of their customers answer 503.
     pub lookup_partitions_without_owner: IntGauge,
+    /// Membership claims read but not believed (a URL outside
+    /// `lookup.peer_urls`, a malformed URL, a timestamp from the future).
+    pub membership_claims_rejected: IntCounter,
 }
 
 impl Metrics {
@@ -350,6 +353,12 @@ impl Metrics {
                 "Input partitions no instance is known to own, from the membership topic.",
             ))
             .expect("valid metric"),
+            membership_claims_rejected: IntCounter::with_opts(opts(
+                "membership_claims_rejected_total",
+                "Membership claims not believed: a URL outside lookup.peer_urls, a malformed \
+                 URL, or a record timestamp from the future.",
+            ))
+            .expect("valid metric"),
             registry,
         };
         for collector in m.collectors() {
@@ -410,6 +419,7 @@ impl Metrics {
             Box::new(self.shadow_model_info.clone()),
             Box::new(self.lookups_forwarded.clone()),
             Box::new(self.lookup_partitions_without_owner.clone()),
+            Box::new(self.membership_claims_rejected.clone()),
         ]
     }
 

@@ -81,6 +81,14 @@ pub enum TopicProblem {
         /// The input topic's partitions.
         input_partitions: usize,
     },
+    /// The membership topic has more than one partition: claims are
+    /// ordered by their position on it, which only one partition gives.
+    NotSinglePartition {
+        /// Topic name.
+        topic: String,
+        /// Its partitions.
+        partitions: usize,
+    },
     /// The brokers refused to describe the topic (e.g. not authorized).
     Refused {
         /// Topic name.
@@ -133,6 +141,12 @@ impl fmt::Display for TopicProblem {
                  {input_partitions}; they must match (partition p holds the records of input \
                  partition p); recreate it with --partitions {input_partitions}",
                 role.config_key()
+            ),
+            TopicProblem::NotSinglePartition { topic, partitions } => write!(
+                f,
+                "topic `{topic}` (topics.membership) has {partitions} partitions but must have \
+                 exactly 1 (claims are ordered by their position on it); recreate it with \
+                 --partitions 1 --config cleanup.policy=compact"
             ),
             TopicProblem::Refused { topic, role, error } => write!(
                 f,
@@ -211,6 +225,12 @@ pub fn problems(
                 input_partitions,
             });
         }
+        if role == TopicRole::Membership && partitions > 1 {
+            problems.push(TopicProblem::NotSinglePartition {
+                topic: topic.to_string(),
+                partitions,
+            });
+        }
         if role.compacted()
             && let Some((_, policy)) = policies.iter().find(|(t, _)| t == topic)
             && !policy.split(',').any(|p| p.trim() == "compact")
@@ -239,6 +259,14 @@ mod tests {
             ("members", TopicRole::Membership, 0),
         ];
         let p = problems(&described, &[]);
+        let several = problems(&[("m", TopicRole::Membership, 3)], &[]);
+        assert_eq!(
+            several,
+            vec![TopicProblem::NotSinglePartition {
+                topic: "m".into(),
+                partitions: 3
+            }]
+        );
         assert_eq!(p.len(), 4, "{p:?}");
         let text = TopicProblems(p).to_string();
         for name in ["`events`", "`state`", "`alerts`", "`members`"] {
