@@ -231,7 +231,10 @@ pub struct PartitionTask {
     /// The dirty customers in store order, reused across closes.
     sorted_dirty: Vec<CustomerIndex>,
     misrouted_log: LogLimiter,
-    watermark_gauge: IntGauge,
+    /// Created with the partition's first watermark: until then there is
+    /// none to report (the clock's "nothing yet" is i64::MIN, which would
+    /// read as −9.2e15 seconds).
+    watermark_gauge: Option<IntGauge>,
     idle_gauge: IntGauge,
 }
 
@@ -280,9 +283,7 @@ impl PartitionTask {
             shadow_firings: Vec::new(),
             sorted_dirty: Vec::new(),
             misrouted_log: LogLimiter::default(),
-            watermark_gauge: metrics
-                .partition_watermark_seconds
-                .with_label_values(&[&label]),
+            watermark_gauge: None,
             idle_gauge: metrics
                 .partition_idle_rule_active
                 .with_label_values(&[&label]),
@@ -669,7 +670,16 @@ impl PartitionTask {
             }
             count_live_agreement(metrics, shadow, &data.store, &self.firings);
         }
-        self.watermark_gauge.set(watermark.div_euclid(1000));
+        if watermark != i64::MIN {
+            let id = self.id;
+            self.watermark_gauge
+                .get_or_insert_with(|| {
+                    metrics
+                        .partition_watermark_seconds
+                        .with_label_values(&[&id.to_string()])
+                })
+                .set(watermark.div_euclid(1000));
+        }
         if !flush {
             return Some(ClosedBatch {
                 last_offset: self.open_last_offset.take(),

@@ -77,7 +77,8 @@ pub struct Metrics {
     pub state_changelog_records: IntCounter,
     /// Customers dropped from memory after the eviction horizon.
     pub customers_evicted: IntCounter,
-    /// Event-time watermark of each partition, as Unix seconds.
+    /// Event-time watermark of each partition, as Unix seconds; a partition
+    /// without one yet (no event accepted or restored) has no series.
     pub partition_watermark_seconds: IntGaugeVec,
     /// Events whose message key is not their `customer_id` (still applied).
     pub events_misrouted: IntCounter,
@@ -244,7 +245,7 @@ impl Metrics {
             partition_watermark_seconds: IntGaugeVec::new(
                 opts(
                     "partition_watermark_seconds",
-                    "Event-time watermark of each partition, as Unix seconds.",
+                    "Event-time watermark of each partition, as Unix seconds (no series before its first).",
                 ),
                 &["partition"],
             )
