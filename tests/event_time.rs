@@ -610,3 +610,68 @@ fn a_partition_without_events_reports_no_watermark() {
     }
     w.stop().expect("clean stop");
 }
+
+/// Issue 31: one `login` stamped 1970 pinned its customer's tenure at the
+/// maximum (and year 0000 was accepted). The model's `[event_time]` bounds
+/// dead-letter both, and an event more than 5 years behind the partition's
+/// newest: `timestamp_too_old`, touching no state, as `score` rejects them.
+#[test]
+fn events_older_than_the_bounds_are_dead_lettered_as_offline() {
+    let broker = broker(1);
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let model = RiskModel::default_model();
+    let mut lines = Vec::new();
+    for day in 0..60 {
+        for c in 0..5 {
+            lines.push(event(&format!("c{c}"), "login", T0_MS + day * DAY_MS + c, None));
+        }
+    }
+    let too_old = [
+        r#"{"customer_id":"c0","event_type":"login","timestamp":"1970-01-01T00:00:00Z"}"#,
+        r#"{"customer_id":"c1","event_type":"login","timestamp":"0000-01-01T00:00:00Z"}"#,
+        r#"{"customer_id":"c2","event_type":"login","timestamp":"2019-01-01T00:00:00Z"}"#,
+    ];
+    for (i, l) in too_old.iter().enumerate() {
+        lines.insert(100 + 50 * i, l.to_string());
+    }
+    produce_events(&bootstrap, "customer-events", &lines);
+    let w = RunningWorker::start(worker_config(&bootstrap), model.clone());
+    let as_of = T0_MS + 61 * DAY_MS;
+    let expected = offline_scores(&model, &lines, as_of);
+    assert_eq!(expected.len(), 5);
+    assert!(expected.values().all(|&(_, events)| events == 60));
+    assert_matches_offline(w.http, &expected, as_of, Duration::from_secs(60));
+    assert_eq!(
+        w.metrics()
+            .events_invalid
+            .with_label_values(&["timestamp_too_old"])
+            .get(),
+        3
+    );
+    for c in 0..3 {
+        let v = customer_with_events(w.http, &format!("c{c}"), Some(as_of), 60, Duration::from_secs(5));
+        assert!(
+            v["reasons"]
+                .as_array()
+                .is_none_or(|r| r.iter().all(|r| r["factor"] != "tenure"
+                    || r["points"].as_f64().is_some_and(|p| p.abs() < 1.0))),
+            "tenure not pinned: {v}"
+        );
+    }
+    w.stop().expect("clean stop");
+    let dlq = read_topic(&bootstrap, "churn-events-dlq", 3, Duration::from_secs(10));
+    let got: Vec<(String, String)> = dlq
+        .iter()
+        .map(|m| {
+            (
+                m.headers.get("reason").cloned().unwrap_or_default(),
+                String::from_utf8_lossy(m.value.as_deref().unwrap_or_default()).into_owned(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = too_old
+        .iter()
+        .map(|l| ("timestamp_too_old".to_string(), l.to_string()))
+        .collect();
+    assert_eq!(got, want);
+}
