@@ -585,7 +585,11 @@ fn a_partition_without_events_reports_no_watermark() {
     w.wait_until("ready", Duration::from_secs(30), |w| w.shared.is_ready());
     // One customer: its events land on one of the two partitions.
     let t = T0_MS + 10 * DAY_MS;
-    produce_events(&bootstrap, "customer-events", &[event("solo", "login", t, None)]);
+    produce_events(
+        &bootstrap,
+        "customer-events",
+        &[event("solo", "login", t, None)],
+    );
     let series = || -> BTreeMap<String, f64> {
         let (_, body) = http_get(w.http, "/metrics", None);
         body.lines()
@@ -597,9 +601,11 @@ fn a_partition_without_events_reports_no_watermark() {
             .collect()
     };
     let expected = ((t - lateness_ms) / 1000) as f64;
-    w.wait_until("the busy partition's watermark", Duration::from_secs(30), |_| {
-        series().values().any(|&v| v == expected)
-    });
+    w.wait_until(
+        "the busy partition's watermark",
+        Duration::from_secs(30),
+        |_| series().values().any(|&v| v == expected),
+    );
     // Only that series, through about ten state flushes.
     let until = Instant::now() + Duration::from_secs(2);
     while Instant::now() < until {
@@ -623,7 +629,12 @@ fn events_older_than_the_bounds_are_dead_lettered_as_offline() {
     let mut lines = Vec::new();
     for day in 0..60 {
         for c in 0..5 {
-            lines.push(event(&format!("c{c}"), "login", T0_MS + day * DAY_MS + c, None));
+            lines.push(event(
+                &format!("c{c}"),
+                "login",
+                T0_MS + day * DAY_MS + c,
+                None,
+            ));
         }
     }
     let too_old = [
@@ -649,7 +660,13 @@ fn events_older_than_the_bounds_are_dead_lettered_as_offline() {
         3
     );
     for c in 0..3 {
-        let v = customer_with_events(w.http, &format!("c{c}"), Some(as_of), 60, Duration::from_secs(5));
+        let v = customer_with_events(
+            w.http,
+            &format!("c{c}"),
+            Some(as_of),
+            60,
+            Duration::from_secs(5),
+        );
         assert!(
             v["reasons"]
                 .as_array()

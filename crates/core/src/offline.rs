@@ -191,7 +191,10 @@ pub fn replay_alerts<'a>(
             continue;
         };
         // As the worker dead-letters it: judged against the clock's newest event.
-        if bounds.check(event.timestamp_ms, clock.max_event_ms).is_err() {
+        if bounds
+            .check(event.timestamp_ms, clock.max_event_ms)
+            .is_err()
+        {
             continue;
         }
         firings.clear();

@@ -24,7 +24,11 @@ fn the_default_bounds_are_2000_and_five_years_behind_the_newest_event() {
     assert_eq!(bounds.earliest_ms, floor);
     assert_eq!(bounds.max_past_age_ms, 1826 * DAY_MS);
     // The floor holds even before anything was accepted.
-    for old in ["1970-01-01T00:00:00Z", "0000-01-01T00:00:00Z", "1999-12-31T23:59:59.999Z"] {
+    for old in [
+        "1970-01-01T00:00:00Z",
+        "0000-01-01T00:00:00Z",
+        "1999-12-31T23:59:59.999Z",
+    ] {
         let err = bounds.check(ms(old), None).expect_err(old);
         assert_eq!(err.reason(), "timestamp_too_old");
         assert!(err.to_string().contains("2000-01-01"), "{err}");
@@ -37,13 +41,19 @@ fn the_default_bounds_are_2000_and_five_years_behind_the_newest_event() {
         .check(newest - 1826 * DAY_MS - 1, Some(newest))
         .expect_err("older than 5 years");
     assert_eq!(err.reason(), "timestamp_too_old");
-    assert!(err.to_string().contains("max_past_age_days (1826)"), "{err}");
+    assert!(
+        err.to_string().contains("max_past_age_days (1826)"),
+        "{err}"
+    );
     assert_eq!(bounds.check(newest + DAY_MS, Some(newest)), Ok(()));
 }
 
 fn with_event_time(section: &str) -> Result<RiskModel, ModelError> {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/model.toml"))
-        .expect("the shipped model file");
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../config/model.toml"
+    ))
+    .expect("the shipped model file");
     RiskModel::from_toml(&format!("{text}\n[event_time]\n{section}\n"))
 }
 
@@ -57,7 +67,10 @@ fn the_model_file_sets_the_bounds_and_bad_values_name_their_key() {
     assert_eq!(b.check(ms("1995-01-01T00:00:00Z"), None), Ok(()));
     // One key alone keeps the other's default.
     let m = with_event_time("max_past_age_days = 10").expect("valid");
-    assert_eq!(m.event_time_bounds().earliest_ms, ms("2000-01-01T00:00:00Z"));
+    assert_eq!(
+        m.event_time_bounds().earliest_ms,
+        ms("2000-01-01T00:00:00Z")
+    );
     for (section, key) in [
         ("max_past_age_days = 0", "event_time.max_past_age_days"),
         ("max_past_age_days = -1", "event_time.max_past_age_days"),
@@ -120,7 +133,11 @@ fn offline_replays_reject_events_older_than_the_bounds() {
     let as_of = ms("2025-08-01T00:00:00Z");
     for id in ["c-1", "c-2"] {
         let (a, b) = (store.get(id).expect(id), clean.get(id).expect(id));
-        assert_eq!(a.first_event_ms(), b.first_event_ms(), "{id}: tenure not pinned");
+        assert_eq!(
+            a.first_event_ms(),
+            b.first_event_ms(),
+            "{id}: tenure not pinned"
+        );
         assert_eq!(a.events(), b.events(), "{id}");
         assert_eq!(a.risk(&model, as_of), b.risk(&model, as_of), "{id}");
     }

@@ -86,7 +86,11 @@ fn a_backfill_behind_the_clock_opens_no_alert_for_new_or_known_customers() {
     assert_eq!(known, 200);
 
     let (opened, firings, late) = stream(&model, &mut store, &mut clock, &backfill);
-    assert_eq!(late, backfill.len() as u64, "every backfilled event is late");
+    assert_eq!(
+        late,
+        backfill.len() as u64,
+        "every backfilled event is late"
+    );
     assert_eq!(store.len(), 500, "300 new customers");
     assert_eq!(clock.watermark_ms, watermark, "late events move no clock");
     assert!(

@@ -691,7 +691,11 @@ mod log_bridge_tests {
         let dump = format!("{:?}", vec!["broker"; 2000]);
         let args = format_args!("Client stats: {}", dump);
         let start = message_prefix(&args, STATISTICS_PREFIX.len());
-        assert!(start.len() < 100, "formatting stopped early: {}", start.len());
+        assert!(
+            start.len() < 100,
+            "formatting stopped early: {}",
+            start.len()
+        );
         assert_eq!(
             librdkafka_level("rdkafka::client", i, &start),
             log::Level::Debug
