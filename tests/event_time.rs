@@ -465,3 +465,234 @@ fn a_backlog_alerts_at_the_same_event_times_as_a_live_run_and_offline_replay() {
     );
     assert_eq!(live, offline, "live vs offline: {:?}", by_customer(&live));
 }
+
+/// Generated journeys (`churn-scorer generate`) of `customers` customers
+/// over `days` days from 2025-01-01, as lines.
+fn journeys(customers: u32, seed: u64, days: u32) -> Vec<String> {
+    churn_generate::Generator::new(churn_generate::GenerateConfig {
+        customers,
+        seed,
+        start_ms: T0_MS,
+        days,
+        cutoff_days: days - 1,
+        ..churn_generate::GenerateConfig::default()
+    })
+    .expect("valid generator settings")
+    .map(|e| String::from_utf8(e.line).expect("utf-8"))
+    .collect()
+}
+
+/// Issue 31: a backfill read behind the partition's clock (a live
+/// `generate --seed 1`, then `generate --seed 9` into the same worker)
+/// opened 98-416 at-risk alerts through inactivity timers armed at steps
+/// the clock had already passed. Late events never open an alert.
+#[test]
+fn a_backfill_of_new_and_known_customers_behind_the_clock_opens_no_alert() {
+    let model = RiskModel::default_model();
+    // 200 customers for 60 days; then the first 40 days of 500 customers:
+    // cust-0000000..0199 are known, 0200..0499 new; every event is late.
+    let live = journeys(200, 1, 60);
+    let backfill = journeys(500, 9, 40);
+    let broker = broker(1);
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let mut config = worker_config(&bootstrap);
+    // Event time alone moves the clock.
+    config.engine.idle_timeout_secs = 86_400;
+    let lateness_ms = config.engine.allowed_lateness_ms();
+    let offline = |lines: &[String]| {
+        churn_core::offline::replay_alerts(&model, lines.iter().map(|l| l.as_bytes()), lateness_ms)
+    };
+    let live_alerts = offline(&live);
+    let all: Vec<String> = live.iter().chain(&backfill).cloned().collect();
+    let all_alerts = offline(&all);
+    let at_risk = |alerts: &[churn_core::offline::ReplayedAlert]| {
+        alerts
+            .iter()
+            .filter(|a| a.decision.kind == churn_core::engine::AlertKind::AtRisk)
+            .map(|a| (a.customer_id.clone(), a.decision.event_time_ms))
+            .collect::<BTreeSet<_>>()
+    };
+    assert!(!at_risk(&live_alerts).is_empty(), "the live stream alerts");
+    assert_eq!(
+        at_risk(&all_alerts),
+        at_risk(&live_alerts),
+        "offline, the backfill opens no alert either"
+    );
+
+    let w = RunningWorker::start(config, model.clone());
+    w.wait_until("ready", Duration::from_secs(30), |w| w.shared.is_ready());
+    produce_events(&bootstrap, "customer-events", &live);
+    w.wait_until("the live stream consumed", Duration::from_secs(60), |w| {
+        w.metrics().events_consumed.get() >= live.len() as u64
+    });
+    w.wait_until("its alerts acknowledged", Duration::from_secs(30), |w| {
+        alerts_acknowledged(w) >= live_alerts.len() as u64
+    });
+    produce_events(&bootstrap, "customer-events", &backfill);
+    let end = high_watermark(&bootstrap, "customer-events", 0);
+    // Committed to the end: everything processed, its outputs acknowledged.
+    w.wait_until(
+        "the backfill processed and committed",
+        Duration::from_secs(60),
+        |_| committed_offset(&bootstrap, "churn-scorer", "customer-events", 0) == Some(end),
+    );
+    assert_eq!(w.metrics().events_late.get(), backfill.len() as u64);
+    let published = read_alerts(&bootstrap, Duration::from_secs(3));
+    let opened: BTreeSet<(String, i64)> = published
+        .iter()
+        .filter(|a| a.kind == "at_risk")
+        .map(|a| {
+            let t = churn_core::event::parse_timestamp_ms(&a.event_time).expect("time");
+            (a.customer_id.clone(), t)
+        })
+        .collect();
+    let before_backfill = at_risk(&live_alerts);
+    let new_ones: Vec<_> = opened.difference(&before_backfill).collect();
+    assert!(
+        new_ones.is_empty(),
+        "{} at-risk alerts opened by the backfill, e.g. {:?}",
+        new_ones.len(),
+        &new_ones[..new_ones.len().min(5)]
+    );
+    let expected: BTreeSet<AlertKey> = all_alerts
+        .iter()
+        .map(|r| {
+            (
+                r.customer_id.clone(),
+                r.decision.kind.as_str().to_string(),
+                format_timestamp_ms(r.decision.event_time_ms),
+                r.decision.cause.as_str().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(keys(&published), expected, "live vs offline replay");
+    // State: the scores `score` computes from the same events, for known
+    // and new customers alike.
+    let as_of = T0_MS + 61 * DAY_MS;
+    let scores = offline_scores(&model, &all, as_of);
+    assert_eq!(scores.len(), 500);
+    assert_matches_offline(w.http, &scores, as_of, Duration::from_secs(30));
+    w.stop().expect("clean stop");
+}
+
+/// A partition that never had an event has no watermark: no series, not
+/// the −9.2e15 its "nothing yet" sentinel would read as in seconds.
+#[test]
+fn a_partition_without_events_reports_no_watermark() {
+    let broker = broker(2);
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let model = RiskModel::default_model();
+    let mut config = worker_config(&bootstrap);
+    config.state.flush_interval_ms = 200;
+    let lateness_ms = config.engine.allowed_lateness_ms();
+    let w = RunningWorker::start(config, model);
+    w.wait_until("ready", Duration::from_secs(30), |w| w.shared.is_ready());
+    // One customer: its events land on one of the two partitions.
+    let t = T0_MS + 10 * DAY_MS;
+    produce_events(
+        &bootstrap,
+        "customer-events",
+        &[event("solo", "login", t, None)],
+    );
+    let series = || -> BTreeMap<String, f64> {
+        let (_, body) = http_get(w.http, "/metrics", None);
+        body.lines()
+            .filter_map(|l| l.strip_prefix("churn_scorer_partition_watermark_seconds{"))
+            .filter_map(|rest| {
+                let (labels, value) = rest.split_once("} ")?;
+                Some((labels.to_string(), value.trim().parse::<f64>().ok()?))
+            })
+            .collect()
+    };
+    let expected = ((t - lateness_ms) / 1000) as f64;
+    w.wait_until(
+        "the busy partition's watermark",
+        Duration::from_secs(30),
+        |_| series().values().any(|&v| v == expected),
+    );
+    // Only that series, through about ten state flushes.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let now = series();
+        assert_eq!(now.len(), 1, "{now:?}");
+        assert!(now.values().all(|&v| v == expected), "{now:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    w.stop().expect("clean stop");
+}
+
+/// Issue 31: one `login` stamped 1970 pinned its customer's tenure at the
+/// maximum (and year 0000 was accepted). The model's `[event_time]` bounds
+/// dead-letter both, and an event more than 5 years behind the partition's
+/// newest: `timestamp_too_old`, touching no state, as `score` rejects them.
+#[test]
+fn events_older_than_the_bounds_are_dead_lettered_as_offline() {
+    let broker = broker(1);
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let model = RiskModel::default_model();
+    let mut lines = Vec::new();
+    for day in 0..60 {
+        for c in 0..5 {
+            lines.push(event(
+                &format!("c{c}"),
+                "login",
+                T0_MS + day * DAY_MS + c,
+                None,
+            ));
+        }
+    }
+    let too_old = [
+        r#"{"customer_id":"c0","event_type":"login","timestamp":"1970-01-01T00:00:00Z"}"#,
+        r#"{"customer_id":"c1","event_type":"login","timestamp":"0000-01-01T00:00:00Z"}"#,
+        r#"{"customer_id":"c2","event_type":"login","timestamp":"2019-01-01T00:00:00Z"}"#,
+    ];
+    for (i, l) in too_old.iter().enumerate() {
+        lines.insert(100 + 50 * i, l.to_string());
+    }
+    produce_events(&bootstrap, "customer-events", &lines);
+    let w = RunningWorker::start(worker_config(&bootstrap), model.clone());
+    let as_of = T0_MS + 61 * DAY_MS;
+    let expected = offline_scores(&model, &lines, as_of);
+    assert_eq!(expected.len(), 5);
+    assert!(expected.values().all(|&(_, events)| events == 60));
+    assert_matches_offline(w.http, &expected, as_of, Duration::from_secs(60));
+    assert_eq!(
+        w.metrics()
+            .events_invalid
+            .with_label_values(&["timestamp_too_old"])
+            .get(),
+        3
+    );
+    for c in 0..3 {
+        let v = customer_with_events(
+            w.http,
+            &format!("c{c}"),
+            Some(as_of),
+            60,
+            Duration::from_secs(5),
+        );
+        assert!(
+            v["reasons"]
+                .as_array()
+                .is_none_or(|r| r.iter().all(|r| r["factor"] != "tenure"
+                    || r["points"].as_f64().is_some_and(|p| p.abs() < 1.0))),
+            "tenure not pinned: {v}"
+        );
+    }
+    w.stop().expect("clean stop");
+    let dlq = read_topic(&bootstrap, "churn-events-dlq", 3, Duration::from_secs(10));
+    let got: Vec<(String, String)> = dlq
+        .iter()
+        .map(|m| {
+            (
+                m.headers.get("reason").cloned().unwrap_or_default(),
+                String::from_utf8_lossy(m.value.as_deref().unwrap_or_default()).into_owned(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = too_old
+        .iter()
+        .map(|l| ("timestamp_too_old".to_string(), l.to_string()))
+        .collect();
+    assert_eq!(got, want);
+}

@@ -103,6 +103,7 @@ pub fn replay_with_peaks(
     let stats = replay_each(
         input,
         TimeLimit::Before(cutoff_ms),
+        model.event_time_bounds(),
         strict,
         on_bad_line,
         |event| {

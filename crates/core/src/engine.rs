@@ -1016,7 +1016,6 @@ impl CustomerStore {
             state.last_offset = offset;
         }
         let kind = model.kind_of(&event.event_type);
-        let last_before = (state.events > 0).then_some(state.last_event_ms);
         state.apply(model, kind, event.timestamp_ms, event.amount);
         if let Some(segment) = model.segment_of_event(event) {
             state.set_segment(segment, event.timestamp_ms);
@@ -1028,15 +1027,16 @@ impl CustomerStore {
         if !may_alert && model.is_activity(kind) {
             decision = state.reconsider_open_alert(model, event.timestamp_ms);
         }
-        // A newer latest event starts a new run of silence steps. A late
+        // A newer latest event starts a new run of silence steps; a late
         // event changes the customer's pace, and with it the rhythm steps
-        // ahead, but must not re-arm steps the clock has already passed.
-        let last = state.last_event_ms;
-        let from = if last_before.is_none_or(|before| last > before) {
-            last
-        } else {
-            last.max(self.fired_through_ms.unwrap_or(i64::MIN))
-        };
+        // ahead. Either way only steps after the clock are armed: a step
+        // the clock has already passed had its turn (for a customer the
+        // stream first meets in a backfill, while nobody knew of it), and
+        // arming it would fire it at once, opening alerts because of late
+        // events (issue 31: a backfill of history opened hundreds).
+        let from = state
+            .last_event_ms
+            .max(self.fired_through_ms.unwrap_or(i64::MIN));
         self.schedule_after(model, i, from.saturating_add(1));
         ApplyOutcome::Scored {
             customer: i,
@@ -1157,8 +1157,15 @@ impl CustomerStore {
             let wm = event.timestamp_ms.saturating_sub(clock.lateness_ms);
             if wm > clock.watermark_ms {
                 clock.watermark_ms = wm;
-                self.fire_due_timers(model, wm, firings);
             }
+        }
+        // Also when something else moved the clock since (the worker's idle
+        // rule): steps up to it fire before the event, so the event arms none.
+        if self
+            .fired_through_ms
+            .is_none_or(|through| clock.watermark_ms > through)
+        {
+            self.fire_due_timers(model, clock.watermark_ms, firings);
         }
         (self.apply(model, event, offset, !late), late)
     }

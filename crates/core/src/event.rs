@@ -160,6 +160,12 @@ pub enum EventError {
         /// The configured bound.
         max_skew_secs: i64,
     },
+    /// `timestamp` is older than the model's `[event_time]` bounds allow:
+    /// before `earliest`, or more than `max_past_age_days` behind the
+    /// newest event time its stream has accepted (see
+    /// [`crate::model::EventTimeBounds`]).
+    #[error("timestamp too old: {0}")]
+    TimestampTooOld(String),
 }
 
 impl EventError {
@@ -175,6 +181,7 @@ impl EventError {
         "bad_amount",
         "bad_properties",
         "timestamp_in_future",
+        "timestamp_too_old",
     ];
 
     /// Short, stable label for metrics and dead-letter headers.
@@ -190,6 +197,7 @@ impl EventError {
             EventError::BadAmount(_) => "bad_amount",
             EventError::BadProperties => "bad_properties",
             EventError::TimestampInFuture { .. } => "timestamp_in_future",
+            EventError::TimestampTooOld(_) => "timestamp_too_old",
         }
     }
 }
@@ -608,6 +616,7 @@ mod tests {
                 ahead_secs: 0,
                 max_skew_secs: 0,
             },
+            EventError::TimestampTooOld(String::new()),
         ];
         let reasons: Vec<_> = errors.iter().map(EventError::reason).collect();
         assert_eq!(reasons, EventError::REASONS);

@@ -11,6 +11,8 @@ use std::path::Path;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
+use crate::event::EventError;
+
 /// Most event types one model may name (one bit each in the customer state).
 pub const MAX_EVENT_TYPES: usize = 64;
 
@@ -88,6 +90,89 @@ pub struct ModelSpec {
     /// property (optional: without it every customer shares `[alert]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segments: Option<SegmentsSpec>,
+    /// Which event times are believable (optional: without it the
+    /// defaults of [`EventTimeSpec`] apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_time: Option<EventTimeSpec>,
+}
+
+/// `[event_time]`: how old an event may be. In the model file, not the
+/// worker's configuration, because the offline commands (`score`,
+/// `backtest`, `fit`) and the live worker both read the model file: the
+/// same file rejects the same events in both. (How far *ahead* an event may
+/// be is the worker's `engine.max_future_skew_secs`: it is measured against
+/// the wall clock, which only the live worker has.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventTimeSpec {
+    /// An event more than this many days behind the newest event time its
+    /// stream has accepted (a partition, live; the input read so far,
+    /// offline) is rejected as `timestamp_too_old`. Default: 1826 (5 years).
+    #[serde(default = "default_max_past_age_days")]
+    pub max_past_age_days: f64,
+    /// No event before this moment is accepted (RFC 3339 with an offset).
+    /// Default: `2000-01-01T00:00:00Z`.
+    #[serde(default = "default_earliest")]
+    pub earliest: String,
+}
+
+/// Default of `event_time.max_past_age_days`: 5 years.
+pub const DEFAULT_MAX_PAST_AGE_DAYS: f64 = 1826.0;
+/// Default of `event_time.earliest`.
+pub const DEFAULT_EARLIEST: &str = "2000-01-01T00:00:00Z";
+
+fn default_max_past_age_days() -> f64 {
+    DEFAULT_MAX_PAST_AGE_DAYS
+}
+
+fn default_earliest() -> String {
+    DEFAULT_EARLIEST.to_string()
+}
+
+impl Default for EventTimeSpec {
+    fn default() -> Self {
+        EventTimeSpec {
+            max_past_age_days: DEFAULT_MAX_PAST_AGE_DAYS,
+            earliest: default_earliest(),
+        }
+    }
+}
+
+/// `[event_time]` compiled: the rule both shells apply to every event
+/// before it touches any state. One login stamped 1970 would otherwise pin
+/// its customer's tenure at the maximum for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventTimeBounds {
+    /// No event before this (ms since the Unix epoch).
+    pub earliest_ms: i64,
+    /// How far behind the stream's newest accepted event time an event may be.
+    pub max_past_age_ms: i64,
+}
+
+impl EventTimeBounds {
+    /// Accepts an event at `event_ms` in a stream whose newest accepted
+    /// event time is `newest_ms` (`None`: nothing accepted yet, so only
+    /// `earliest` applies), or says why it is too old.
+    pub fn check(&self, event_ms: i64, newest_ms: Option<i64>) -> Result<(), EventError> {
+        if event_ms < self.earliest_ms {
+            return Err(EventError::TimestampTooOld(format!(
+                "before event_time.earliest ({})",
+                crate::event::format_timestamp_ms(self.earliest_ms)
+            )));
+        }
+        if let Some(newest) = newest_ms
+            && event_ms < newest.saturating_sub(self.max_past_age_ms)
+        {
+            let behind_days = (newest - event_ms) / 86_400_000;
+            return Err(EventError::TimestampTooOld(format!(
+                "{behind_days} days behind the newest event accepted ({}), more than \
+                 event_time.max_past_age_days ({})",
+                crate::event::format_timestamp_ms(newest),
+                self.max_past_age_ms / 86_400_000
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// `[segments]`: customers grouped by the value of one event property
@@ -356,6 +441,8 @@ pub struct RiskModel {
     unknown_is_activity: bool,
     /// The compiled `[segments]`, if any.
     segments: Option<Segments>,
+    /// The compiled `[event_time]` (or its defaults).
+    event_time: EventTimeBounds,
 }
 
 /// `[segments]` compiled. Segment 0 is the default segment; declared values
@@ -465,7 +552,9 @@ impl RiskModel {
             .segments
             .as_ref()
             .map(|seg| compile_segments(seg, &spec.alert, &kinds, &kind_index));
+        let event_time = compile_event_time(spec.event_time.as_ref())?;
         Ok(RiskModel {
+            event_time,
             spec,
             kinds,
             kind_index,
@@ -477,6 +566,11 @@ impl RiskModel {
             unknown_is_activity: true,
             segments,
         })
+    }
+
+    /// Which event times this model accepts (`[event_time]`).
+    pub fn event_time_bounds(&self) -> EventTimeBounds {
+        self.event_time
     }
 
     /// The specification this model was built from.
@@ -962,6 +1056,29 @@ fn validate_segments(spec: &ModelSpec, seg: &SegmentsSpec) -> Result<(), ModelEr
 
 /// The default model file, compiled in so every command works out of the box.
 pub const DEFAULT_MODEL_TOML: &str = include_str!("../../../config/model.toml");
+
+/// `[event_time]` (or its defaults) compiled, checked.
+fn compile_event_time(spec: Option<&EventTimeSpec>) -> Result<EventTimeBounds, ModelError> {
+    let default = EventTimeSpec::default();
+    let spec = spec.unwrap_or(&default);
+    check_positive("event_time.max_past_age_days", spec.max_past_age_days)?;
+    if spec.max_past_age_days > 1_000_000.0 {
+        return Err(invalid(
+            "event_time.max_past_age_days",
+            "must be at most 1000000",
+        ));
+    }
+    let earliest_ms = crate::event::parse_timestamp_ms(&spec.earliest).map_err(|e| {
+        invalid(
+            "event_time.earliest",
+            format!("must be an RFC 3339 date-time with an offset, e.g. {DEFAULT_EARLIEST}: {e}"),
+        )
+    })?;
+    Ok(EventTimeBounds {
+        earliest_ms,
+        max_past_age_ms: (spec.max_past_age_days * MS_PER_DAY) as i64,
+    })
+}
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ModelError {
     ModelError::Invalid {

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::engine::{CustomerState, CustomerStore, Reason};
 use crate::event::{EventError, format_timestamp_ms, parse_event};
-use crate::model::RiskModel;
+use crate::model::{EventTimeBounds, RiskModel};
 
 /// Which events a replay takes in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +97,8 @@ pub fn replay(
     strict: bool,
     on_bad_line: impl FnMut(&BadLine),
 ) -> Result<ReplayStats, ReplayError> {
-    replay_each(input, limit, strict, on_bad_line, |event| {
+    let bounds = model.event_time_bounds();
+    replay_each(input, limit, bounds, strict, on_bad_line, |event| {
         store.apply(model, event, None, false);
     })
 }
@@ -105,9 +106,14 @@ pub fn replay(
 /// The replay loop: parses `input`, counts, reports bad lines (or stops at
 /// the first with `strict`), and hands every event the time limit admits to
 /// `apply`, in input order.
+///
+/// An event older than `bounds` allow — against the newest event time
+/// applied so far, as the live worker judges it against its partition's —
+/// is a bad line (`timestamp_too_old`) and never applied.
 pub fn replay_each(
     input: impl BufRead,
     limit: TimeLimit,
+    bounds: EventTimeBounds,
     strict: bool,
     mut on_bad_line: impl FnMut(&BadLine),
     mut apply: impl FnMut(&crate::event::CustomerEvent<'_>),
@@ -118,7 +124,12 @@ pub fn replay_each(
         if line.iter().all(u8::is_ascii_whitespace) {
             return Ok(());
         }
-        match parse_event(line) {
+        let parsed = parse_event(line).and_then(|event| {
+            bounds
+                .check(event.timestamp_ms, stats.max_event_ms)
+                .map(|()| event)
+        });
+        match parsed {
             Ok(event) => {
                 if !limit.admits(event.timestamp_ms) {
                     stats.ignored_after_limit += 1;
@@ -172,12 +183,20 @@ pub fn replay_alerts<'a>(
     use crate::engine::{ApplyOutcome, StreamClock};
     let mut store = CustomerStore::new();
     let mut clock = StreamClock::new(lateness_ms);
+    let bounds = model.event_time_bounds();
     let mut firings = Vec::new();
     let mut out = Vec::new();
     for line in lines {
         let Ok(event) = parse_event(line) else {
             continue;
         };
+        // As the worker dead-letters it: judged against the clock's newest event.
+        if bounds
+            .check(event.timestamp_ms, clock.max_event_ms)
+            .is_err()
+        {
+            continue;
+        }
         firings.clear();
         let (outcome, _late) = store.apply_in_stream(model, &mut clock, &event, None, &mut firings);
         for f in &firings {

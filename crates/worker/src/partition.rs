@@ -231,7 +231,10 @@ pub struct PartitionTask {
     /// The dirty customers in store order, reused across closes.
     sorted_dirty: Vec<CustomerIndex>,
     misrouted_log: LogLimiter,
-    watermark_gauge: IntGauge,
+    /// Created with the partition's first watermark: until then there is
+    /// none to report (the clock's "nothing yet" is i64::MIN, which would
+    /// read as −9.2e15 seconds).
+    watermark_gauge: Option<IntGauge>,
     idle_gauge: IntGauge,
 }
 
@@ -280,9 +283,7 @@ impl PartitionTask {
             shadow_firings: Vec::new(),
             sorted_dirty: Vec::new(),
             misrouted_log: LogLimiter::default(),
-            watermark_gauge: metrics
-                .partition_watermark_seconds
-                .with_label_values(&[&label]),
+            watermark_gauge: None,
             idle_gauge: metrics
                 .partition_idle_rule_active
                 .with_label_values(&[&label]),
@@ -455,15 +456,7 @@ impl PartitionTask {
                 .map(|()| event)
         });
         match parsed {
-            Err(error) => {
-                metrics
-                    .events_invalid
-                    .with_label_values(&[error.reason()])
-                    .inc();
-                let record = dead_letter(&settings.dead_letter_topic, msg, &error);
-                self.open_outputs
-                    .push((OutputKind::DeadLetter(error.reason()), record));
-            }
+            Err(error) => self.reject(cx, msg, &error),
             Ok(event) => {
                 if msg.key != Some(event.customer_id.as_bytes()) {
                     metrics.events_misrouted.inc();
@@ -479,10 +472,20 @@ impl PartitionTask {
                         );
                     }
                 }
-                let Ok(mut data) = self.data.write() else {
+                let Ok(mut guard) = self.data.write() else {
                     return false;
                 };
-                let data = &mut *data;
+                // Judged against the partition's newest accepted event, by
+                // the model's bounds, as the offline replay judges it.
+                if let Err(error) = model
+                    .event_time_bounds()
+                    .check(event.timestamp_ms, guard.clock.max_event_ms)
+                {
+                    drop(guard);
+                    self.reject(cx, msg, &error);
+                    return self.add_to_batch(settings, msg.offset, received);
+                }
+                let data = &mut *guard;
                 self.firings.clear();
                 let clock_before = data.clock;
                 let (outcome, late) = data.store.apply_in_stream(
@@ -569,7 +572,29 @@ impl PartitionTask {
                 }
             }
         }
-        self.open_last_offset = Some(msg.offset);
+        self.add_to_batch(settings, msg.offset, received)
+    }
+
+    /// Dead-letters a message that is not an acceptable event.
+    fn reject(&mut self, cx: &TaskContext<'_>, msg: &InputMessage<'_>, error: &EventError) {
+        cx.metrics
+            .events_invalid
+            .with_label_values(&[error.reason()])
+            .inc();
+        let record = dead_letter(&cx.settings.dead_letter_topic, msg, error);
+        self.open_outputs
+            .push((OutputKind::DeadLetter(error.reason()), record));
+    }
+
+    /// Counts the message at `offset` in the open batch; returns true if
+    /// the batch is now full (or old enough to close).
+    fn add_to_batch(
+        &mut self,
+        settings: &PartitionSettings,
+        offset: i64,
+        received: Instant,
+    ) -> bool {
+        self.open_last_offset = Some(offset);
         self.open_received.push(received);
         self.open_received.len() >= settings.batch_size
             || self
@@ -669,7 +694,16 @@ impl PartitionTask {
             }
             count_live_agreement(metrics, shadow, &data.store, &self.firings);
         }
-        self.watermark_gauge.set(watermark.div_euclid(1000));
+        if watermark != i64::MIN {
+            let id = self.id;
+            self.watermark_gauge
+                .get_or_insert_with(|| {
+                    metrics
+                        .partition_watermark_seconds
+                        .with_label_values(&[&id.to_string()])
+                })
+                .set(watermark.div_euclid(1000));
+        }
         if !flush {
             return Some(ClosedBatch {
                 last_offset: self.open_last_offset.take(),

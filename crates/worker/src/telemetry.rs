@@ -82,7 +82,8 @@ pub struct Metrics {
     pub state_changelog_records: IntCounter,
     /// Customers dropped from memory after the eviction horizon.
     pub customers_evicted: IntCounter,
-    /// Event-time watermark of each partition, as Unix seconds.
+    /// Event-time watermark of each partition, as Unix seconds; a partition
+    /// without one yet (no event accepted or restored) has no series.
     pub partition_watermark_seconds: IntGaugeVec,
     /// Events whose message key is not their `customer_id` (still applied).
     pub events_misrouted: IntCounter,
@@ -261,7 +262,7 @@ impl Metrics {
             partition_watermark_seconds: IntGaugeVec::new(
                 opts(
                     "partition_watermark_seconds",
-                    "Event-time watermark of each partition, as Unix seconds.",
+                    "Event-time watermark of each partition, as Unix seconds (no series before its first).",
                 ),
                 &["partition"],
             )
@@ -593,8 +594,40 @@ fn install(format: LogFormat, capturable: bool) {
 /// other record keep their level.
 pub struct LogBridge;
 
+/// How rdkafka's default client context starts its statistics dump.
+const STATISTICS_PREFIX: &str = "Client stats:";
+
+/// The first `max` bytes (or a little more) of a message, formatting no
+/// further: a statistics dump is ~7 KB, and only its start decides its level.
+fn message_prefix(args: &std::fmt::Arguments<'_>, max: usize) -> String {
+    struct Prefix(String, usize);
+    impl std::fmt::Write for Prefix {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0.push_str(s);
+            if self.0.len() >= self.1 {
+                Err(std::fmt::Error)
+            } else {
+                Ok(())
+            }
+        }
+    }
+    let mut out = Prefix(String::new(), max);
+    // Err only means "enough".
+    let _ = std::fmt::write(&mut out, *args);
+    out.0
+}
+
 /// The level a librdkafka record is logged at (see [`LogBridge`]).
 pub fn librdkafka_level(target: &str, level: log::Level, message: &str) -> log::Level {
+    if level == log::Level::Info
+        && target.starts_with("rdkafka")
+        && message.starts_with(STATISTICS_PREFIX)
+    {
+        // rdkafka's default client context dumps every statistics report at
+        // INFO: the membership and deletion readers (which read none of it)
+        // logged a ~7 KB line every `statistics.interval.ms`.
+        return log::Level::Debug;
+    }
     if level > log::Level::Warn || !(target == "librdkafka" || target.starts_with("rdkafka")) {
         return level;
     }
@@ -628,6 +661,9 @@ impl log::Log for LogBridge {
         if level <= log::Level::Warn {
             let message = record.args().to_string();
             level = librdkafka_level(record.target(), level, &message);
+        } else if level == log::Level::Info && record.target().starts_with("rdkafka") {
+            let start = message_prefix(record.args(), STATISTICS_PREFIX.len());
+            level = librdkafka_level(record.target(), level, &start);
         }
         let relevelled = log::Record::builder()
             .level(level)
@@ -705,6 +741,32 @@ mod log_bridge_tests {
             librdkafka_level("churn_scorer", e, refused),
             e,
             "only librdkafka's"
+        );
+    }
+
+    /// Issue 31: with membership on, a ~7 KB statistics line every 5 s at INFO.
+    #[test]
+    fn statistics_dumps_of_the_default_client_context_are_debug() {
+        let i = log::Level::Info;
+        // What rdkafka's `ClientContext::stats` logs, cut as the bridge cuts it.
+        let dump = format!("{:?}", vec!["broker"; 2000]);
+        let args = format_args!("Client stats: {}", dump);
+        let start = message_prefix(&args, STATISTICS_PREFIX.len());
+        assert!(
+            start.len() < 100,
+            "formatting stopped early: {}",
+            start.len()
+        );
+        assert_eq!(
+            librdkafka_level("rdkafka::client", i, &start),
+            log::Level::Debug
+        );
+        // Other INFO records keep their level.
+        let info = "librdkafka: FETCH [thrd:main]: Topic customer-events [0] starts";
+        assert_eq!(librdkafka_level("librdkafka", i, info), i);
+        assert_eq!(
+            librdkafka_level("churn_worker::run", i, "Client stats: not rdkafka's"),
+            i
         );
     }
 }
