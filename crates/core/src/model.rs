@@ -38,10 +38,14 @@ pub enum ModelError {
         source: std::io::Error,
     },
     /// The TOML is malformed, or a key has the wrong type or is unknown.
-    #[error("invalid model file at `{key}`: {message}")]
+    #[error("{}", describe_syntax(key, *line, *column, message))]
     Syntax {
         /// Dotted path of the key (empty when the file itself is malformed).
         key: String,
+        /// 1-based line of the error in the file (0: unknown).
+        line: usize,
+        /// 1-based column (in characters) of the error (0: unknown).
+        column: usize,
         /// What is wrong.
         message: String,
     },
@@ -53,6 +57,32 @@ pub enum ModelError {
         /// What is wrong.
         message: String,
     },
+}
+
+fn describe_syntax(key: &str, line: usize, column: usize, message: &str) -> String {
+    let at = if line > 0 {
+        format!(" at line {line}, column {column}")
+    } else {
+        String::new()
+    };
+    if key.is_empty() {
+        format!("invalid model file{at}: {message}")
+    } else {
+        format!("invalid model file{at}, key `{key}`: {message}")
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` of `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map_or(0, |l| l.chars().count())
+        + 1;
+    (line, column)
 }
 
 /// The model file as written (see `config/model.toml`).
@@ -396,15 +426,27 @@ impl RiskModel {
 
     /// Parses and validates a model from TOML text.
     pub fn from_toml(text: &str) -> Result<Self, ModelError> {
-        let deserializer = toml::Deserializer::parse(text).map_err(|e| ModelError::Syntax {
-            key: String::new(),
-            message: e.message().to_string(),
+        let at = |span: Option<std::ops::Range<usize>>| {
+            span.map_or((0, 0), |s| line_column(text, s.start))
+        };
+        let deserializer = toml::Deserializer::parse(text).map_err(|e| {
+            let (line, column) = at(e.span());
+            ModelError::Syntax {
+                key: String::new(),
+                line,
+                column,
+                message: e.message().trim_end().to_string(),
+            }
         })?;
-        let spec: ModelSpec =
-            serde_path_to_error::deserialize(deserializer).map_err(|e| ModelError::Syntax {
+        let spec: ModelSpec = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let (line, column) = at(e.inner().span());
+            ModelError::Syntax {
                 key: e.path().to_string(),
-                message: e.inner().message().to_string(),
-            })?;
+                line,
+                column,
+                message: e.inner().message().trim_end().to_string(),
+            }
+        })?;
         Self::from_spec(spec)
     }
 
