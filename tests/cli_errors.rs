@@ -357,10 +357,10 @@ fn run_from_an_empty_directory_consumes_and_alerts() {
     let alert: serde_json::Value =
         serde_json::from_slice(alerts[0].value.as_deref().expect("payload")).expect("json");
     assert_eq!(alert["customer_id"], "c-anywhere");
-    assert_eq!(alert["schema_version"], 2);
+    assert_eq!(alert["schema_version"], 3);
     assert_eq!(
         alerts[0].headers.get("schema_version").map(String::as_str),
-        Some("2")
+        Some("3")
     );
 }
 
@@ -511,7 +511,10 @@ fn generate_against_an_unreachable_broker_fails_in_time_naming_the_address() {
     let (status, err) = gen_.wait(Duration::from_secs(20));
     let status = status.unwrap_or_else(|| panic!("still retrying after 20 s: {err}"));
     assert!(!status.success(), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(15), "gave up in time");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "gave up in time"
+    );
     let last = err.lines().last().unwrap_or_default();
     assert!(last.starts_with("error: "), "{err}");
     assert!(
@@ -588,7 +591,10 @@ fn backtest_without_a_usable_label_fails_and_shows_the_format() {
     .expect("events");
     for (name, content) in [
         ("yes_no.csv", "customer_id,churned\nc-1,yes\nc-2,no\n"),
-        ("labels.json", "[{\"customer_id\": \"c-1\", \"churned\": true}]\n"),
+        (
+            "labels.json",
+            "[{\"customer_id\": \"c-1\", \"churned\": true}]\n",
+        ),
     ] {
         let labels = dir.path().join(name);
         std::fs::write(&labels, content).expect("labels");
@@ -621,10 +627,18 @@ fn model_syntax_errors_carry_file_line_and_column() {
         .expect("default model");
     // Line 4 of the file: a value without its closing quote.
     let cases = [
-        ("unclosed.toml", "a = 1\n\n\nmodel_version = \"oops\n".to_string(), 4),
+        (
+            "unclosed.toml",
+            "a = 1\n\n\nmodel_version = \"oops\n".to_string(),
+            4,
+        ),
         (
             "wrong_type.toml",
-            model.replacen("at_risk_threshold = 75.0", "at_risk_threshold = \"high\"", 1),
+            model.replacen(
+                "at_risk_threshold = 75.0",
+                "at_risk_threshold = \"high\"",
+                1,
+            ),
             1 + model
                 .lines()
                 .position(|l| l.starts_with("at_risk_threshold"))
@@ -661,7 +675,13 @@ fn environment_variable_errors_name_the_variable() {
         ("CHURN_SCORER__ENGINE__IDLE_TIMEOUT_SECS", "soon"),
     ] {
         let out = Command::new(BIN)
-            .args(["run", "--bootstrap-servers", "127.0.0.1:9", "--http-addr", "127.0.0.1:0"])
+            .args([
+                "run",
+                "--bootstrap-servers",
+                "127.0.0.1:9",
+                "--http-addr",
+                "127.0.0.1:0",
+            ])
             .current_dir(dir.path())
             .env_remove("RUST_LOG")
             .env(var, value)
@@ -680,8 +700,11 @@ fn librdkafka_property_errors_name_the_section() {
     let dir = tempfile::tempdir().expect("dir");
     for section in ["kafka.consumer", "kafka.producer"] {
         let config = dir.path().join("worker.toml");
-        std::fs::write(&config, format!("[{section}]\n\"fetch.wait.max.msz\" = \"10\"\n"))
-            .expect("config");
+        std::fs::write(
+            &config,
+            format!("[{section}]\n\"fetch.wait.max.msz\" = \"10\"\n"),
+        )
+        .expect("config");
         let out = run(
             &[
                 "run",
@@ -711,7 +734,13 @@ fn sighup_with_the_built_in_model_says_there_is_no_file_and_logs_show_no_options
     let dir = tempfile::tempdir().expect("dir");
     // The built-in model: nothing to re-read.
     let worker = Logged::spawn(
-        &["run", "--bootstrap-servers", &bootstrap, "--http-addr", "127.0.0.1:0"],
+        &[
+            "run",
+            "--bootstrap-servers",
+            &bootstrap,
+            "--http-addr",
+            "127.0.0.1:0",
+        ],
         &[],
         dir.path(),
     );
@@ -730,8 +759,11 @@ fn sighup_with_the_built_in_model_says_there_is_no_file_and_logs_show_no_options
     let (_, first_log) = worker.wait(Duration::from_secs(30));
     // A model file with a shadow beside it: both are re-read and logged.
     let model = dir.path().join("model.toml");
-    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/config/model.toml"), &model)
-        .expect("model");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/config/model.toml"),
+        &model,
+    )
+    .expect("model");
     let model = model.to_str().expect("utf-8");
     let worker = Logged::spawn(
         &[
@@ -785,9 +817,13 @@ fn generate_help_lists_every_shape() {
         .unwrap_or_else(|| panic!("no list of shapes: {err}"));
     let shapes: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
     assert!(shapes.len() >= 4, "{err}");
-    let help = String::from_utf8_lossy(&run(&["generate", "--help"], dir.path()).stdout).into_owned();
+    let help =
+        String::from_utf8_lossy(&run(&["generate", "--help"], dir.path()).stdout).into_owned();
     for shape in shapes {
-        assert!(help.contains(&format!("`{shape}`")), "{shape} missing from:\n{help}");
+        assert!(
+            help.contains(&format!("`{shape}`")),
+            "{shape} missing from:\n{help}"
+        );
     }
 }
 
@@ -862,7 +898,8 @@ fn demo_alerts_read_at_a_glance_and_its_dead_letters_are_explained() {
             let silence = reason["factor"] == "rhythm" || reason["factor"] == "inactivity";
             if silence && summary.contains(&label) {
                 inactivity_sentences += 1;
-                let numbers = label.split(|c: char| !c.is_ascii_digit() && c != '.')
+                let numbers = label
+                    .split(|c: char| !c.is_ascii_digit() && c != '.')
                     .filter(|n| n.parse::<f64>().is_ok())
                     .count();
                 let wanted = if reason["factor"] == "rhythm" { 3 } else { 1 };

@@ -77,11 +77,7 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = text.get(..offset).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
-    let column = before
-        .rsplit('\n')
-        .next()
-        .map_or(0, |l| l.chars().count())
-        + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, column)
 }
 
@@ -1009,7 +1005,10 @@ impl std::fmt::Display for QuantityText {
 
 /// The `{name}` placeholders of a label template.
 fn placeholders_in(template: &str) -> impl Iterator<Item = &str> {
-    template.split('{').skip(1).filter_map(|s| s.split_once('}').map(|(name, _)| name))
+    template
+        .split('{')
+        .skip(1)
+        .filter_map(|s| s.split_once('}').map(|(name, _)| name))
 }
 
 /// Compiles a validated `[segments]` table.
@@ -1515,13 +1514,24 @@ pub(crate) mod tests {
         let whole = Quantities::default().with(placeholder::COUNT, 2.0);
         assert_eq!(fill_label("{count}×", &whole), "2×", "no trailing .0");
         // Every default label takes only its factor's placeholders.
-        for f in ["frequency", "trend", "inactivity", "rhythm", "spend", "tenure", "event:x"] {
+        for f in [
+            "frequency",
+            "trend",
+            "inactivity",
+            "rhythm",
+            "spend",
+            "tenure",
+            "event:x",
+        ] {
             let known = label_placeholders(f);
             assert!(
                 placeholders_in(&default_label(f)).all(|p| known.contains(&p)),
                 "{f}"
             );
-            assert!(placeholders_in(&m.label(f)).all(|p| known.contains(&p)), "{f}");
+            assert!(
+                placeholders_in(&m.label(f)).all(|p| known.contains(&p)),
+                "{f}"
+            );
         }
         let e = with_default(|t| {
             t["inactivity"].as_table_mut().expect("table").insert(

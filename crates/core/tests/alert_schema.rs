@@ -237,8 +237,12 @@ fn inactivity_alert_says_how_long_and_compared_with_what() {
         .explain(&model, decision.event_time_ms);
     let alert = Alert::new("c-1", &decision, &explanation, &model);
     assert_eq!(alert.cause, "inactivity");
-    let features = store.state(customer).features(&model, decision.event_time_ms);
-    let gap = features.usual_gap_days.expect("the default model scores rhythm");
+    let features = store
+        .state(customer)
+        .features(&model, decision.event_time_ms);
+    let gap = features
+        .usual_gap_days
+        .expect("the default model scores rhythm");
     let first = alert.summary.first().expect("a summary");
     assert_eq!(
         first,
@@ -250,7 +254,11 @@ fn inactivity_alert_says_how_long_and_compared_with_what() {
         ),
         "{alert:?}"
     );
-    for text in alert.summary.iter().chain(alert.reasons.iter().map(|r| &r.label)) {
+    for text in alert
+        .summary
+        .iter()
+        .chain(alert.reasons.iter().map(|r| &r.label))
+    {
         assert!(!text.contains('{'), "placeholders are filled: {text}");
     }
 }
@@ -258,7 +266,11 @@ fn inactivity_alert_says_how_long_and_compared_with_what() {
 #[test]
 fn version_2_alerts_still_read() {
     let mut v2: serde_json::Value = serde_json::from_slice(
-        &alerts(&RiskModel::default_model(), &[("subscription_cancelled", T0_MS)])[0].to_json(),
+        &alerts(
+            &RiskModel::default_model(),
+            &[("subscription_cancelled", T0_MS)],
+        )[0]
+        .to_json(),
     )
     .expect("json");
     let obj = v2.as_object_mut().expect("object");
