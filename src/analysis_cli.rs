@@ -120,6 +120,19 @@ fn load_labels(path: &Path) -> Result<Labels> {
         let _ = writeln!(stderr, "labels line {}: {}", bad.line, bad.message);
     })
     .with_context(|| format!("reading labels file {}", path.display()))?;
+    // Scoring against no labels prints only `n/a`: say what the file must hold.
+    if labels.is_empty() {
+        let stats = labels.stats();
+        anyhow::bail!(
+            "no usable label row in {} ({} lines read, {} rejected): expected a CSV \
+             `customer_id,churned` with churned `1` or `0` (`true`/`false` also \
+             accepted), one customer a row, header optional, e.g.\n  \
+             customer_id,churned\n  cust-0000001,1\n  cust-0000002,0",
+            path.display(),
+            stats.lines_read,
+            stats.rejected
+        );
+    }
     Ok(labels)
 }
 

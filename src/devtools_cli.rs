@@ -45,7 +45,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Stream shapes, each measured in a run of its own on a fresh broker:
-    /// `journeys`, `sparse`, `mixed` (comma-separated).
+    /// `journeys`, `sparse`, `mixed`, `purchases` (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "journeys")]
     pub shape: Vec<churn_generate::Shape>,
     /// Also measure this Python worker (`benches/python_worker.py`, needs
@@ -176,8 +176,9 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 0.0)]
     pub invalid_rate: f64,
     /// Stream shape: `journeys` (archetype stories), `sparse` (everyone about
-    /// once every 18 days, 30 % slowing down) or `mixed` (rhythms from daily
-    /// to every 40 days, 30 % slowing down).
+    /// once every 18 days, 30 % slowing down), `mixed` (rhythms from daily
+    /// to every 40 days, 30 % slowing down) or `purchases` (purchases only,
+    /// most customers buy once or twice; e.g. `--days 450 --cutoff-days 270`).
     #[arg(long, default_value = "journeys")]
     pub shape: churn_generate::Shape,
     /// Produce to Kafka instead of writing a file: a live stream that runs until stopped.
@@ -189,6 +190,9 @@ pub struct GenerateArgs {
     /// Events per second (with --bootstrap-servers).
     #[arg(long, default_value_t = 200.0)]
     pub rate: f64,
+    /// Seconds to wait for the Kafka brokers before giving up (with --bootstrap-servers).
+    #[arg(long, default_value_t = 30)]
+    pub connect_timeout: u64,
 }
 
 #[derive(clap::Args)]
@@ -251,6 +255,16 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
                 rt.block_on(cancel_on_signal(signal_token));
             }
         });
+        // Like `run`: an unreachable address fails within the timeout,
+        // naming it, instead of retrying forever.
+        crate::kafka_check::check_bootstrap(
+            bootstrap,
+            &token,
+            std::time::Duration::from_secs(args.connect_timeout),
+        )?;
+        if token.is_cancelled() {
+            return Ok(());
+        }
         eprintln!(
             "producing to {} at {} events/s until stopped",
             args.topic, args.rate

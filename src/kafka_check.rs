@@ -61,28 +61,80 @@ fn is_permanent(message: &str) -> bool {
     .any(|w| m.contains(w))
 }
 
-/// Connects with the worker's producer settings and fetches metadata.
-/// Gives up after `deadline` (`run --connect-timeout`).
+/// Checks the client properties of each section, then connects with the
+/// worker's producer settings and fetches metadata. Gives up after
+/// `deadline` (`run --connect-timeout`).
 pub fn check(config: &WorkerConfig, cancel: &CancellationToken, deadline: Duration) -> Result<()> {
     let bootstrap = &config.kafka.bootstrap_servers;
     let consumer_protocol = config.kafka.consumer.get("security.protocol");
     let producer_protocol = config.kafka.producer.get("security.protocol");
     if consumer_protocol != producer_protocol {
+        let shown = |p: Option<&String>| p.map_or("unset", String::as_str).to_string();
         tracing::warn!(
-            consumer = ?consumer_protocol,
-            producer = ?producer_protocol,
+            consumer = %shown(consumer_protocol),
+            producer = %shown(producer_protocol),
             "`security.protocol` differs between [kafka.consumer] and [kafka.producer]; \
              both clients talk to the same cluster"
         );
     }
+    // librdkafka rejects an unknown or malformed property when a client is
+    // created: create the consumer now (it does not connect before it is
+    // subscribed), so a typo names its section instead of failing later.
+    churn_worker::consumer_client_config(config, &config.kafka.group_id)
+        .create::<rdkafka::consumer::BaseConsumer>()
+        .map_err(|e| anyhow!("kafka client settings ([kafka.consumer]): {e}"))?;
     let mut client_config = ClientConfig::new();
     for (k, v) in &config.kafka.producer {
         client_config.set(k, v);
     }
     client_config.set("bootstrap.servers", bootstrap);
+    probe(
+        client_config,
+        "[kafka.producer]",
+        bootstrap,
+        "--bootstrap-servers or `kafka.bootstrap_servers`",
+        cancel,
+        deadline,
+        |permanent| tls_hint(config, permanent),
+    )
+}
+
+/// Connects to `bootstrap` with librdkafka's defaults and fetches metadata
+/// (`generate --bootstrap-servers`), giving up after `deadline`.
+pub fn check_bootstrap(
+    bootstrap: &str,
+    cancel: &CancellationToken,
+    deadline: Duration,
+) -> Result<()> {
+    let mut client_config = ClientConfig::new();
+    client_config.set("bootstrap.servers", bootstrap);
+    probe(
+        client_config,
+        "kafka client",
+        bootstrap,
+        "--bootstrap-servers",
+        cancel,
+        deadline,
+        |_| String::new(),
+    )
+}
+
+/// Creates a producer from `client_config` (its property errors name
+/// `section`) and fetches metadata until it answers, a permanent failure
+/// (TLS, SASL) is seen, `cancel` is set, or `deadline` passes; errors name
+/// `bootstrap` and what set it (`set_by`).
+fn probe(
+    client_config: ClientConfig,
+    section: &str,
+    bootstrap: &str,
+    set_by: &str,
+    cancel: &CancellationToken,
+    deadline: Duration,
+    hint: impl Fn(&str) -> String,
+) -> Result<()> {
     let producer: BaseProducer<CheckContext> = client_config
         .create_with_context(CheckContext::default())
-        .map_err(|e| anyhow!("kafka client settings ([kafka.producer]): {e}"))?;
+        .map_err(|e| anyhow!("kafka client settings ({section}): {e}"))?;
     let started = Instant::now();
     let mut warned = false;
     // The most specific failure seen ("Connect to … failed: Connection
@@ -117,9 +169,8 @@ pub fn check(config: &WorkerConfig, cancel: &CancellationToken, deadline: Durati
                     .unwrap_or_else(|| e.to_string());
                 if let Some(permanent) = errors.iter().find(|m| is_permanent(m)) {
                     return Err(anyhow!(
-                        "kafka at {bootstrap} (set by --bootstrap-servers or \
-                         `kafka.bootstrap_servers`): {permanent}{}",
-                        tls_hint(config, permanent)
+                        "kafka at {bootstrap} (set by {set_by}): {permanent}{}",
+                        hint(permanent)
                     ));
                 }
                 if cancel.is_cancelled() {
@@ -127,8 +178,7 @@ pub fn check(config: &WorkerConfig, cancel: &CancellationToken, deadline: Durati
                 }
                 if started.elapsed() >= deadline {
                     return Err(anyhow!(
-                        "cannot reach kafka at {bootstrap} (set by --bootstrap-servers or \
-                         `kafka.bootstrap_servers`) within {} s: {detail}",
+                        "cannot reach kafka at {bootstrap} (set by {set_by}) within {} s: {detail}",
                         deadline.as_secs()
                     ));
                 }
@@ -136,7 +186,7 @@ pub fn check(config: &WorkerConfig, cancel: &CancellationToken, deadline: Durati
                     tracing::warn!(
                         bootstrap_servers = %bootstrap,
                         error = %detail,
-                        "waiting for kafka (set by --bootstrap-servers or kafka.bootstrap_servers)"
+                        "waiting for kafka (set by {set_by})"
                     );
                     warned = true;
                 }

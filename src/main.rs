@@ -286,8 +286,15 @@ async fn reload_on_sighup(
             }
             tracing::info!("SIGHUP: reloading the model");
             let registry = std::sync::Arc::clone(&registry);
-            // Reads a file: off the async workers. The outcome is logged there.
-            let _ = tokio::task::spawn_blocking(move || registry.reload_model()).await;
+            // Reads a file: off the async workers. The outcome is logged
+            // there, except that there was no file to read.
+            let outcome = tokio::task::spawn_blocking(move || registry.reload_model()).await;
+            if let Ok(Err(churn_worker::ReloadError::NoModelFile)) = outcome {
+                tracing::warn!(
+                    "SIGHUP: nothing to re-read: the built-in model is in use; \
+                     start with --model <file> (or `model.path`) to reload a model file"
+                );
+            }
         }
     }
     #[cfg(not(unix))]

@@ -357,10 +357,10 @@ fn run_from_an_empty_directory_consumes_and_alerts() {
     let alert: serde_json::Value =
         serde_json::from_slice(alerts[0].value.as_deref().expect("payload")).expect("json");
     assert_eq!(alert["customer_id"], "c-anywhere");
-    assert_eq!(alert["schema_version"], 2);
+    assert_eq!(alert["schema_version"], 3);
     assert_eq!(
         alerts[0].headers.get("schema_version").map(String::as_str),
-        Some("2")
+        Some("3")
     );
 }
 
@@ -401,4 +401,515 @@ fn broker_listens_on_the_given_port() {
         err.contains(&format!("127.0.0.1:{p}")) && err.contains("--port"),
         "{err}"
     );
+}
+
+// ---- The first hour, tried as a new user (issue 32) ----
+
+/// A child process whose stderr is collected as it runs.
+struct Logged {
+    child: std::process::Child,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Logged {
+    fn spawn(args: &[&str], envs: &[(&str, &str)], dir: &std::path::Path) -> Self {
+        let mut command = Command::new(BIN);
+        command
+            .args(args)
+            .current_dir(dir)
+            .env_remove("RUST_LOG")
+            .env_remove("CHURN_SCORER_LOG_FORMAT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in envs {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("binary starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = std::sync::Arc::clone(&log);
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(mut l) = sink.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
+        Logged {
+            child,
+            log,
+            reader: Some(reader),
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`; false at the deadline.
+    fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    fn signal(&self, name: &str) {
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "{name} delivered");
+    }
+
+    /// Waits for the exit (at most `limit`; then kills it): its status, or
+    /// `None` if it had to be killed, and the whole log.
+    fn wait(mut self, limit: Duration) -> (Option<std::process::ExitStatus>, String) {
+        let deadline = Instant::now() + limit;
+        let mut status = None;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                status = Some(s);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        (status, self.log())
+    }
+}
+
+#[test]
+fn generate_against_an_unreachable_broker_fails_in_time_naming_the_address() {
+    let dir = tempfile::tempdir().expect("dir");
+    let bootstrap = format!("127.0.0.1:{}", closed_port());
+    let started = Instant::now();
+    let gen_ = Logged::spawn(
+        &[
+            "generate",
+            "--bootstrap-servers",
+            &bootstrap,
+            "--connect-timeout",
+            "2",
+        ],
+        &[],
+        dir.path(),
+    );
+    let (status, err) = gen_.wait(Duration::from_secs(20));
+    let status = status.unwrap_or_else(|| panic!("still retrying after 20 s: {err}"));
+    assert!(!status.success(), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "gave up in time"
+    );
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.starts_with("error: "), "{err}");
+    assert!(
+        last.contains(&bootstrap) && last.contains("--bootstrap-servers"),
+        "{err}"
+    );
+    assert!(err.lines().count() < 10, "no retry flood: {err}");
+}
+
+#[test]
+fn generate_stops_promptly_on_sigterm_while_the_broker_is_unreachable() {
+    let dir = tempfile::tempdir().expect("dir");
+    let bootstrap = format!("127.0.0.1:{}", closed_port());
+    let gen_ = Logged::spawn(
+        &[
+            "generate",
+            "--bootstrap-servers",
+            &bootstrap,
+            "--connect-timeout",
+            "60",
+        ],
+        &[],
+        dir.path(),
+    );
+    // Running and failing to connect: the moment the issue saw hang.
+    assert!(
+        gen_.wait_for("127.0.0.1", Duration::from_secs(20)),
+        "{}",
+        gen_.log()
+    );
+    gen_.signal("TERM");
+    let started = Instant::now();
+    let (status, err) = gen_.wait(Duration::from_secs(20));
+    assert!(status.is_some(), "SIGTERM did not stop it: {err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?} to stop: {err}",
+        started.elapsed()
+    );
+    assert!(!err.contains("Flush error"), "{err}");
+}
+
+#[test]
+fn demo_port_in_use_names_the_address_and_the_flag() {
+    let dir = tempfile::tempdir().expect("dir");
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let demo = Logged::spawn(
+        &["demo", "--http-addr", &addr, "--duration", "5"],
+        &[],
+        dir.path(),
+    );
+    let (status, err) = demo.wait(Duration::from_secs(60));
+    assert!(status.is_some_and(|s| !s.success()), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains(&addr) && last.contains("--http-addr"),
+        "{err}"
+    );
+}
+
+#[test]
+fn backtest_without_a_usable_label_fails_and_shows_the_format() {
+    let dir = tempfile::tempdir().expect("dir");
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(
+        &events,
+        [
+            event("c-1", "purchase", T0_MS, Some(10.0)),
+            event("c-2", "session", T0_MS + DAY_MS, None),
+        ]
+        .join("\n"),
+    )
+    .expect("events");
+    for (name, content) in [
+        ("yes_no.csv", "customer_id,churned\nc-1,yes\nc-2,no\n"),
+        (
+            "labels.json",
+            "[{\"customer_id\": \"c-1\", \"churned\": true}]\n",
+        ),
+    ] {
+        let labels = dir.path().join(name);
+        std::fs::write(&labels, content).expect("labels");
+        let out = run(
+            &[
+                "backtest",
+                "--events",
+                events.to_str().expect("utf-8"),
+                "--labels",
+                labels.to_str().expect("utf-8"),
+                "--cutoff",
+                "2025-01-10",
+            ],
+            dir.path(),
+        );
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{name}: {err}");
+        let last_error = &err[err.rfind("error: ").unwrap_or(0)..];
+        assert!(last_error.contains(name), "{err}");
+        assert!(last_error.contains("customer_id,churned"), "{err}");
+    }
+}
+
+#[test]
+fn model_syntax_errors_carry_file_line_and_column() {
+    let dir = tempfile::tempdir().expect("dir");
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, event("c-1", "purchase", T0_MS, None)).expect("events");
+    let model = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/model.toml"))
+        .expect("default model");
+    // Line 4 of the file: a value without its closing quote.
+    let cases = [
+        (
+            "unclosed.toml",
+            "a = 1\n\n\nmodel_version = \"oops\n".to_string(),
+            4,
+        ),
+        (
+            "wrong_type.toml",
+            model.replacen(
+                "at_risk_threshold = 75.0",
+                "at_risk_threshold = \"high\"",
+                1,
+            ),
+            1 + model
+                .lines()
+                .position(|l| l.starts_with("at_risk_threshold"))
+                .expect("line"),
+        ),
+    ];
+    for (name, text, line) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("model");
+        let out = run(
+            &[
+                "score",
+                "--model",
+                path.to_str().expect("utf-8"),
+                "--events",
+                events.to_str().expect("utf-8"),
+            ],
+            dir.path(),
+        );
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{err}");
+        let last = err.lines().last().unwrap_or_default();
+        assert!(last.contains(name), "{err}");
+        assert!(last.contains(&format!("line {line}, column ")), "{err}");
+        assert!(!last.contains("``"), "{err}");
+    }
+}
+
+#[test]
+fn environment_variable_errors_name_the_variable() {
+    let dir = tempfile::tempdir().expect("dir");
+    for (var, value) in [
+        ("CHURN_SCORER__ENGINE__IDLE_TIMEOUT_SECZ", "5"),
+        ("CHURN_SCORER__ENGINE__IDLE_TIMEOUT_SECS", "soon"),
+    ] {
+        let out = Command::new(BIN)
+            .args([
+                "run",
+                "--bootstrap-servers",
+                "127.0.0.1:9",
+                "--http-addr",
+                "127.0.0.1:0",
+            ])
+            .current_dir(dir.path())
+            .env_remove("RUST_LOG")
+            .env(var, value)
+            .stdin(Stdio::null())
+            .output()
+            .expect("runs");
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{err}");
+        let last = err.lines().last().unwrap_or_default();
+        assert!(last.contains(var), "{var}: {err}");
+    }
+}
+
+#[test]
+fn librdkafka_property_errors_name_the_section() {
+    let dir = tempfile::tempdir().expect("dir");
+    for section in ["kafka.consumer", "kafka.producer"] {
+        let config = dir.path().join("worker.toml");
+        std::fs::write(
+            &config,
+            format!("[{section}]\n\"fetch.wait.max.msz\" = \"10\"\n"),
+        )
+        .expect("config");
+        let out = run(
+            &[
+                "run",
+                "--config",
+                config.to_str().expect("utf-8"),
+                "--bootstrap-servers",
+                &format!("127.0.0.1:{}", closed_port()),
+                "--http-addr",
+                "127.0.0.1:0",
+                "--connect-timeout",
+                "2",
+            ],
+            dir.path(),
+        );
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{err}");
+        let last = err.lines().last().unwrap_or_default();
+        assert!(last.contains(&format!("[{section}]")), "{section}: {err}");
+        assert!(last.contains("fetch.wait.max.msz"), "{err}");
+    }
+}
+
+#[test]
+fn sighup_with_the_built_in_model_says_there_is_no_file_and_logs_show_no_options() {
+    let broker = support::broker(2);
+    let bootstrap = broker.bootstrap_servers().to_string();
+    let dir = tempfile::tempdir().expect("dir");
+    // The built-in model: nothing to re-read.
+    let worker = Logged::spawn(
+        &[
+            "run",
+            "--bootstrap-servers",
+            &bootstrap,
+            "--http-addr",
+            "127.0.0.1:0",
+        ],
+        &[],
+        dir.path(),
+    );
+    assert!(
+        worker.wait_for("subscribed", Duration::from_secs(30)),
+        "{}",
+        worker.log()
+    );
+    worker.signal("HUP");
+    assert!(
+        worker.wait_for("SIGHUP: nothing to re-read", Duration::from_secs(10)),
+        "{}",
+        worker.log()
+    );
+    worker.signal("TERM");
+    let (_, first_log) = worker.wait(Duration::from_secs(30));
+    // A model file with a shadow beside it: both are re-read and logged.
+    let model = dir.path().join("model.toml");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/config/model.toml"),
+        &model,
+    )
+    .expect("model");
+    let model = model.to_str().expect("utf-8");
+    let worker = Logged::spawn(
+        &[
+            "run",
+            "--bootstrap-servers",
+            &bootstrap,
+            "--http-addr",
+            "127.0.0.1:0",
+            "--model",
+            model,
+        ],
+        &[("CHURN_SCORER__MODEL__SHADOW_PATH", model)],
+        dir.path(),
+    );
+    assert!(
+        worker.wait_for("subscribed", Duration::from_secs(30)),
+        "{}",
+        worker.log()
+    );
+    worker.signal("HUP");
+    assert!(
+        worker.wait_for("model reloaded", Duration::from_secs(10)),
+        "{}",
+        worker.log()
+    );
+    worker.signal("TERM");
+    let (_, second_log) = worker.wait(Duration::from_secs(30));
+    for line in first_log.lines().chain(second_log.lines()) {
+        assert!(
+            !line.contains("Some(") && !line.contains("=None"),
+            "an Option printed in a log line: {line}"
+        );
+    }
+    let reloaded = second_log
+        .lines()
+        .find(|l| l.contains("model reloaded"))
+        .expect("reload line");
+    assert!(reloaded.contains("shadow_version=\"default-"), "{reloaded}");
+}
+
+#[test]
+fn generate_help_lists_every_shape() {
+    let dir = tempfile::tempdir().expect("dir");
+    // The parser's own list of shapes, from its error message.
+    let out = run(&["generate", "--shape", "no-such-shape"], dir.path());
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    let expected = err
+        .split_once("expected")
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("no list of shapes: {err}"));
+    let shapes: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    assert!(shapes.len() >= 4, "{err}");
+    let help =
+        String::from_utf8_lossy(&run(&["generate", "--help"], dir.path()).stdout).into_owned();
+    for shape in shapes {
+        assert!(
+            help.contains(&format!("`{shape}`")),
+            "{shape} missing from:\n{help}"
+        );
+    }
+}
+
+/// The demo read as a marketer would: each alert's summary has at most
+/// three sentences, every sentence about silence carries its numbers; and
+/// the demo says why dead letters grow.
+#[test]
+fn demo_alerts_read_at_a_glance_and_its_dead_letters_are_explained() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut child = Command::new(BIN)
+        .args([
+            "demo",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--duration",
+            "40",
+            "--customers",
+            "400",
+            "--days-per-second",
+            "20",
+        ])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("demo starts");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut banner = String::new();
+    let mut bootstrap = None;
+    while bootstrap.is_none() {
+        let mut line = String::new();
+        if stdout.read_line(&mut line).expect("stdout") == 0 {
+            break;
+        }
+        bootstrap = line
+            .trim()
+            .strip_prefix("bootstrap:")
+            .map(|b| b.trim().to_string());
+        banner.push_str(&line);
+    }
+    let bootstrap = bootstrap.unwrap_or_else(|| panic!("no bootstrap line: {banner}"));
+    // Alerts are read while the demo (and its broker) runs.
+    let alerts = support::read_topic(&bootstrap, "churn-alerts", 200, Duration::from_secs(30));
+    let mut rest = String::new();
+    let _ = stdout.read_to_string(&mut rest);
+    let _ = child.wait();
+    let output = format!("{banner}{rest}");
+    assert!(
+        output.contains("on purpose"),
+        "dead letters explained: {output}"
+    );
+    let alerts: Vec<serde_json::Value> = alerts
+        .iter()
+        .filter_map(|m| serde_json::from_slice(m.value.as_deref()?).ok())
+        .collect();
+    let at_risk: Vec<&serde_json::Value> =
+        alerts.iter().filter(|a| a["kind"] == "at_risk").collect();
+    assert!(at_risk.len() >= 10, "{} at-risk alerts", at_risk.len());
+    let mut inactivity_sentences = 0;
+    for alert in &alerts {
+        let summary: Vec<&str> = alert["summary"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no summary: {alert}"))
+            .iter()
+            .filter_map(|s| s.as_str())
+            .collect();
+        assert!(!summary.is_empty() && summary.len() <= 3, "{alert}");
+        for reason in alert["reasons"].as_array().expect("reasons") {
+            let label = reason["label"].as_str().expect("label");
+            let silence = reason["factor"] == "rhythm" || reason["factor"] == "inactivity";
+            if silence && summary.contains(&label) {
+                inactivity_sentences += 1;
+                let numbers = label
+                    .split(|c: char| !c.is_ascii_digit() && c != '.')
+                    .filter(|n| n.parse::<f64>().is_ok())
+                    .count();
+                let wanted = if reason["factor"] == "rhythm" { 3 } else { 1 };
+                assert!(
+                    numbers >= wanted && label.contains("days"),
+                    "an inactivity sentence without its numbers: {label}"
+                );
+            }
+            assert!(!label.contains('{'), "unfilled placeholder: {label}");
+        }
+    }
+    assert!(inactivity_sentences > 0, "no inactivity alert seen");
 }

@@ -520,7 +520,9 @@ fn a_backfill_of_new_and_known_customers_behind_the_clock_opens_no_alert() {
     );
 
     let w = RunningWorker::start(config, model.clone());
-    w.wait_until("ready", Duration::from_secs(30), |w| w.handles.directory.is_ready());
+    w.wait_until("ready", Duration::from_secs(30), |w| {
+        w.handles.directory.is_ready()
+    });
     produce_events(&bootstrap, "customer-events", &live);
     w.wait_until("the live stream consumed", Duration::from_secs(60), |w| {
         w.metrics().events_consumed.get() >= live.len() as u64
@@ -586,7 +588,9 @@ fn a_partition_without_events_reports_no_watermark() {
     config.state.flush_interval_ms = 200;
     let lateness_ms = config.engine.allowed_lateness_ms();
     let w = RunningWorker::start(config, model);
-    w.wait_until("ready", Duration::from_secs(30), |w| w.handles.directory.is_ready());
+    w.wait_until("ready", Duration::from_secs(30), |w| {
+        w.handles.directory.is_ready()
+    });
     // One customer: its events land on one of the two partitions.
     let t = T0_MS + 10 * DAY_MS;
     produce_events(

@@ -342,3 +342,57 @@ fn generated_data_scores_and_reports_its_bad_lines() {
     );
     assert!(summary.contains("customers=40"), "{summary}");
 }
+
+/// `score` shows what alerts and `/v1` show: each reason's label next to
+/// its code, and the summary of the reasons that raised the risk.
+#[test]
+fn score_shows_labels_and_the_summary() {
+    let lines: Vec<u8> = [
+        good("erin", "session", "2025-03-01T09:00:00Z", None),
+        good("erin", "payment_failed", "2025-03-02T09:00:00Z", None),
+        good("erin", "payment_failed", "2025-03-02T09:10:00Z", None),
+        good("erin", "complaint", "2025-03-03T09:00:00Z", None),
+    ]
+    .join(&b'\n');
+    let out = run(
+        &["score", "--events", "-", "--as-of", "2025-04-20"],
+        Some(&lines),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line: serde_json::Value =
+        serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().expect("a line"))
+            .expect("json");
+    let reasons = line["reasons"].as_array().expect("reasons");
+    for r in reasons {
+        let label = r["label"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no label: {r}"));
+        assert!(!label.is_empty() && !label.contains('{'), "{label}");
+    }
+    let payment = reasons
+        .iter()
+        .find(|r| r["factor"] == "event:payment_failed")
+        .expect("payment reason");
+    assert_eq!(payment["label"], "Payment failed (2× recently)");
+    let summary: Vec<&str> = line["summary"]
+        .as_array()
+        .expect("summary")
+        .iter()
+        .filter_map(|s| s.as_str())
+        .collect();
+    let raising: Vec<&str> = reasons
+        .iter()
+        .filter(|r| r["points"].as_f64().is_some_and(|p| p >= 0.05))
+        .take(3)
+        .filter_map(|r| r["label"].as_str())
+        .collect();
+    assert_eq!(summary, raising, "{line}");
+    assert!(
+        summary.contains(&"No activity for 48 days"),
+        "silence with its numbers: {summary:?}"
+    );
+}

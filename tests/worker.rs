@@ -88,9 +88,10 @@ fn events_in_alerts_out_with_keys_json_and_deterministic_ids() {
         );
         assert_eq!(
             r.headers.get("schema_version").map(String::as_str),
-            Some("2")
+            Some("3")
         );
-        assert_eq!(alert.schema_version, 2);
+        assert_eq!(alert.schema_version, 3);
+        assert!(!alert.summary.is_empty() && alert.summary.len() <= 3);
         assert_eq!(alert.model_version, model.version());
         // Schema 2: one decimal, the base is in `points` but not a reason.
         let sum: f64 = alert.reasons.iter().map(|x| x.points).sum();

@@ -1,6 +1,7 @@
 //! Engine throughput on a realistic mix of generated events.
 //!
-//! Run: `cargo bench --bench engine -- --warm-up-time 1 --measurement-time 3`.
+//! Run: `cargo bench --bench engine -- --warm-up-time 1 --measurement-time 3`
+//! (`-- alert_json` for the cost of building and serialising one alert).
 //! Targets: apply+score on parsed events ≥ 5 M events/s per core;
 //! parse+apply+score from JSON bytes ≥ 1 M events/s.
 //!
@@ -15,7 +16,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use churn_core::engine::{ApplyOutcome, CustomerStore};
+use churn_core::alert::Alert;
+use churn_core::engine::{AlertCause, AlertDecision, AlertKind, ApplyOutcome, CustomerStore};
 use churn_core::event::{CustomerEvent, parse_event};
 use churn_core::model::RiskModel;
 use churn_generate::{GenerateConfig, Generator};
@@ -168,6 +170,36 @@ fn bench_apply(c: &mut Criterion, name: &str, model: &RiskModel, lines: &Lines) 
             let start = Instant::now();
             for _ in 0..iters {
                 black_box(states[cursor].risk(model, black_box(as_of)));
+                cursor = (cursor + 1) % states.len();
+            }
+            start.elapsed()
+        })
+    });
+
+    // An alert as the worker builds it on its hot path: explain, labels and
+    // summary, serialised into a reused buffer (crates/worker/src/partition.rs).
+    let ids: Vec<String> = store.iter().map(|(id, _)| id.to_string()).collect();
+    let mut buffer = Vec::with_capacity(1 << 16);
+    let mut cursor = 0_usize;
+    group.bench_function("alert_json", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                let state = &states[cursor];
+                let decision = AlertDecision {
+                    kind: AlertKind::AtRisk,
+                    risk_score: 80.0,
+                    previous_score: 70.0,
+                    threshold: 75.0,
+                    event_time_ms: as_of,
+                    cause: AlertCause::Inactivity,
+                    segment: 0,
+                };
+                let explanation = state.explain(model, as_of);
+                let alert = Alert::new(&ids[cursor], &decision, &explanation, model);
+                buffer.clear();
+                serde_json::to_writer(&mut buffer, &alert).expect("serialises");
+                black_box(buffer.len());
                 cursor = (cursor + 1) % states.len();
             }
             start.elapsed()

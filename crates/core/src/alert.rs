@@ -4,15 +4,20 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::engine::{AlertDecision, AlertKind, Explanation};
+use crate::engine::{AlertDecision, AlertKind, Explanation, Reason};
 use crate::event::format_timestamp_ms;
-use crate::model::{RiskModel, default_label};
+use crate::model::{Quantities, RiskModel, default_label, fill_label};
 
 /// Version of the alert JSON; also sent in the `schema_version` header.
 /// Version 2: reasons carry a `label`, numbers are rounded to one decimal,
 /// `base` is not a reason, `previous_score` may be null, and a `recovered`
-/// alert lists the factors that lowered the risk first.
-pub const ALERT_SCHEMA_VERSION: u32 = 2;
+/// alert lists the factors that lowered the risk first. Version 3 adds
+/// `summary` (a version 2 reader that ignores unknown fields is unaffected)
+/// and fills the labels' placeholders with the reasons' quantities.
+pub const ALERT_SCHEMA_VERSION: u32 = 3;
+
+/// Most sentences in an alert's `summary`.
+pub const SUMMARY_SENTENCES: usize = 3;
 
 /// Namespace of alert ids (UUID v5), fixed forever so ids stay stable across releases.
 const ALERT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6c1f_3a52_93d4_4c59_a1de_0b5e_8e4f_2c71);
@@ -22,7 +27,8 @@ const ALERT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6c1f_3a52_93d4_4c59_a1de_0b5e
 pub struct AlertReason {
     /// Factor code (`inactivity`, `event:complaint`, …), stable for machines.
     pub factor: String,
-    /// The factor in words, for people (the model file's `label` or a default).
+    /// The factor in words with its quantities, for people (the model
+    /// file's `label` or a default, placeholders filled).
     pub label: String,
     /// Points it contributed, rounded to one decimal (negative lowered the risk).
     pub points: f64,
@@ -49,6 +55,12 @@ pub struct Alert {
     /// Total points behind `risk_score` (one decimal), including the model's
     /// base points, which are not listed among the reasons.
     pub points: f64,
+    /// For people: the labels of at most [`SUMMARY_SENTENCES`] reasons that
+    /// point the alert's way (`at_risk`: raised the risk, largest first;
+    /// `recovered`: lowered it, largest reduction first). Empty in alerts
+    /// of schema version 2.
+    #[serde(default)]
+    pub summary: Vec<String>,
     /// Every factor but the base whose rounded points are not zero: for
     /// `at_risk` the largest risk first, for `recovered` the largest
     /// reduction first.
@@ -75,8 +87,8 @@ pub struct Alert {
 pub trait AlertModel {
     /// The model version copied into the alert (and its id).
     fn alert_model_version(&self) -> &str;
-    /// The label of a factor code.
-    fn factor_label(&self, factor: &str) -> String;
+    /// The label of a factor code, filled with a reason's quantities.
+    fn reason_label(&self, factor: &str, quantities: &Quantities) -> String;
     /// The name of a segment index, or `None` for a model without segments.
     fn alert_segment_name(&self, _segment: u8) -> Option<&str> {
         None
@@ -87,8 +99,8 @@ impl AlertModel for RiskModel {
     fn alert_model_version(&self) -> &str {
         self.version()
     }
-    fn factor_label(&self, factor: &str) -> String {
-        self.label(factor)
+    fn reason_label(&self, factor: &str, quantities: &Quantities) -> String {
+        RiskModel::reason_label(self, factor, quantities)
     }
     fn alert_segment_name(&self, segment: u8) -> Option<&str> {
         self.segment_name(segment)
@@ -99,8 +111,8 @@ impl AlertModel for str {
     fn alert_model_version(&self) -> &str {
         self
     }
-    fn factor_label(&self, factor: &str) -> String {
-        default_label(factor)
+    fn reason_label(&self, factor: &str, quantities: &Quantities) -> String {
+        fill_label(&default_label(factor), quantities)
     }
 }
 
@@ -108,8 +120,8 @@ impl<T: AlertModel + ?Sized> AlertModel for &T {
     fn alert_model_version(&self) -> &str {
         (**self).alert_model_version()
     }
-    fn factor_label(&self, factor: &str) -> String {
-        (**self).factor_label(factor)
+    fn reason_label(&self, factor: &str, quantities: &Quantities) -> String {
+        (**self).reason_label(factor, quantities)
     }
     fn alert_segment_name(&self, segment: u8) -> Option<&str> {
         (**self).alert_segment_name(segment)
@@ -120,8 +132,8 @@ impl<T: AlertModel + ?Sized> AlertModel for std::sync::Arc<T> {
     fn alert_model_version(&self) -> &str {
         (**self).alert_model_version()
     }
-    fn factor_label(&self, factor: &str) -> String {
-        (**self).factor_label(factor)
+    fn reason_label(&self, factor: &str, quantities: &Quantities) -> String {
+        (**self).reason_label(factor, quantities)
     }
     fn alert_segment_name(&self, segment: u8) -> Option<&str> {
         (**self).alert_segment_name(segment)
@@ -147,20 +159,27 @@ impl Alert {
             .reasons
             .iter()
             .filter(|r| r.factor != "base")
+            .filter(|r| round1(r.points) != 0.0)
             .map(|r| AlertReason {
-                label: model.factor_label(&r.factor),
+                label: model.reason_label(&r.factor, &r.quantities),
                 factor: r.factor.clone(),
                 points: round1(r.points),
             })
-            .filter(|r| r.points != 0.0)
             .collect();
         // The explanation lists the largest points first; a recovery is
         // explained by what lowered the risk, so it leads with the most negative.
-        if decision.kind == AlertKind::Recovered {
+        let recovered = decision.kind == AlertKind::Recovered;
+        if recovered {
             reasons.sort_by(|a, b| a.points.total_cmp(&b.points).then(a.factor.cmp(&b.factor)));
         } else {
             reasons.sort_by(|a, b| b.points.total_cmp(&a.points).then(a.factor.cmp(&b.factor)));
         }
+        let summary = reasons
+            .iter()
+            .take_while(|r| (r.points < 0.0) == recovered)
+            .take(SUMMARY_SENTENCES)
+            .map(|r| r.label.clone())
+            .collect();
         Alert {
             schema_version: ALERT_SCHEMA_VERSION,
             alert_id: alert_id(
@@ -177,6 +196,7 @@ impl Alert {
                 .then(|| round1(decision.previous_score)),
             threshold: round1(decision.threshold),
             points: round1(explanation.points),
+            summary,
             reasons,
             event_time: format_timestamp_ms(decision.event_time_ms),
             model_version: model_version.to_string(),
@@ -191,6 +211,28 @@ impl Alert {
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("alerts serialize")
     }
+}
+
+/// The summary of a score for people, as an at-risk alert at the same
+/// moment gives it: the filled labels of at most [`SUMMARY_SENTENCES`]
+/// reasons that raised the risk (points of at least 0.05), largest first.
+/// `reasons` are an [`Explanation`]'s.
+pub fn risk_summary(reasons: &[Reason], model: &(impl AlertModel + ?Sized)) -> Vec<String> {
+    // Ordered as an alert orders its reasons: by rounded points, then code.
+    let mut raising: Vec<&Reason> = reasons
+        .iter()
+        .filter(|r| r.factor != "base" && round1(r.points) > 0.0)
+        .collect();
+    raising.sort_by(|a, b| {
+        round1(b.points)
+            .total_cmp(&round1(a.points))
+            .then(a.factor.cmp(&b.factor))
+    });
+    raising
+        .into_iter()
+        .take(SUMMARY_SENTENCES)
+        .map(|r| model.reason_label(&r.factor, &r.quantities))
+        .collect()
 }
 
 /// UUID v5 of (customer, kind, event time, model version). The segment is

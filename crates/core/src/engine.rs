@@ -18,9 +18,12 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::hash::BuildHasher;
 
 use crate::event::CustomerEvent;
-use crate::model::{AlertPolicy, GROUP_LONG, GROUP_SHORT, GROUP_SPEND, Rhythm, RiskModel};
+use crate::model::{
+    AlertPolicy, GROUP_LONG, GROUP_SHORT, GROUP_SPEND, Quantities, Rhythm, RiskModel, placeholder,
+};
 
 const MS_PER_HOUR: f64 = 3_600_000.0;
+const MS_PER_DAY: f64 = 86_400_000.0;
 const MS_PER_YEAR: f64 = 365.25 * 86_400_000.0;
 /// "No offset applied yet."
 const NO_OFFSET: i64 = -1;
@@ -127,6 +130,11 @@ pub struct Reason {
     pub factor: String,
     /// Points it contributed (positive adds risk).
     pub points: f64,
+    /// The quantities behind the points (days silent, counts, amounts…),
+    /// named as the placeholders of the factor's label
+    /// ([`crate::model::label_placeholders`]); see [`RiskModel::reason_label`].
+    #[serde(skip)]
+    pub quantities: Quantities,
 }
 
 /// A risk score with the points behind it.
@@ -509,24 +517,56 @@ impl CustomerState {
     /// `risk_score` equals [`CustomerState::risk`] exactly.
     pub fn explain(&self, model: &RiskModel, as_of_ms: i64) -> Explanation {
         let mut total = 0.0;
-        let mut factors: Vec<(Factor, f64)> = Vec::with_capacity(8);
+        let mut factors: Vec<(Factor, f64, f64)> = Vec::with_capacity(8);
         self.contributions(model, as_of_ms, |f, v, w| {
             let p = w * v;
             total += p;
-            factors.push((f, p));
+            factors.push((f, p, v));
         });
-        factors.retain(|(_, p)| *p != 0.0);
+        factors.retain(|(_, p, _)| *p != 0.0);
         factors.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         Explanation {
             risk_score: model.risk_from_points(total),
             points: total,
             reasons: factors
                 .into_iter()
-                .map(|(f, p)| Reason {
+                .map(|(f, p, v)| Reason {
                     factor: f.name(model).to_string(),
                     points: p,
+                    quantities: self.quantities(model, f, v, as_of_ms),
                 })
                 .collect(),
+        }
+    }
+
+    /// The quantities behind factor `f`'s points at `as_of_ms`, from its
+    /// input `value` (as [`CustomerState::contributions`] gives it) and the
+    /// state: what the factor's label placeholders show.
+    fn quantities(&self, model: &RiskModel, f: Factor, value: f64, as_of_ms: i64) -> Quantities {
+        let silence = (as_of_ms - self.last_event_ms).max(0);
+        let days = silence as f64 / MS_PER_DAY;
+        let q = Quantities::default();
+        match f {
+            Factor::Base => q,
+            Factor::Inactivity => q.with(placeholder::DAYS, days),
+            Factor::Rhythm => {
+                let gap_ms = self.rhythm(model).gap_ms;
+                let gaps = if gap_ms > 0.0 {
+                    silence as f64 / gap_ms
+                } else {
+                    0.0
+                };
+                q.with(placeholder::DAYS, days)
+                    .with(placeholder::GAP, gap_ms / MS_PER_DAY)
+                    .with(placeholder::GAPS, gaps)
+            }
+            // A decayed count, as scored: shown as the whole events it stands for.
+            Factor::Event(_) | Factor::Frequency => {
+                q.with(placeholder::COUNT, value.round().max(1.0))
+            }
+            Factor::Trend => q.with(placeholder::PERCENT, (1.0 - value) * 100.0),
+            Factor::Spend => q.with(placeholder::AMOUNT, value.exp_m1()),
+            Factor::Tenure => q.with(placeholder::YEARS, value),
         }
     }
 

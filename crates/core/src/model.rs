@@ -40,10 +40,14 @@ pub enum ModelError {
         source: std::io::Error,
     },
     /// The TOML is malformed, or a key has the wrong type or is unknown.
-    #[error("invalid model file at `{key}`: {message}")]
+    #[error("{}", describe_syntax(key, *line, *column, message))]
     Syntax {
         /// Dotted path of the key (empty when the file itself is malformed).
         key: String,
+        /// 1-based line of the error in the file (0: unknown).
+        line: usize,
+        /// 1-based column (in characters) of the error (0: unknown).
+        column: usize,
         /// What is wrong.
         message: String,
     },
@@ -55,6 +59,28 @@ pub enum ModelError {
         /// What is wrong.
         message: String,
     },
+}
+
+fn describe_syntax(key: &str, line: usize, column: usize, message: &str) -> String {
+    let at = if line > 0 {
+        format!(" at line {line}, column {column}")
+    } else {
+        String::new()
+    };
+    if key.is_empty() {
+        format!("invalid model file{at}: {message}")
+    } else {
+        format!("invalid model file{at}, key `{key}`: {message}")
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` of `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
 }
 
 /// The model file as written (see `config/model.toml`).
@@ -483,15 +509,27 @@ impl RiskModel {
 
     /// Parses and validates a model from TOML text.
     pub fn from_toml(text: &str) -> Result<Self, ModelError> {
-        let deserializer = toml::Deserializer::parse(text).map_err(|e| ModelError::Syntax {
-            key: String::new(),
-            message: e.message().to_string(),
+        let at = |span: Option<std::ops::Range<usize>>| {
+            span.map_or((0, 0), |s| line_column(text, s.start))
+        };
+        let deserializer = toml::Deserializer::parse(text).map_err(|e| {
+            let (line, column) = at(e.span());
+            ModelError::Syntax {
+                key: String::new(),
+                line,
+                column,
+                message: e.message().trim_end().to_string(),
+            }
         })?;
-        let spec: ModelSpec =
-            serde_path_to_error::deserialize(deserializer).map_err(|e| ModelError::Syntax {
+        let spec: ModelSpec = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let (line, column) = at(e.inner().span());
+            ModelError::Syntax {
                 key: e.path().to_string(),
-                message: e.inner().message().to_string(),
-            })?;
+                line,
+                column,
+                message: e.inner().message().trim_end().to_string(),
+            }
+        })?;
         Self::from_spec(spec)
     }
 
@@ -686,9 +724,22 @@ impl RiskModel {
         Some(self.segment_index(&value))
     }
 
-    /// The human-readable label of a factor (`inactivity`, `event:complaint`, …):
-    /// the model file's `label`, else the built-in default.
+    /// A reason's label for people: the factor's label template
+    /// ([`RiskModel::label`]) filled with the reason's quantities.
+    pub fn reason_label(&self, factor: &str, quantities: &Quantities) -> String {
+        fill_label(&self.label_template(factor), quantities)
+    }
+
+    /// The label template of a factor (`inactivity`, `event:complaint`, …):
+    /// the model file's `label`, else the built-in default; its
+    /// placeholders (`{days}`, …, see [`label_placeholders`]) are filled per
+    /// reason by [`RiskModel::reason_label`].
     pub fn label(&self, factor: &str) -> String {
+        self.label_template(factor).into_owned()
+    }
+
+    /// [`RiskModel::label`], borrowed from the model file when it gives one.
+    fn label_template(&self, factor: &str) -> std::borrow::Cow<'_, str> {
         let spec = &self.spec;
         let custom = match factor {
             "frequency" => spec.frequency.label.as_deref(),
@@ -702,7 +753,10 @@ impl RiskModel {
                 .and_then(|name| spec.events.get(name))
                 .and_then(|rule| rule.label.as_deref()),
         };
-        custom.map_or_else(|| default_label(factor), str::to_string)
+        custom.map_or_else(
+            || std::borrow::Cow::Owned(default_label(factor)),
+            std::borrow::Cow::Borrowed,
+        )
     }
 
     /// The event types the model names, in index order.
@@ -893,26 +947,165 @@ fn interpolate(knots: &[(f64, f64)], x: f64) -> f64 {
 }
 
 /// The label a factor's reasons carry when the model file gives none.
+///
+/// Labels are templates: `{days}` and the other [`label_placeholders`] of
+/// the factor are filled with the quantities behind a reason
+/// ([`fill_label`]), so the defaults read as sentences with numbers.
 pub fn default_label(factor: &str) -> String {
     match factor {
         "base" => "Baseline risk".into(),
-        "frequency" => "Usual level of activity".into(),
-        "trend" => "Activity dropping below the customer's usual level".into(),
-        "inactivity" => "No activity for a while".into(),
-        "rhythm" => "Quiet for longer than usual".into(),
-        "spend" => "Recent spending".into(),
-        "tenure" => "Time as a customer".into(),
+        "frequency" => "Usually active ({count} recent activities)".into(),
+        "trend" => "Less active than usual lately ({percent}% of their usual pace)".into(),
+        "inactivity" => "No activity for {days} days".into(),
+        "rhythm" => "Quiet for {days} days — {gaps}× their usual gap of {gap} days".into(),
+        "spend" => "Spends with us ({amount} recently)".into(),
+        "tenure" => "Customer for {years} years".into(),
         other => {
             let name = other.strip_prefix("event:").unwrap_or(other);
-            let words = name.replace(['_', '-', '.'], " ");
+            let words = name.replace(['_', '-', '.', '{', '}'], " ");
             let words = words.split_whitespace().collect::<Vec<_>>().join(" ");
             let mut chars = words.chars();
             match chars.next() {
-                Some(first) => first.to_uppercase().chain(chars).collect(),
+                Some(first) => {
+                    let mut label: String = first.to_uppercase().chain(chars).collect();
+                    label.push_str(" ({count}× recently)");
+                    label
+                }
                 None => other.to_string(),
             }
         }
     }
+}
+
+/// Placeholder names of labels: the quantities behind a reason.
+pub mod placeholder {
+    /// Days of silence since the customer's last event.
+    pub const DAYS: &str = "days";
+    /// The customer's usual gap between activity events, in days.
+    pub const GAP: &str = "gap";
+    /// The silence in usual gaps (days ÷ gap).
+    pub const GAPS: &str = "gaps";
+    /// Recent events of the factor's type (its decayed count, as scored,
+    /// rounded to a whole number, at least 1).
+    pub const COUNT: &str = "count";
+    /// Recent activity as a percentage of the customer's long-run pace.
+    pub const PERCENT: &str = "percent";
+    /// Recent (decayed) spend.
+    pub const AMOUNT: &str = "amount";
+    /// Years between the customer's first and last event.
+    pub const YEARS: &str = "years";
+}
+
+/// The placeholders a factor's label may use (its reasons carry exactly
+/// these quantities). A factor code this does not know has none.
+pub fn label_placeholders(factor: &str) -> &'static [&'static str] {
+    use placeholder::*;
+    match factor {
+        "inactivity" => &[DAYS],
+        "rhythm" => &[DAYS, GAP, GAPS],
+        "frequency" => &[COUNT],
+        "trend" => &[PERCENT],
+        "spend" => &[AMOUNT],
+        "tenure" => &[YEARS],
+        f if f.starts_with("event:") => &[COUNT],
+        _ => &[],
+    }
+}
+
+/// Most quantities one reason carries.
+const MAX_QUANTITIES: usize = 4;
+
+/// The quantities behind one reason (days silent, counts, amounts…), by
+/// placeholder name; fixed size, so a reason carries them without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Quantities {
+    items: [(&'static str, f64); MAX_QUANTITIES],
+    len: u8,
+}
+
+impl Quantities {
+    /// Adds (or replaces) a quantity; beyond the capacity it is dropped
+    /// (a debug build panics: a factor must not carry more).
+    pub fn with(mut self, name: &'static str, value: f64) -> Self {
+        if let Some(slot) = self.items[..usize::from(self.len)]
+            .iter_mut()
+            .find(|(n, _)| *n == name)
+        {
+            slot.1 = value;
+        } else if usize::from(self.len) < MAX_QUANTITIES {
+            self.items[usize::from(self.len)] = (name, value);
+            self.len += 1;
+        } else {
+            debug_assert!(false, "more than {MAX_QUANTITIES} quantities");
+        }
+        self
+    }
+
+    /// The quantity named `name`, if the reason carries it.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// Every quantity, in the order added.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, f64)> + '_ {
+        self.items[..usize::from(self.len)].iter().copied()
+    }
+}
+
+/// Fills the `{name}` placeholders of a label template with `quantities`
+/// (numbers of 10 and more as whole numbers, smaller ones with at most one
+/// decimal). A placeholder without a quantity is left as written.
+pub fn fill_label(template: &str, quantities: &Quantities) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(template.len() + 8);
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let filled = after
+            .find('}')
+            .and_then(|close| Some((close, quantities.get(&after[..close])?)));
+        match filled {
+            Some((close, v)) => {
+                // Writing to a String cannot fail.
+                let _ = write!(out, "{}", QuantityText(v));
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A quantity as labels print it.
+struct QuantityText(f64);
+
+impl std::fmt::Display for QuantityText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let x = self.0;
+        if !x.is_finite() {
+            return write!(f, "?");
+        }
+        let tenths = (x * 10.0).round();
+        if x.abs() >= 10.0 || tenths % 10.0 == 0.0 {
+            let whole = x.round();
+            write!(f, "{}", if whole == 0.0 { 0.0 } else { whole })
+        } else {
+            write!(f, "{:.1}", tenths / 10.0)
+        }
+    }
+}
+
+/// The `{name}` placeholders of a label template.
+fn placeholders_in(template: &str) -> impl Iterator<Item = &str> {
+    template
+        .split('{')
+        .skip(1)
+        .filter_map(|s| s.split_once('}').map(|(name, _)| name))
 }
 
 /// Compiles a validated `[segments]` table.
@@ -1216,7 +1409,7 @@ fn validate(spec: &ModelSpec) -> Result<(), ModelError> {
             prev_gaps = step.after_gaps;
             prev_points = step.points;
         }
-        check_label("rhythm.label", rhythm.label.as_deref())?;
+        check_label("rhythm.label", "rhythm", rhythm.label.as_deref())?;
     }
 
     check_positive("spend.half_life_days", spec.spend.half_life_days)?;
@@ -1244,31 +1437,58 @@ fn validate(spec: &ModelSpec) -> Result<(), ModelError> {
         check_finite(&format!("{key}.points"), rule.points)?;
         check_positive(&format!("{key}.half_life_days"), rule.half_life_days)?;
         check_non_negative(&format!("{key}.cap"), rule.cap)?;
-        check_label(&format!("{key}.label"), rule.label.as_deref())?;
+        check_label(
+            &format!("{key}.label"),
+            &format!("event:{name}"),
+            rule.label.as_deref(),
+        )?;
     }
     if let Some(seg) = &spec.segments {
         validate_segments(spec, seg)?;
     }
-    for (key, label) in [
-        ("frequency.label", spec.frequency.label.as_deref()),
-        ("trend.label", spec.trend.label.as_deref()),
-        ("inactivity.label", spec.inactivity.label.as_deref()),
-        ("spend.label", spec.spend.label.as_deref()),
-        ("tenure.label", spec.tenure.label.as_deref()),
+    for (factor, label) in [
+        ("frequency", spec.frequency.label.as_deref()),
+        ("trend", spec.trend.label.as_deref()),
+        ("inactivity", spec.inactivity.label.as_deref()),
+        ("spend", spec.spend.label.as_deref()),
+        ("tenure", spec.tenure.label.as_deref()),
     ] {
-        check_label(key, label)?;
+        check_label(&format!("{factor}.label"), factor, label)?;
     }
     Ok(())
 }
 
-fn check_label(key: &str, label: Option<&str>) -> Result<(), ModelError> {
+/// A label is plain text with, optionally, the factor's placeholders
+/// (`factor` is the code whose reasons fill them).
+fn check_label(key: &str, factor: &str, label: Option<&str>) -> Result<(), ModelError> {
     match label {
         Some(l) if l.trim().is_empty() => Err(invalid(
             key,
             "must not be empty (remove it for the default)",
         )),
         Some(l) if l.chars().count() > 200 => Err(invalid(key, "at most 200 characters")),
-        _ => Ok(()),
+        Some(l) => {
+            let known = label_placeholders(factor);
+            match placeholders_in(l).find(|p| !known.contains(p)) {
+                None => Ok(()),
+                Some(p) if known.is_empty() => Err(invalid(
+                    key,
+                    format!("unknown placeholder {{{p}}}: this factor's label takes none"),
+                )),
+                Some(p) => Err(invalid(
+                    key,
+                    format!(
+                        "unknown placeholder {{{p}}}; this factor's label may use {}",
+                        known
+                            .iter()
+                            .map(|k| format!("{{{k}}}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )),
+            }
+        }
+        None => Ok(()),
     }
 }
 
@@ -1376,8 +1596,14 @@ pub(crate) mod tests {
         })
         .expect("valid");
         assert_eq!(m.label("event:purchase"), "Bought something");
-        assert_eq!(default_label("event:plan_downgrade"), "Plan downgrade");
-        assert_eq!(m.label("event:no-such_type"), "No such type");
+        assert_eq!(
+            default_label("event:plan_downgrade"),
+            "Plan downgrade ({count}× recently)"
+        );
+        assert_eq!(
+            m.label("event:no-such_type"),
+            "No such type ({count}× recently)"
+        );
         assert!(!m.label("inactivity").is_empty());
         let e = with_default(|t| {
             t["inactivity"]
@@ -1386,6 +1612,56 @@ pub(crate) mod tests {
                 .insert("label".into(), toml::Value::String(" ".into()));
         })
         .expect_err("blank label");
+        assert_eq!(key_of(e), "inactivity.label");
+    }
+
+    #[test]
+    fn labels_are_filled_with_their_reasons_quantities() {
+        let q = Quantities::default()
+            .with(placeholder::DAYS, 41.4)
+            .with(placeholder::GAP, 14.6)
+            .with(placeholder::GAPS, 2.83);
+        let m = RiskModel::default_model();
+        assert_eq!(
+            m.reason_label("rhythm", &q),
+            "Quiet for 41 days — 2.8× their usual gap of 15 days"
+        );
+        assert_eq!(
+            fill_label("{days}/{gaps}/{nope}/{", &q),
+            "41/2.8/{nope}/{",
+            "an unknown placeholder stays as written"
+        );
+        let whole = Quantities::default().with(placeholder::COUNT, 2.0);
+        assert_eq!(fill_label("{count}×", &whole), "2×", "no trailing .0");
+        // Every default label takes only its factor's placeholders.
+        for f in [
+            "frequency",
+            "trend",
+            "inactivity",
+            "rhythm",
+            "spend",
+            "tenure",
+            "event:x",
+        ] {
+            let known = label_placeholders(f);
+            assert!(
+                placeholders_in(&default_label(f)).all(|p| known.contains(&p)),
+                "{f}"
+            );
+            assert!(
+                placeholders_in(&m.label(f)).all(|p| known.contains(&p)),
+                "{f}"
+            );
+        }
+        let e = with_default(|t| {
+            t["inactivity"].as_table_mut().expect("table").insert(
+                "label".into(),
+                toml::Value::String("Quiet for {gaps} gaps".into()),
+            );
+        })
+        .expect_err("a placeholder inactivity does not fill");
+        let message = e.to_string();
+        assert!(message.contains("{days}"), "{message}");
         assert_eq!(key_of(e), "inactivity.label");
     }
 

@@ -10,7 +10,7 @@ use std::io::{BufRead, Write};
 
 use serde::Serialize;
 
-use crate::engine::{CustomerState, CustomerStore, Reason};
+use crate::engine::{CustomerState, CustomerStore};
 use crate::event::{EventError, format_timestamp_ms, parse_event};
 use crate::model::{EventTimeBounds, RiskModel};
 
@@ -258,8 +258,12 @@ pub struct CustomerScore {
     pub band: &'static str,
     /// Total points behind the score.
     pub points: f64,
+    /// For people: at most three reasons that raised the risk, in words
+    /// with their quantities, as an at-risk alert at `as_of` would give them
+    /// ([`crate::alert::risk_summary`]).
+    pub summary: Vec<String>,
     /// Every non-zero factor, largest points first.
-    pub reasons: Vec<Reason>,
+    pub reasons: Vec<ScoredReason>,
     /// Time of the customer's latest event (RFC 3339, UTC).
     pub last_event_at: String,
     /// Events applied.
@@ -267,6 +271,17 @@ pub struct CustomerScore {
     /// The customer's segment (absent when the model has no `[segments]`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub segment: Option<String>,
+}
+
+/// One factor of a `score` line.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScoredReason {
+    /// Factor code (`inactivity`, `event:complaint`, …), stable for machines.
+    pub factor: String,
+    /// The factor in words with its quantities, as alerts and `/v1` show it.
+    pub label: String,
+    /// Points it contributed (positive adds risk), unrounded.
+    pub points: f64,
 }
 
 /// Scores one customer at `as_of_ms`.
@@ -282,7 +297,16 @@ pub fn score_customer(
         risk_score: e.risk_score,
         band: model.band(state.segment(), e.risk_score),
         points: e.points,
-        reasons: e.reasons,
+        summary: crate::alert::risk_summary(&e.reasons, model),
+        reasons: e
+            .reasons
+            .into_iter()
+            .map(|r| ScoredReason {
+                label: model.reason_label(&r.factor, &r.quantities),
+                factor: r.factor,
+                points: r.points,
+            })
+            .collect(),
         last_event_at: format_timestamp_ms(state.last_event_ms()),
         events: state.events(),
         segment: model.segment_name(state.segment()).map(str::to_string),

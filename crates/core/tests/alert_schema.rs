@@ -1,6 +1,8 @@
-//! Alert JSON schema version 2: labels next to factor codes, one decimal,
+//! Alert JSON schema version 3: a `summary` of at most three sentences with
+//! numbers; labels (placeholders filled) next to factor codes, one decimal,
 //! no `base` reason, `previous_score` null for a first scoring, recovered
-//! alerts led by what lowered the risk; docs/schemas/alert.schema.json agrees.
+//! alerts led by what lowered the risk; docs/schemas/alert.schema.json
+//! agrees, and version 2 stays documented beside it.
 
 use churn_core::alert::{ALERT_SCHEMA_VERSION, Alert, alert_id};
 use churn_core::engine::{AlertKind, ApplyOutcome, CustomerStore};
@@ -40,8 +42,8 @@ fn alerts(model: &RiskModel, events: &[(&str, i64)]) -> Vec<Alert> {
 
 fn labelled_model() -> RiskModel {
     let text = DEFAULT_MODEL_TOML.replace(
-        "label = \"Payment failed\"",
-        "label = \"Card declined twice\"",
+        "label = \"Payment failed ({count}× recently)\"",
+        "label = \"Card declined {count} times\"",
     );
     RiskModel::from_toml(&text).expect("valid model")
 }
@@ -72,8 +74,19 @@ fn at_risk_alert_is_readable_by_a_marketer() {
         .iter()
         .find(|a| a.kind == "at_risk")
         .expect("an at-risk alert");
-    assert_eq!(at_risk.schema_version, 2);
-    assert_eq!(ALERT_SCHEMA_VERSION, 2);
+    assert_eq!(at_risk.schema_version, 3);
+    assert_eq!(ALERT_SCHEMA_VERSION, 3);
+    // The summary: the reasons that raised the risk, in words with numbers.
+    assert!(!at_risk.summary.is_empty() && at_risk.summary.len() <= 3);
+    let raising: Vec<&str> = at_risk
+        .reasons
+        .iter()
+        .filter(|r| r.points > 0.0)
+        .take(3)
+        .map(|r| r.label.as_str())
+        .collect();
+    assert_eq!(at_risk.summary, raising, "{at_risk:?}");
+    assert_eq!(at_risk.summary[0], "Card declined 2 times");
     assert!(
         at_risk.reasons.iter().all(|r| r.factor != "base"),
         "base is not a reason: {at_risk:?}"
@@ -84,7 +97,7 @@ fn at_risk_alert_is_readable_by_a_marketer() {
         .find(|r| r.factor == "event:payment_failed")
         .expect("payment reason");
     assert_eq!(
-        payment.label, "Card declined twice",
+        payment.label, "Card declined 2 times",
         "label from the model file"
     );
     let session = at_risk
@@ -92,7 +105,7 @@ fn at_risk_alert_is_readable_by_a_marketer() {
         .iter()
         .find(|r| r.factor == "event:session")
         .expect("session reason");
-    assert_eq!(session.label, "Visited or used the app");
+    assert_eq!(session.label, "Visited or used the app (1× recently)");
     assert!(session.points < 0.0);
     assert_eq!(
         at_risk.reasons[0].factor, "event:payment_failed",
@@ -181,20 +194,126 @@ fn recovered_alert_leads_with_what_lowered_the_risk() {
     sorted.sort_by(f64::total_cmp);
     assert_eq!(points, sorted, "most negative first");
     assert!(recovered.reasons.iter().all(|r| !r.label.is_empty()));
+    // A recovery is summarised by what lowered the risk.
+    assert!(!recovered.summary.is_empty() && recovered.summary.len() <= 3);
+    let lowering: Vec<&str> = recovered
+        .reasons
+        .iter()
+        .filter(|r| r.points < 0.0)
+        .take(3)
+        .map(|r| r.label.as_str())
+        .collect();
+    assert_eq!(recovered.summary, lowering);
+    assert!(
+        recovered.summary[0].starts_with("Renewed the subscription ("),
+        "{:?}",
+        recovered.summary
+    );
     let _ = AlertKind::Recovered;
 }
 
+/// A silent customer's inactivity alert: every sentence about silence
+/// says how long, and against what.
 #[test]
-fn json_schema_documents_version_2_and_keeps_version_1() {
-    let v2: serde_json::Value = serde_json::from_str(
+fn inactivity_alert_says_how_long_and_compared_with_what() {
+    let model = RiskModel::default_model();
+    let mut store = CustomerStore::new();
+    // Every other day for two months, then silence.
+    for i in 0..30 {
+        let text = line("c-1", "session", T0_MS + i * 2 * DAY_MS);
+        let event = parse_event(text.as_bytes()).expect("valid event");
+        store.apply(&model, &event, Some(i), true);
+    }
+    let last = T0_MS + 58 * DAY_MS;
+    let mut firings = Vec::new();
+    store.fire_due_timers(&model, last + 60 * DAY_MS, &mut firings);
+    let decision = firings
+        .iter()
+        .find_map(|f| f.decision)
+        .expect("silence raised an alert");
+    let customer = store.find("c-1").expect("customer");
+    let explanation = store
+        .state(customer)
+        .explain(&model, decision.event_time_ms);
+    let alert = Alert::new("c-1", &decision, &explanation, &model);
+    assert_eq!(alert.cause, "inactivity");
+    let features = store
+        .state(customer)
+        .features(&model, decision.event_time_ms);
+    let gap = features
+        .usual_gap_days
+        .expect("the default model scores rhythm");
+    let first = alert.summary.first().expect("a summary");
+    assert_eq!(
+        first,
+        &format!(
+            "Quiet for {:.0} days — {:.1}× their usual gap of {:.1} days",
+            features.silence_days,
+            features.silence_days / gap,
+            gap
+        ),
+        "{alert:?}"
+    );
+    for text in alert
+        .summary
+        .iter()
+        .chain(alert.reasons.iter().map(|r| &r.label))
+    {
+        assert!(!text.contains('{'), "placeholders are filled: {text}");
+    }
+}
+
+#[test]
+fn version_2_alerts_still_read() {
+    let mut v2: serde_json::Value = serde_json::from_slice(
+        &alerts(
+            &RiskModel::default_model(),
+            &[("subscription_cancelled", T0_MS)],
+        )[0]
+        .to_json(),
+    )
+    .expect("json");
+    let obj = v2.as_object_mut().expect("object");
+    obj.remove("summary");
+    obj.insert("schema_version".into(), 2.into());
+    let read: Alert = serde_json::from_value(v2).expect("a version 2 alert reads");
+    assert!(read.summary.is_empty());
+}
+
+#[test]
+fn json_schema_documents_version_3_and_keeps_versions_2_and_1() {
+    let v3: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../docs/schemas/alert.schema.json"
+        ))
+        .expect("schema v3"),
+    )
+    .expect("json");
+    assert_eq!(v3["properties"]["schema_version"]["const"], 3);
+    assert_eq!(v3["properties"]["summary"]["maxItems"], 3);
+    let v2: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/schemas/alert.v2.schema.json"
         ))
         .expect("schema v2"),
     )
     .expect("json");
     assert_eq!(v2["properties"]["schema_version"]["const"], 2);
+    // Version 3 is version 2 plus `summary`: nothing else changed.
+    let mut v3_without_summary = v3["properties"].clone();
+    let props = v3_without_summary.as_object_mut().expect("properties");
+    props.remove("summary");
+    let keys = |v: &serde_json::Value| {
+        v.as_object()
+            .expect("object")
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(keys(&v3_without_summary), keys(&v2["properties"]));
+    let v2 = v3;
     let reason = &v2["properties"]["reasons"]["items"];
     let required: Vec<&str> = reason["required"]
         .as_array()

@@ -12,12 +12,37 @@ use tokio_util::sync::CancellationToken;
 
 use churn_generate::{GenerateConfig, GenerateError, Generator};
 
+/// Share of the demo feed's lines that are bad on purpose (dead letters).
+const INVALID_RATE: f64 = 0.002;
+
 /// Errors of the live feed and the demo.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     /// A Kafka client error.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    /// Events still queued when the feed stopped were not delivered in time.
+    #[error(
+        "{undelivered} events not delivered to kafka at {bootstrap} (set by --bootstrap-servers) within 5 s of stopping: {source}"
+    )]
+    Undelivered {
+        /// Messages dropped.
+        undelivered: i32,
+        /// The brokers.
+        bootstrap: String,
+        /// librdkafka's flush error.
+        source: KafkaError,
+    },
+    /// The worker's HTTP address is taken or invalid.
+    #[error(
+        "cannot listen on {addr} (set by --http-addr; `--http-addr 127.0.0.1:0` picks a free port): {source}"
+    )]
+    HttpAddr {
+        /// The address given.
+        addr: String,
+        /// Why binding failed.
+        source: std::io::Error,
+    },
     /// The generator rejected its settings.
     #[error(transparent)]
     Generate(#[from] GenerateError),
@@ -115,7 +140,17 @@ pub fn run_live_feed(
         config.start_ms = generator.end_ms();
         config.seed = config.seed.wrapping_add(1);
     }
-    producer.flush(Duration::from_secs(10))?;
+    // A bounded wait: events the broker has not taken by then are reported,
+    // not waited for (a stop must not hang on an unreachable broker).
+    if let Err(source) = producer.flush(Duration::from_secs(5)) {
+        let undelivered = producer.in_flight_count();
+        producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+        return Err(DemoError::Undelivered {
+            undelivered,
+            bootstrap: bootstrap.to_string(),
+            source,
+        });
+    }
     Ok(stats)
 }
 
@@ -167,7 +202,16 @@ pub async fn run_demo(options: DemoOptions, stop: CancellationToken) -> Result<(
 
     let model = churn_core::model::RiskModel::default_model();
     let metrics = churn_worker::telemetry::Metrics::new();
-    let worker = churn_worker::Worker::bind(config.clone(), model, metrics.clone()).await?;
+    let worker = match churn_worker::Worker::bind(config.clone(), model, metrics.clone()).await {
+        Ok(worker) => worker,
+        Err(churn_worker::WorkerError::Http(source)) => {
+            return Err(DemoError::HttpAddr {
+                addr: options.http_addr.clone(),
+                source,
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
     let http = worker.http_addr();
     let handles = worker.handles();
     let worker_stop = CancellationToken::new();
@@ -184,7 +228,7 @@ pub async fn run_demo(options: DemoOptions, stop: CancellationToken) -> Result<(
             // each period continues where the last ended, with a new seed.
             days: 60,
             cutoff_days: 45,
-            invalid_rate: 0.002,
+            invalid_rate: INVALID_RATE,
             ..GenerateConfig::default()
         };
         let pace = Pace::DaysPerSecond(options.days_per_second);
@@ -205,6 +249,13 @@ pub async fn run_demo(options: DemoOptions, stop: CancellationToken) -> Result<(
     println!(
         "  feed:      {} customers, {} simulated days per second; Ctrl-C stops",
         options.customers, options.days_per_second
+    );
+    println!(
+        "  dead letters: the feed injects bad events on purpose (about {:.1} % of lines: \
+         malformed JSON, missing fields, bad timestamps) to show that the worker sets \
+         them aside on {} with the reason in a header and keeps going",
+        INVALID_RATE * 100.0,
+        config.topics.dead_letter
     );
 
     let started = Instant::now();
@@ -232,7 +283,7 @@ pub async fn run_demo(options: DemoOptions, stop: CancellationToken) -> Result<(
                     .map(|r| m.dead_letters.with_label_values(&[r]).get())
                     .sum();
                 println!(
-                    "[{:>4}s] events/s={:>7.0} events={} customers={} alerts: at_risk={} recovered={} dead_letters={}",
+                    "[{:>4}s] events/s={:>7.0} events={} customers={} alerts: at_risk={} recovered={} dead_letters={} (injected on purpose)",
                     started.elapsed().as_secs(),
                     rate,
                     events,
@@ -253,7 +304,7 @@ pub async fn run_demo(options: DemoOptions, stop: CancellationToken) -> Result<(
         .unwrap_or(Err(churn_worker::WorkerError::PipelineStopped));
     drop(broker);
     println!(
-        "done: produced={} (invalid {}), consumed={}",
+        "done: produced={} (of which {} bad on purpose, set aside as dead letters), consumed={}",
         fed.produced,
         fed.invalid,
         metrics.events_consumed.get()

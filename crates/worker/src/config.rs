@@ -59,6 +59,33 @@ fn describe_invalid(key: &str, message: &str) -> String {
     }
 }
 
+/// The environment variable that set the key a deserialisation error is
+/// about: `key` itself, or, for an unknown field, `key.<field>`.
+fn env_variable_of<'e>(
+    key: &str,
+    message: &str,
+    env: &'e BTreeMap<String, String>,
+) -> Option<&'e str> {
+    let unknown = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(field, _)| {
+            if key.is_empty() || key == "." {
+                field.to_string()
+            } else {
+                format!("{key}.{field}")
+            }
+        });
+    let prefix = format!("{ENV_PREFIX}__");
+    env.keys().map(String::as_str).find(|var| {
+        let Some(rest) = var.strip_prefix(&prefix) else {
+            return false;
+        };
+        let dotted = rest.to_ascii_lowercase().replace("__", ".");
+        dotted == key || unknown.as_deref() == Some(dotted.as_str())
+    })
+}
+
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -524,7 +551,12 @@ impl WorkerConfig {
         let raw = builder.build().map_err(|e| invalid("", e.to_string()))?;
         let mut config: WorkerConfig = serde_path_to_error::deserialize(raw).map_err(|e| {
             let key = e.path().to_string();
-            invalid(key, e.into_inner().to_string())
+            let mut message = e.into_inner().to_string();
+            // A value from the environment is fixed there, not in the file.
+            if let Some(var) = env_variable_of(&key, &message, &all_env) {
+                message.push_str(&format!(" (set by environment variable {var})"));
+            }
+            invalid(key, message)
         })?;
         let base = path.map(|p| match p.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),

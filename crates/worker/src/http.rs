@@ -372,7 +372,7 @@ async fn customer(
     match view {
         Ok(Some((view, model))) => {
             let mut body = serde_json::to_value(&view).unwrap_or_default();
-            label_reasons(&mut body, &model);
+            label_reasons(&mut body, &view.reasons, &model);
             Json(body).into_response()
         }
         Ok(None) => match &state.forwarder {
@@ -438,16 +438,24 @@ fn forwarded_response(outcome: ForwardOutcome) -> Response {
     }
 }
 
-/// Adds each reason's `label` (the model file's, or the default) next to its `factor`.
-fn label_reasons(body: &mut serde_json::Value, model: &churn_core::model::RiskModel) {
-    if let Some(reasons) = body.get_mut("reasons").and_then(|r| r.as_array_mut()) {
-        for reason in reasons {
-            let label = reason
-                .get("factor")
-                .and_then(|f| f.as_str())
-                .map(|f| model.label(f));
-            if let (Some(label), Some(obj)) = (label, reason.as_object_mut()) {
-                obj.insert("label".into(), serde_json::Value::String(label));
+/// Adds each reason's `label` (the model file's, or the default, filled
+/// with the reason's quantities) next to its `factor`, and the `summary` an
+/// at-risk alert would carry: `reasons` are the ones `body` was serialised from.
+fn label_reasons(
+    body: &mut serde_json::Value,
+    reasons: &[churn_core::engine::Reason],
+    model: &churn_core::model::RiskModel,
+) {
+    let Some(obj) = body.as_object_mut() else {
+        return;
+    };
+    let summary = churn_core::alert::risk_summary(reasons, model);
+    obj.insert("summary".into(), serde_json::json!(summary));
+    if let Some(items) = obj.get_mut("reasons").and_then(|r| r.as_array_mut()) {
+        for (item, reason) in items.iter_mut().zip(reasons) {
+            if let Some(item) = item.as_object_mut() {
+                let label = model.reason_label(&reason.factor, &reason.quantities);
+                item.insert("label".into(), serde_json::Value::String(label));
             }
         }
     }
@@ -583,12 +591,21 @@ mod tests {
     }
 
     #[test]
-    fn v1_reasons_carry_labels() {
+    fn v1_reasons_carry_labels_and_the_summary() {
         let model = RiskModel::default_model();
-        let mut body =
-            serde_json::json!({"reasons": [{"factor": "event:payment_failed", "points": 12.0}]});
-        label_reasons(&mut body, &model);
-        assert_eq!(body["reasons"][0]["label"], "Payment failed");
+        let reasons = [churn_core::engine::Reason {
+            factor: "event:payment_failed".into(),
+            points: 12.0,
+            quantities: churn_core::model::Quantities::default()
+                .with(churn_core::model::placeholder::COUNT, 2.0),
+        }];
+        let mut body = serde_json::json!({"reasons": reasons});
+        label_reasons(&mut body, &reasons, &model);
+        assert_eq!(body["reasons"][0]["label"], "Payment failed (2× recently)");
+        assert_eq!(
+            body["summary"],
+            serde_json::json!(["Payment failed (2× recently)"])
+        );
     }
 
     #[tokio::test]

@@ -465,7 +465,7 @@ impl PartitionTask {
                             partition = self.id,
                             offset = msg.offset,
                             customer_id = %event.customer_id,
-                            key = ?msg.key.map(String::from_utf8_lossy),
+                            key = %msg.key.map_or("(none)".into(), String::from_utf8_lossy),
                             similar_not_logged = held_back,
                             "message key is not the event's customer_id: that customer's \
                              state may be split across partitions (see docs/events.md)"

@@ -148,7 +148,7 @@ impl ModelRegistry {
                     .model_reloads
                     .with_label_values(&["invalid"])
                     .inc();
-                tracing::error!(path = ?shadow_path, error = %source, kept = %previous_version, "model reload refused: the shadow model is invalid; neither model was swapped");
+                tracing::error!(path = %shadow_path.as_deref().map_or_else(|| "none".into(), |p| p.display().to_string()), error = %source, kept = %previous_version, "model reload refused: the shadow model is invalid; neither model was swapped");
                 return Err(ReloadError::InvalidShadow {
                     kept: previous_version,
                     source,
@@ -191,7 +191,7 @@ impl ModelRegistry {
         self.metrics.set_build_info(model.version());
         let shadow_version = models.shadow.as_ref().map(|m| m.version().to_string());
         self.metrics.set_shadow_model(shadow_version.as_deref());
-        tracing::info!(path = %path.display(), previous = %previous_version, model_version = model.version(), shadow_version = ?shadow_version, "model reloaded");
+        tracing::info!(path = %path.display(), previous = %previous_version, model_version = model.version(), shadow_version = shadow_version.as_deref().unwrap_or("none"), "model reloaded");
         Ok(Reloaded {
             previous_version,
             shadow_version,
