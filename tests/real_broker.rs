@@ -968,6 +968,10 @@ fn cooperative_member_stopped_with_sigterm_hands_over_within_seconds() {
         (ALERTS, 1, &[]),
         (DLQ, 1, &[]),
     ]);
+    // As in the membership test: under a steady stream, right after a
+    // third member joined (idle, with two members, the same stop hands over
+    // in a few seconds).
+    let feed = Feed::start(&bootstrap, timeline(30_000), 20);
     let a = Member::start("a", &bootstrap, GroupProtocol::Cooperative);
     let b = Member::start("b", &bootstrap, GroupProtocol::Cooperative);
     wait_for(
@@ -975,11 +979,18 @@ fn cooperative_member_stopped_with_sigterm_hands_over_within_seconds() {
         Duration::from_secs(90),
         || spread_over(&[&a, &b], 4),
     );
+    let c = Member::start("c", &bootstrap, GroupProtocol::Cooperative);
+    wait_for("c joins", Duration::from_secs(90), || {
+        spread_over(&[&a, &b, &c], 4)
+    });
     let (_, status) = b.terminate();
     assert!(status.is_some_and(|s| s.success()), "b stops cleanly");
-    let took = wait_for("a owns every partition", Duration::from_secs(90), || {
-        a.live_partitions().is_some_and(|p| p.len() == 4)
-    });
+    let took = wait_for(
+        "a and c own every partition",
+        Duration::from_secs(90),
+        || spread_over(&[&a, &c], 4),
+    );
+    feed.stop();
     assert!(
         took <= Duration::from_secs(15),
         "b's partitions moved only after {took:?} (session timeout 45 s)"
