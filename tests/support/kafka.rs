@@ -162,6 +162,9 @@ impl ClusterBuilder {
     }
 }
 
+/// A topic to create: (name, partitions, topic configs).
+pub type TopicSpec<'a> = (&'a str, i32, &'a [(&'a str, &'a str)]);
+
 /// One node: a combined broker and controller.
 #[derive(Debug)]
 struct Node {
@@ -595,8 +598,8 @@ impl KafkaCluster {
     }
 
     /// Creates topics with the admin API and waits until each is visible
-    /// with every partition led. `topics`: (name, partitions, configs).
-    pub fn create_topics(&self, topics: &[(&str, i32, &[(&str, &str)])]) {
+    /// with every partition led.
+    pub fn create_topics(&self, topics: &[TopicSpec<'_>]) {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", self.bootstrap())
             .create()
