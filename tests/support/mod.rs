@@ -2,6 +2,8 @@
 //! producer, a topic reader, an in-process worker and a tiny HTTP client.
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

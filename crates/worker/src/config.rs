@@ -22,6 +22,7 @@ const RESERVED_CONSUMER_KEYS: &[&str] = &[
     "enable.auto.commit",
     "bootstrap.servers",
     "partition.assignment.strategy",
+    "group.protocol",
 ];
 
 /// Producer properties the worker sets itself: with them changed, outputs
@@ -155,14 +156,31 @@ pub enum RebalanceProtocol {
     Cooperative,
     /// `partition.assignment.strategy = range,roundrobin` (librdkafka's default).
     Eager,
+    /// KIP-848's consumer group protocol (`group.protocol = consumer`,
+    /// Apache Kafka 4.0+): the broker assigns partitions, incrementally, and
+    /// owns the session timeout and heartbeat interval
+    /// (`group.consumer.session.timeout.ms`, `group.consumer.heartbeat.interval.ms`);
+    /// librdkafka refuses `partition.assignment.strategy`,
+    /// `session.timeout.ms` and `heartbeat.interval.ms` with it.
+    Consumer,
 }
 
 impl RebalanceProtocol {
-    /// The librdkafka `partition.assignment.strategy` value.
-    pub fn assignment_strategy(self) -> &'static str {
+    /// The librdkafka `partition.assignment.strategy` value (`None` with the
+    /// consumer protocol: the broker assigns).
+    pub fn assignment_strategy(self) -> Option<&'static str> {
         match self {
-            RebalanceProtocol::Cooperative => "cooperative-sticky",
-            RebalanceProtocol::Eager => "range,roundrobin",
+            RebalanceProtocol::Cooperative => Some("cooperative-sticky"),
+            RebalanceProtocol::Eager => Some("range,roundrobin"),
+            RebalanceProtocol::Consumer => None,
+        }
+    }
+
+    /// The librdkafka `group.protocol` value.
+    pub fn group_protocol(self) -> &'static str {
+        match self {
+            RebalanceProtocol::Cooperative | RebalanceProtocol::Eager => "classic",
+            RebalanceProtocol::Consumer => "consumer",
         }
     }
 }

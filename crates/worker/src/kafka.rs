@@ -33,9 +33,12 @@ pub fn consumer_config(config: &WorkerConfig, group_id: &str) -> ClientConfig {
     c.set("enable.auto.offset.store", "false");
     c.set("enable.auto.commit", "true");
     c.set(
-        "partition.assignment.strategy",
-        config.kafka.rebalance_protocol.assignment_strategy(),
+        "group.protocol",
+        config.kafka.rebalance_protocol.group_protocol(),
     );
+    if let Some(strategy) = config.kafka.rebalance_protocol.assignment_strategy() {
+        c.set("partition.assignment.strategy", strategy);
+    }
     c
 }
 

@@ -661,6 +661,16 @@ fn shut_down(
     while Instant::now() < leave_until && any_assigned()? {
         consumer.poll(Duration::from_millis(50));
     }
+    // Our partitions are drained, but librdkafka has not left the group yet:
+    // with cooperative-sticky it first completes the incremental unassign,
+    // whose offset commit is still in flight, and only then sends the
+    // LeaveGroup. Closing now lost the leave on Apache Kafka (the
+    // partitions then waited out the session timeout, as after a kill:
+    // tests/real_broker.rs), so keep serving the consumer for the rest of
+    // the leave budget.
+    while Instant::now() < leave_until {
+        consumer.poll(Duration::from_millis(50));
+    }
     // A consumer that cannot reach its coordinator can block in close.
     let (closed_tx, closed_rx) = mpsc::channel();
     let closer = std::thread::Builder::new()
