@@ -390,6 +390,21 @@ impl Mapping {
         self.rename.get(source_type).map_or(source_type, |t| t)
     }
 
+    /// The event type as the message writes it (before `rename`,
+    /// `include`/`exclude`), if the message is an object that has one.
+    pub fn source_event_type<'a>(&'a self, bytes: &'a [u8]) -> Option<Cow<'a, str>> {
+        if shape_error(bytes).is_some() {
+            return None;
+        }
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let slots =
+            serde::Deserializer::deserialize_map(&mut de, TopScan { names: &self.top }).ok()?;
+        self.event_type
+            .iter()
+            .find_map(|p| resolve(&slots, p))
+            .and_then(json_string)
+    }
+
     /// Decodes one message (see [`super::InputFormat::decode`]). Checks run
     /// in the native parser's order: JSON syntax and shape, duplicate
     /// members, customer id, event type, timestamp, amount, properties.

@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use crate::event::{CustomerEvent, EventError, parse_event};
 
+pub mod inspect;
 mod mapping;
 
 pub use mapping::{Mapping, MappingError, MappingSpec, Sources, TimestampEncoding};

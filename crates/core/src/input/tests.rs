@@ -373,3 +373,75 @@ fn a_native_timestamp_without_an_offset_says_so() {
     let other = parse_timestamp_ms("2025-02-30T10:00:00Z").expect_err("no such day");
     assert!(!other.to_string().contains("no UTC offset"), "{other}");
 }
+
+#[test]
+fn inspection_counts_outcomes_vocabulary_time_range_and_suggests_renames() {
+    let seg = format("segment", Some(r#"rename = { "Signed In" = "login" }"#));
+    let model = crate::model::RiskModel::default_model();
+    let mut inspection = inspect::Inspection::new(&seg, &model);
+    let lines = [
+        r#"{"type":"track","userId":"u1","event":"Order Completed","timestamp":"2025-03-01T10:00:00Z","properties":{"revenue":10}}"#,
+        r#"{"type":"track","userId":"u2","event":"Order Completed","timestamp":"2025-03-02T10:00:00Z"}"#,
+        r#"{"type":"track","userId":"u1","event":"Signed In","timestamp":"2025-03-03T10:00:00Z"}"#,
+        r#"{"type":"page","userId":"u1","name":"Home","timestamp":"2025-02-28T10:00:00Z"}"#,
+        r#"{"type":"alias","userId":"u1","previousId":"a","timestamp":"2025-03-01T10:00:00Z"}"#,
+        r#"{"type":"track","event":"Order Completed","timestamp":"2025-03-01T10:00:00Z"}"#,
+        r#"{"type":"track","userId":"u3","event":"Order Completed","timestamp":"2025-03-01T10:00:00"}"#,
+        "not json",
+    ];
+    for l in lines {
+        inspection.add(l.as_bytes(), &MessageContext::default());
+    }
+    let r = inspection.finish();
+    assert_eq!(
+        (r.messages, r.mapped, r.excluded, r.failed, r.customers),
+        (8, 4, 1, 3, 2)
+    );
+    let failures: Vec<(&str, Option<&str>, u64)> = r
+        .failures
+        .iter()
+        .map(|f| (f.reason, f.source.as_deref(), f.count))
+        .collect();
+    assert!(failures.contains(&("missing_field", Some("/userId or /anonymousId"), 1)));
+    assert!(failures.contains(&("bad_timestamp", Some("/timestamp"), 1)));
+    assert!(failures.contains(&("malformed_json", None, 1)));
+    let types: Vec<(&str, &str, u64, &str)> = r
+        .event_types
+        .iter()
+        .map(|t| (t.source_type.as_str(), t.event_type.as_str(), t.count, t.status))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            ("Order Completed", "Order Completed", 2, "not_named"),
+            ("Signed In", "login", 1, "named"),
+            ("alias", "alias", 1, "excluded"),
+            ("page", "page", 1, "not_named"),
+        ]
+    );
+    assert_eq!(r.first_event_at.as_deref(), Some("2025-02-28T10:00:00.000Z"));
+    assert_eq!(r.last_event_at.as_deref(), Some("2025-03-03T10:00:00.000Z"));
+    assert_eq!(
+        r.suggested_rename.get("Order Completed").map(String::as_str),
+        Some("purchase")
+    );
+    assert!(!r.suggested_rename.contains_key("page"));
+    assert!(r.model_types_not_seen.contains(&"purchase".to_string()));
+    assert!(!r.model_types_not_seen.contains(&"login".to_string()));
+    assert!(r.mapping.contains("Signed In"), "{}", r.mapping);
+}
+
+#[test]
+fn suggestions_read_the_words_of_any_naming_style() {
+    let model = crate::model::RiskModel::default_model();
+    let types: Vec<String> = model.kinds().iter().map(|k| k.name.clone()).collect();
+    for (source, want) in [
+        ("com.example.order.completed", Some("purchase")),
+        ("Invoice Payment Failed", Some("payment_failed")),
+        ("SUPPORT_TICKET", Some("support_ticket")),
+        ("Subscription Canceled", Some("subscription_cancelled")),
+        ("Page Viewed", None),
+    ] {
+        assert_eq!(inspect::suggest_model_type(source, &types), want, "{source}");
+    }
+}
