@@ -382,7 +382,19 @@ pub(crate) fn parse_amount(raw: &RawValue, scale: f64) -> Result<f64, EventError
     }
     let read: f64 =
         serde_json::from_str(text).map_err(|_| EventError::BadAmount("out of range"))?;
-    let value = if scale == 1.0 { read } else { read * scale };
+    let value = if scale == 1.0 {
+        read
+    } else {
+        // 0.01 is not exact in binary: 4990 × 0.01 is 49.900000000000006,
+        // while 4990 / 100 is the double nearest 49.9, as a native amount
+        // of 49.9 would read. Divide when the scale is 1/n.
+        let inverse = 1.0 / scale;
+        if inverse >= 1.0 && (inverse - inverse.round()).abs() < 1e-9 {
+            read / inverse.round()
+        } else {
+            read * scale
+        }
+    };
     if !value.is_finite() {
         return Err(EventError::BadAmount("out of range"));
     }
