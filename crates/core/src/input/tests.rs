@@ -75,13 +75,15 @@ amount_scale = 0.01
     );
     let e = decode(
         &app,
-        r#"{"user":{"id":"c-1"},"name":"purchase","ts":1740824100250,"price_cents":4990}"#,
+        r#"{"user":{"id":"c-1"},"name":"purchase","ts":1740824100250,"price_cents":1999}"#,
     )
     .expect("valid")
     .expect("admitted");
     assert_eq!(e.customer_id, "c-1");
     assert_eq!(e.timestamp_ms, 1_740_824_100_250);
-    assert!((e.amount.expect("amount") - 49.9).abs() < 1e-9);
+    // Exactly the double a native amount of 19.99 reads as (1999 × 0.01 is
+    // 19.990000000000002).
+    assert_eq!(e.amount, Some(19.99));
     let quoted = decode(
         &app,
         r#"{"user":{"id":"c-1"},"name":"x","ts":"1740824100250"}"#,
