@@ -274,8 +274,16 @@ fn write_text(r: &InspectReport, out: &mut impl Write) -> std::io::Result<()> {
     if !r.failures.is_empty() {
         writeln!(out, "\nfailures (dead letters, live):")?;
         for f in &r.failures {
-            let at = f.source.as_deref().map(|s| format!(": {s}")).unwrap_or_default();
-            writeln!(out, "  {:>7}  {}{at}  e.g. {}", f.count, f.reason, f.example)?;
+            let at = f
+                .source
+                .as_deref()
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "  {:>7}  {}{at}  e.g. {}",
+                f.count, f.reason, f.example
+            )?;
         }
     }
     writeln!(out, "\ncustomers: {}", r.customers)?;
@@ -297,10 +305,18 @@ fn write_text(r: &InspectReport, out: &mut impl Write) -> std::io::Result<()> {
             "excluded" => "excluded by the mapping",
             _ => "not named by the model (counts as activity only)",
         };
-        writeln!(out, "  {:>7}  {}{arrow}  [{status}]", t.count, t.source_type)?;
+        writeln!(
+            out,
+            "  {:>7}  {}{arrow}  [{status}]",
+            t.count, t.source_type
+        )?;
     }
     if r.other_event_types > 0 {
-        writeln!(out, "  {:>7}  (further types not listed)", r.other_event_types)?;
+        writeln!(
+            out,
+            "  {:>7}  (further types not listed)",
+            r.other_event_types
+        )?;
     }
     if !r.model_types_not_seen.is_empty() {
         writeln!(

@@ -86,11 +86,7 @@ fn every_fixture_scores_and_alerts_exactly_as_its_native_twin_offline() {
     let model = RiskModel::default_model();
     let native = read("native.jsonl");
     let (native_scores, _) = score(&InputFormat::Churn, &native);
-    let native_alerts = alert_keys(replay_alerts(
-        &model,
-        native.lines().map(str::as_bytes),
-        0,
-    ));
+    let native_alerts = alert_keys(replay_alerts(&model, native.lines().map(str::as_bytes), 0));
     assert_eq!(native_scores.lines().count(), 9, "nine customers");
     assert!(
         native_alerts.len() >= 3,
@@ -297,7 +293,12 @@ fn the_worker_reads_a_segment_topic_into_the_native_alerts_and_names_failing_poi
     .into_iter()
     .map(|a| {
         let kind = a.decision.kind.as_str();
-        let id = alert_id(&a.customer_id, kind, a.decision.event_time_ms, model.version());
+        let id = alert_id(
+            &a.customer_id,
+            kind,
+            a.decision.event_time_ms,
+            model.version(),
+        );
         (a.customer_id, kind.to_string(), id)
     })
     .collect();
@@ -325,15 +326,18 @@ fn the_worker_reads_a_segment_topic_into_the_native_alerts_and_names_failing_poi
     worker.wait_until("all consumed", Duration::from_secs(30), |w| {
         w.metrics().events_consumed.get() == messages.len() as u64
     });
-    let got: BTreeSet<(String, String, String)> =
-        read_topic(&bootstrap, "churn-alerts", expected.len(), Duration::from_secs(20))
-            .iter()
-            .map(|r| {
-                let a: Alert =
-                    serde_json::from_slice(r.value.as_deref().expect("payload")).expect("alert");
-                (a.customer_id, a.kind, a.alert_id)
-            })
-            .collect();
+    let got: BTreeSet<(String, String, String)> = read_topic(
+        &bootstrap,
+        "churn-alerts",
+        expected.len(),
+        Duration::from_secs(20),
+    )
+    .iter()
+    .map(|r| {
+        let a: Alert = serde_json::from_slice(r.value.as_deref().expect("payload")).expect("alert");
+        (a.customer_id, a.kind, a.alert_id)
+    })
+    .collect();
     assert_eq!(got, expected);
     let dead = read_topic(&bootstrap, "churn-events-dlq", 1, Duration::from_secs(20));
     assert_eq!(dead.len(), 1);

@@ -54,7 +54,9 @@ use churn_core::engine::{CustomerStore, Factor};
 use churn_core::event::format_timestamp_ms;
 use churn_core::input::{InputFormat, MessageContext};
 use churn_core::model::{EventRule, MAX_EVENT_TYPES, ModelError, ModelSpec, RiskModel};
-use churn_core::offline::{BadLine, ReplayError, ReplayStats, TimeLimit, for_each_line, replay_with};
+use churn_core::offline::{
+    BadLine, ReplayError, ReplayStats, TimeLimit, for_each_line, replay_with,
+};
 
 /// The default grid of L2 penalties tried by cross-validation (standardised units).
 pub const DEFAULT_LAMBDAS: [f64; 5] = [1e-4, 1e-3, 1e-2, 1e-1, 1.0];
@@ -851,7 +853,8 @@ pub fn run_fit<R: BufRead>(
     }
 
     // Pass 1: which event types have enough support.
-    let (support, spend_by_label) = count_support(&options.input, open_events()?, labels, options.cutoff_ms)?;
+    let (support, spend_by_label) =
+        count_support(&options.input, open_events()?, labels, options.cutoff_ms)?;
     let mut skeleton = skeleton(base, support, options)?;
     // Silence is fitted in days and in usual gaps: a base model without
     // `[rhythm]` gets the default model's (prior and knots).
@@ -1136,8 +1139,14 @@ pub fn run_fit<R: BufRead>(
     let mut alert_threshold = None;
     if let Some(target) = options.alert_target {
         let model = RiskModel::from_spec(spec.clone())?;
-        let (peak_store, _, peaks) =
-            replay_with_peaks(&options.input, &model, open_events()?, options.cutoff_ms, false, |_| {})?;
+        let (peak_store, _, peaks) = replay_with_peaks(
+            &options.input,
+            &model,
+            open_events()?,
+            options.cutoff_ms,
+            false,
+            |_| {},
+        )?;
         let table = threshold_table(&labelled_peaks(&peak_store, &peaks, labels));
         let row = match target {
             AlertTarget::Precision(p) => threshold_for_precision(&table, p),
@@ -1493,7 +1502,8 @@ mod tests {
         .join("\n");
         let labels = Labels::from_pairs([("a", true), ("b", false)]);
         let cutoff = churn_core::event::parse_timestamp_ms("2024-02-01T00:00:00Z").expect("valid");
-        let (s, spend) = count_support(&InputFormat::Churn, lines.as_bytes(), &labels, cutoff).expect("in memory");
+        let (s, spend) = count_support(&InputFormat::Churn, lines.as_bytes(), &labels, cutoff)
+            .expect("in memory");
         assert_eq!(s.get("x"), Some(&2));
         assert_eq!(s.get("y"), None);
         assert_eq!(

@@ -286,9 +286,13 @@ pub fn parse_timestamp_ms(text: &str) -> Result<i64, EventError> {
 
 /// Whether `text` is a valid date and time that only lacks its offset.
 fn lacks_offset(text: &str) -> bool {
-    ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dt%H:%M:%S%.f"]
-        .iter()
-        .any(|f| chrono::NaiveDateTime::parse_from_str(text, f).is_ok())
+    [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dt%H:%M:%S%.f",
+    ]
+    .iter()
+    .any(|f| chrono::NaiveDateTime::parse_from_str(text, f).is_ok())
 }
 
 /// Keeps `ms` if RFC 3339 can write it back in UTC (years 0000-9999);

@@ -155,7 +155,14 @@ pub fn replay_each(
     on_bad_line: impl FnMut(&BadLine),
     apply: impl FnMut(&crate::event::CustomerEvent<'_>),
 ) -> Result<ReplayStats, ReplayError> {
-    replay_each_with(&InputFormat::Churn, input, limit, strict, on_bad_line, apply)
+    replay_each_with(
+        &InputFormat::Churn,
+        input,
+        limit,
+        strict,
+        on_bad_line,
+        apply,
+    )
 }
 
 /// As [`replay_each`], with lines read in the input format `format` (a file

@@ -902,14 +902,20 @@ mod tests {
             .decode(line, &Default::default())
             .expect("valid")
             .expect("admitted");
-        assert_eq!(event.event_type, "purchase", "the mapping file is laid over the preset");
+        assert_eq!(
+            event.event_type, "purchase",
+            "the mapping file is laid over the preset"
+        );
 
         let env = [("CHURN_SCORER__INPUT__FORMAT", "cloudevents")];
         let c = load("", &env, &Overrides::default()).expect("valid");
         assert_eq!(c.input.decoder.name(), "cloudevents");
         let e = load("[input]\nformat = \"avro\"\n", &[], &Overrides::default())
             .expect_err("unknown format");
-        assert!(e.to_string().contains("`input.format`") && e.to_string().contains("segment"), "{e}");
+        assert!(
+            e.to_string().contains("`input.format`") && e.to_string().contains("segment"),
+            "{e}"
+        );
         let e = load("[input]\nformat = \"mapped\"\n", &[], &Overrides::default())
             .expect_err("mapped needs a mapping");
         assert_eq!(key(e), "input.format");

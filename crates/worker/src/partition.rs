@@ -142,10 +142,7 @@ struct KafkaHeaders<'a>(&'a rdkafka::message::BorrowedHeaders);
 impl HeaderLookup for KafkaHeaders<'_> {
     fn header(&self, name: &str) -> Option<&[u8]> {
         use rdkafka::message::Headers;
-        self.0
-            .iter()
-            .find(|h| h.key == name)
-            .and_then(|h| h.value)
+        self.0.iter().find(|h| h.key == name).and_then(|h| h.value)
     }
 }
 
@@ -478,12 +475,15 @@ impl PartitionTask {
             timestamp_ms: msg.timestamp_ms,
             headers: headers.as_ref().map(|h| h as &dyn HeaderLookup),
         };
-        let parsed = settings.input.decode(msg.payload, &message).and_then(|event| {
-            let Some(event) = event else { return Ok(None) };
-            check_not_in_future(event.timestamp_ms, wall_clock_ms, settings.max_skew_ms)
-                .map(|()| Some(event))
-                .map_err(DecodeError::from)
-        });
+        let parsed = settings
+            .input
+            .decode(msg.payload, &message)
+            .and_then(|event| {
+                let Some(event) = event else { return Ok(None) };
+                check_not_in_future(event.timestamp_ms, wall_clock_ms, settings.max_skew_ms)
+                    .map(|()| Some(event))
+                    .map_err(DecodeError::from)
+            });
         match parsed {
             // Left out by the input mapping's include/exclude lists: read,
             // neither applied nor dead-lettered.

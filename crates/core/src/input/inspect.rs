@@ -76,6 +76,9 @@ pub struct InspectReport {
     pub suggested_rename: BTreeMap<String, String>,
 }
 
+/// A failure's reason label and the source that failed.
+type FailureKey = (&'static str, Option<Arc<str>>);
+
 /// Accumulates an [`InspectReport`] message by message.
 pub struct Inspection<'f> {
     format: &'f InputFormat,
@@ -85,7 +88,8 @@ pub struct Inspection<'f> {
     messages: u64,
     mapped: u64,
     excluded: u64,
-    failures: BTreeMap<(&'static str, Option<Arc<str>>), (u64, String)>,
+    /// (count, first error message) by (reason, source).
+    failures: BTreeMap<FailureKey, (u64, String)>,
     customers: HashSet<String>,
     types: HashMap<String, u64>,
     other_types: u64,
@@ -218,7 +222,7 @@ impl<'f> Inspection<'f> {
                 example,
             })
             .collect();
-        failures.sort_by(|a, b| b.count.cmp(&a.count));
+        failures.sort_by_key(|f| std::cmp::Reverse(f.count));
         InspectReport {
             format: self.format.name().to_string(),
             mapping: self.format.effective_mapping().to_toml(),

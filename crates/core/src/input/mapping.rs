@@ -20,8 +20,7 @@ use serde_json::value::RawValue;
 use super::{DecodeError, MessageContext, PRESETS};
 use crate::event::{
     CustomerEvent, EventError, MAX_CUSTOMER_ID_BYTES, MAX_EVENT_TYPE_BYTES, check_timestamp_range,
-    classify_json_error, json_string, parse_amount, parse_timestamp_ms, shape_error,
-    validate_text,
+    classify_json_error, json_string, parse_amount, parse_timestamp_ms, shape_error, validate_text,
 };
 
 /// Most distinct top-level members one mapping reads (pointers sharing a
@@ -396,9 +395,13 @@ impl Mapping {
         if shape_error(bytes).is_some() {
             return None;
         }
+        let mut slots: Slots<'a> = [None; MAX_TOP_LEVEL_NAMES];
         let mut de = serde_json::Deserializer::from_slice(bytes);
-        let slots =
-            serde::Deserializer::deserialize_map(&mut de, TopScan { names: &self.top }).ok()?;
+        let scan = TopScan {
+            names: &self.top,
+            slots: &mut slots,
+        };
+        serde::Deserializer::deserialize_map(&mut de, scan).ok()?;
         self.event_type
             .iter()
             .find_map(|p| resolve(&slots, p))
@@ -414,9 +417,14 @@ impl Mapping {
         cx: &MessageContext<'a>,
     ) -> Result<Option<CustomerEvent<'a>>, DecodeError> {
         shape_error(bytes).map_or(Ok(()), Err)?;
+        let mut slots: Slots<'a> = [None; MAX_TOP_LEVEL_NAMES];
         let mut de = serde_json::Deserializer::from_slice(bytes);
-        let slots = serde::Deserializer::deserialize_map(&mut de, TopScan { names: &self.top })
-            .and_then(|slots| de.end().map(|()| slots))
+        let scan = TopScan {
+            names: &self.top,
+            slots: &mut slots,
+        };
+        serde::Deserializer::deserialize_map(&mut de, scan)
+            .and_then(|()| de.end())
             .map_err(classify_json_error)?;
         let at = |p: &'a Pointer| -> Option<&'a RawValue> { resolve(&slots, p) };
         let fail = |error: EventError, source: &Arc<str>| DecodeError {
@@ -495,9 +503,9 @@ impl Mapping {
             None => None,
             Some(p) => match at(p) {
                 None => None,
-                Some(raw) => Some(
-                    parse_amount(raw, self.amount_scale).map_err(|e| fail(e, &p.text))?,
-                ),
+                Some(raw) => {
+                    Some(parse_amount(raw, self.amount_scale).map_err(|e| fail(e, &p.text))?)
+                }
             },
         };
 
@@ -520,11 +528,7 @@ impl Mapping {
         }))
     }
 
-    fn timestamp_ms(
-        &self,
-        slots: &[Option<&RawValue>; MAX_TOP_LEVEL_NAMES],
-        cx: &MessageContext<'_>,
-    ) -> Result<i64, EventError> {
+    fn timestamp_ms(&self, slots: &Slots<'_>, cx: &MessageContext<'_>) -> Result<i64, EventError> {
         match &self.timestamp {
             TimeSource::MessageTimestamp => {
                 let ms = cx
@@ -618,12 +622,7 @@ impl TimestampEncoding {
 /// Epoch text (`1740824100250`, `1740824100.25`) to milliseconds:
 /// value × `mul` / `div`, finer digits dropped (rounded down).
 fn epoch_ms(text: &str, mul: i64, div: i64) -> Result<i64, EventError> {
-    let bad = || {
-        EventError::BadTimestamp(format!(
-            "not an epoch number: {:?}",
-            truncate(text, 64)
-        ))
-    };
+    let bad = || EventError::BadTimestamp(format!("not an epoch number: {:?}", truncate(text, 64)));
     let first = text.as_bytes().first().copied().ok_or_else(bad)?;
     if !(first == b'-' || first.is_ascii_digit()) {
         return Err(bad());
@@ -701,10 +700,7 @@ fn parse_pointer(text: &str) -> Result<Vec<Box<str>>, String> {
 }
 
 /// The raw value a pointer names, if present and not `null`.
-fn resolve<'a>(
-    slots: &[Option<&'a RawValue>; MAX_TOP_LEVEL_NAMES],
-    p: &Pointer,
-) -> Option<&'a RawValue> {
+fn resolve<'a>(slots: &Slots<'a>, p: &Pointer) -> Option<&'a RawValue> {
     let mut raw = slots[p.slot]?;
     for seg in &p.rest {
         raw = child(raw, seg)?;
@@ -738,20 +734,25 @@ fn truncate(text: &str, max_chars: usize) -> String {
     text.chars().take(max_chars).collect()
 }
 
-/// Keeps the raw text of the top-level members named in `names`.
-struct TopScan<'n> {
+/// Top-level members kept: one slot per name of the mapping's `top`.
+type Slots<'de> = [Option<&'de RawValue>; MAX_TOP_LEVEL_NAMES];
+
+/// Keeps the raw text of the top-level members named in `names`, written
+/// in place (the slots are not moved through serde's return values).
+struct TopScan<'n, 's, 'de> {
     names: &'n [Box<str>],
+    slots: &'s mut Slots<'de>,
 }
 
-impl<'de> Visitor<'de> for TopScan<'_> {
-    type Value = [Option<&'de RawValue>; MAX_TOP_LEVEL_NAMES];
+impl<'de> Visitor<'de> for TopScan<'_, '_, 'de> {
+    type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut slots = [None; MAX_TOP_LEVEL_NAMES];
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let slots = self.slots;
         while let Some(found) = map.next_key_seed(KeyIndex(self.names))? {
             match found {
                 Some(i) => {
@@ -769,7 +770,7 @@ impl<'de> Visitor<'de> for TopScan<'_> {
                 }
             }
         }
-        Ok(slots)
+        Ok(())
     }
 }
 

@@ -18,13 +18,19 @@ fn ms(text: &str) -> i64 {
 
 #[test]
 fn segment_track_page_and_identify_calls_read_as_events() {
-    let seg = format("segment", Some(r#"rename = { "Order Completed" = "purchase" }"#));
+    let seg = format(
+        "segment",
+        Some(r#"rename = { "Order Completed" = "purchase" }"#),
+    );
     let track = r#"{"type":"track","userId":"u1","event":"Order Completed","timestamp":"2025-03-01T10:15:00.250Z","properties":{"revenue":49.9,"plan":"pro"}}"#;
     let e = decode(&seg, track).expect("valid").expect("admitted");
     assert_eq!(e.customer_id, "u1");
     assert!(matches!(e.customer_id, Cow::Borrowed(_)));
     assert_eq!(e.event_type, "purchase");
-    assert!(matches!(e.event_type, Cow::Borrowed(_)), "renamed from the mapping");
+    assert!(
+        matches!(e.event_type, Cow::Borrowed(_)),
+        "renamed from the mapping"
+    );
     assert_eq!(e.timestamp_ms, ms("2025-03-01T10:15:00.250Z"));
     assert_eq!(e.amount, Some(49.9));
     assert_eq!(e.property("plan").as_deref(), Some("pro"));
@@ -40,7 +46,11 @@ fn segment_track_page_and_identify_calls_read_as_events() {
     let identify = r#"{"type":"identify","userId":"u1","traits":{"plan":"free"},"timestamp":"2025-03-01T10:17:00Z"}"#;
     let e = decode(&seg, identify).expect("valid").expect("admitted");
     assert_eq!(e.event_type, "identify");
-    assert_eq!(e.property("plan").as_deref(), Some("free"), "traits are the properties");
+    assert_eq!(
+        e.property("plan").as_deref(),
+        Some("free"),
+        "traits are the properties"
+    );
 
     let alias = r#"{"type":"alias","userId":"u1","previousId":"anon-7","timestamp":"2025-03-01T10:18:00Z"}"#;
     assert_eq!(decode(&seg, alias), Ok(None), "the preset leaves alias out");
@@ -90,7 +100,10 @@ amount_scale = 0.01
     )
     .expect("valid")
     .expect("admitted");
-    assert_eq!(quoted.timestamp_ms, 1_740_824_100_250, "numeric strings too");
+    assert_eq!(
+        quoted.timestamp_ms, 1_740_824_100_250,
+        "numeric strings too"
+    );
     for (encoding, value, want) in [
         ("epoch_s", "1740824100", 1_740_824_100_000),
         ("epoch_s", "1740824100.25", 1_740_824_100_250),
@@ -174,7 +187,11 @@ fn failures_name_the_source_but_keep_the_fixed_reason_label() {
             "duplicate_field",
         ),
     ] {
-        assert_eq!(decode(&seg, line).map_err(|e| e.reason()), Err(reason), "{line}");
+        assert_eq!(
+            decode(&seg, line).map_err(|e| e.reason()),
+            Err(reason),
+            "{line}"
+        );
     }
     // The native format's failures carry no source: the label alone.
     let err = decode(&InputFormat::Churn, "{}").expect_err("empty");
@@ -191,7 +208,9 @@ fn the_message_key_timestamp_and_headers_are_sources() {
     }
     let key_and_time = format(
         "mapped",
-        Some("customer_id = [\"/user\", \"@key\"]\nevent_type = \"/t\"\ntimestamp = \"@timestamp\""),
+        Some(
+            "customer_id = [\"/user\", \"@key\"]\nevent_type = \"/t\"\ntimestamp = \"@timestamp\"",
+        ),
     );
     let cx = MessageContext {
         key: Some(b"from-key"),
@@ -216,7 +235,9 @@ fn the_message_key_timestamp_and_headers_are_sources() {
 
     let header = format(
         "mapped",
-        Some("customer_id = \"/c\"\nevent_type = \"/t\"\ntimestamp = \"@header:event-time\"\ntimestamp_encoding = \"epoch_ms\""),
+        Some(
+            "customer_id = \"/c\"\nevent_type = \"/t\"\ntimestamp = \"@header:event-time\"\ntimestamp_encoding = \"epoch_ms\"",
+        ),
     );
     let cx = MessageContext {
         headers: Some(&Headers),
@@ -289,27 +310,52 @@ timestamp = "/ts"
 fn bad_mappings_are_refused_with_the_reason() {
     let cases = [
         (Some("mapped"), None, "needs a mapping"),
-        (Some("churn"), Some("customer_id = \"/c\""), "needs input format"),
+        (
+            Some("churn"),
+            Some("customer_id = \"/c\""),
+            "needs input format",
+        ),
         (Some("avro"), None, "unknown input format `avro`"),
-        (Some("mapped"), Some("customer_id = \"c\"\nevent_type = \"/t\"\ntimestamp = \"/ts\""), "not a JSON pointer"),
-        (Some("mapped"), Some("event_type = \"/t\"\ntimestamp = \"/ts\""), "`customer_id` is required"),
-        (Some("segment"), Some("customer = \"/c\""), "unknown field `customer`"),
+        (
+            Some("mapped"),
+            Some("customer_id = \"c\"\nevent_type = \"/t\"\ntimestamp = \"/ts\""),
+            "not a JSON pointer",
+        ),
+        (
+            Some("mapped"),
+            Some("event_type = \"/t\"\ntimestamp = \"/ts\""),
+            "`customer_id` is required",
+        ),
+        (
+            Some("segment"),
+            Some("customer = \"/c\""),
+            "unknown field `customer`",
+        ),
         (Some("segment"), Some("amount_scale = 0"), "amount_scale"),
-        (Some("segment"), Some("timestamp_encoding = \"epoch_ns\""), "unknown variant"),
+        (
+            Some("segment"),
+            Some("timestamp_encoding = \"epoch_ns\""),
+            "unknown variant",
+        ),
     ];
     for (fmt, mapping, want) in cases {
-        let err = InputFormat::from_settings(fmt, mapping.map(|m| (m, "m.toml")))
-            .expect_err(want);
+        let err = InputFormat::from_settings(fmt, mapping.map(|m| (m, "m.toml"))).expect_err(want);
         assert!(err.to_string().contains(want), "{err} should say {want}");
     }
     // A mapping alone means the `mapped` format.
     let f = InputFormat::from_settings(
         None,
-        Some(("customer_id = \"/c\"\nevent_type = \"/t\"\ntimestamp = \"/ts\"", "m")),
+        Some((
+            "customer_id = \"/c\"\nevent_type = \"/t\"\ntimestamp = \"/ts\"",
+            "m",
+        )),
     )
     .expect("valid");
     assert_eq!(f.name(), "mapped");
-    assert_eq!(InputFormat::from_settings(None, None), Ok(InputFormat::Churn));
+    assert_eq!(
+        InputFormat::from_settings(None, None),
+        Ok(InputFormat::Churn)
+    );
 }
 
 #[test]
@@ -410,7 +456,14 @@ fn inspection_counts_outcomes_vocabulary_time_range_and_suggests_renames() {
     let types: Vec<(&str, &str, u64, &str)> = r
         .event_types
         .iter()
-        .map(|t| (t.source_type.as_str(), t.event_type.as_str(), t.count, t.status))
+        .map(|t| {
+            (
+                t.source_type.as_str(),
+                t.event_type.as_str(),
+                t.count,
+                t.status,
+            )
+        })
         .collect();
     assert_eq!(
         types,
@@ -421,10 +474,15 @@ fn inspection_counts_outcomes_vocabulary_time_range_and_suggests_renames() {
             ("page", "page", 1, "not_named"),
         ]
     );
-    assert_eq!(r.first_event_at.as_deref(), Some("2025-02-28T10:00:00.000Z"));
+    assert_eq!(
+        r.first_event_at.as_deref(),
+        Some("2025-02-28T10:00:00.000Z")
+    );
     assert_eq!(r.last_event_at.as_deref(), Some("2025-03-03T10:00:00.000Z"));
     assert_eq!(
-        r.suggested_rename.get("Order Completed").map(String::as_str),
+        r.suggested_rename
+            .get("Order Completed")
+            .map(String::as_str),
         Some("purchase")
     );
     assert!(!r.suggested_rename.contains_key("page"));
@@ -444,6 +502,10 @@ fn suggestions_read_the_words_of_any_naming_style() {
         ("Subscription Canceled", Some("subscription_cancelled")),
         ("Page Viewed", None),
     ] {
-        assert_eq!(inspect::suggest_model_type(source, &types), want, "{source}");
+        assert_eq!(
+            inspect::suggest_model_type(source, &types),
+            want,
+            "{source}"
+        );
     }
 }
