@@ -108,6 +108,11 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
         };
         inspect_lines(input, args.sample, &mut inspection)?;
     } else {
+        anyhow::ensure!(
+            args.bootstrap_servers.is_some() || args.config.is_some(),
+            "inspect reads --file FILE, or a topic: --bootstrap-servers HOST:PORT --topic NAME \
+             (or --config with kafka.bootstrap_servers and topics.input)"
+        );
         let config = match config {
             Some(c) => c,
             None => WorkerConfig::load(
@@ -118,11 +123,6 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
                 },
             )?,
         };
-        anyhow::ensure!(
-            args.bootstrap_servers.is_some() || args.config.is_some(),
-            "inspect reads --file FILE, or a topic: --bootstrap-servers HOST:PORT --topic NAME \
-             (or --config with kafka.bootstrap_servers and topics.input)"
-        );
         let topic = args
             .topic
             .clone()
