@@ -177,6 +177,62 @@ fn score_says_a_native_timestamp_lacks_its_offset() {
 }
 
 #[test]
+fn backtest_and_fit_read_every_format_as_its_native_twin() {
+    let dir = tempfile::tempdir().expect("dir");
+    let labels = dir.path().join("labels.csv");
+    let rows: String = (0..9)
+        .map(|c| format!("cust-{c:03},{}\n", u8::from(c % 3 == 0)))
+        .collect();
+    std::fs::write(&labels, format!("customer_id,churned\n{rows}")).expect("write");
+    let labels = labels.display().to_string();
+    let backtest = |events: &str, input: &[&str]| {
+        let mut args = vec!["backtest", "--events", events, "--labels", &labels];
+        args.extend(["--cutoff", "2025-03-08", "--json"]);
+        args.extend(input);
+        let o = run(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        o.stdout
+    };
+    let fit = |events: &str, input: &[&str], out: &str| {
+        let mut args = vec!["fit", "--events", events, "--labels", &labels, "--out", out];
+        args.extend([
+            "--cutoff",
+            "2025-03-08",
+            "--min-support",
+            "1",
+            "--folds",
+            "3",
+        ]);
+        args.extend(input);
+        let o = run(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read_to_string(out).expect("model written")
+    };
+    let native_events = path("native.jsonl");
+    let native_backtest = backtest(&native_events, &[]);
+    let native_out = dir.path().join("native.toml").display().to_string();
+    let native_model = fit(&native_events, &[], &native_out);
+    for (file, fmt, mapping) in FORMATTED {
+        let mapping = path(mapping);
+        let mut input = vec!["--mapping", mapping.as_str()];
+        if let Some(f) = fmt {
+            input.extend(["--input-format", f]);
+        }
+        assert_eq!(
+            backtest(&path(file), &input),
+            native_backtest,
+            "{file}: backtest"
+        );
+        let out = dir
+            .path()
+            .join(format!("{file}.toml"))
+            .display()
+            .to_string();
+        assert_eq!(fit(&path(file), &input, &out), native_model, "{file}: fit");
+    }
+}
+
+#[test]
 fn inspect_a_file_shows_outcomes_vocabulary_and_suggested_renames() {
     let o = run(&[
         "inspect",
