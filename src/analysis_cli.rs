@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use churn_analysis::backtest::{run_backtest, write_json, write_text};
+use churn_analysis::backtest::{run_backtest_with, write_json, write_text};
 use churn_analysis::fit::{AlertTarget, FitOptions, describe, model_toml, run_fit};
 use churn_analysis::labels::{Labels, read_labels};
 use churn_analysis::report::render_html;
@@ -48,6 +48,8 @@ pub struct BacktestArgs {
     /// Stop with an error at the first bad event line.
     #[arg(long)]
     strict: bool,
+    #[command(flatten)]
+    input: crate::input_cli::InputArgs,
 }
 
 #[derive(clap::Args)]
@@ -110,6 +112,8 @@ pub struct FitArgs {
     /// Stop with an error at the first bad event line.
     #[arg(long)]
     strict: bool,
+    #[command(flatten)]
+    input: crate::input_cli::InputArgs,
 }
 
 fn load_labels(path: &Path) -> Result<Labels> {
@@ -137,7 +141,12 @@ fn load_labels(path: &Path) -> Result<Labels> {
 }
 
 fn report_bad_line(bad: &BadLine) {
-    eprintln!("line {}: {}: {}", bad.line, bad.error.reason(), bad.error);
+    eprintln!(
+        "line {}: {}: {}",
+        bad.line,
+        bad.reason_with_source(),
+        bad.error
+    );
 }
 
 fn check_share(flag: &str, value: f64) -> Result<()> {
@@ -166,7 +175,9 @@ pub fn backtest(args: BacktestArgs) -> Result<()> {
     };
     check_share("--alert-precision", args.alert_precision)?;
     check_share("--alert-rate", args.alert_rate)?;
-    let mut result = run_backtest(
+    let format = args.input.format()?;
+    let mut result = run_backtest_with(
+        &format,
         &model,
         input,
         &labels,
@@ -228,6 +239,7 @@ pub fn fit(args: FitArgs) -> Result<()> {
     options.lambdas = args.lambdas;
     options.strict = args.strict;
     options.one_standard_error = args.one_standard_error;
+    options.input = args.input.format()?;
     anyhow::ensure!(
         args.half_life_grid
             .iter()

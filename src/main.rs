@@ -10,12 +10,13 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use churn_core::event::parse_date_arg;
 use churn_core::model::RiskModel;
-use churn_core::offline::{ScoreOptions, run_score};
+use churn_core::offline::{ScoreOptions, run_score_with};
 use churn_worker::telemetry::LogFormat;
 
 mod analysis_cli;
 #[cfg(feature = "devtools")]
 mod devtools_cli;
+mod input_cli;
 mod kafka_check;
 
 // jemalloc for the whole process, librdkafka's C allocations included (the
@@ -67,6 +68,9 @@ enum Command {
     Backtest(analysis_cli::BacktestArgs),
     /// Fit a model's points to churn labels (L2 logistic regression) and write it.
     Fit(analysis_cli::FitArgs),
+    /// Show how a sample of a topic (or a file) reads with the input settings:
+    /// mapped vs failed, event types vs the model's, time range, suggested renames.
+    Inspect(input_cli::InspectArgs),
     /// End-to-end benchmark on an embedded broker: worker vs bare consumer, latency, memory.
     #[cfg(feature = "devtools")]
     Bench(devtools_cli::BenchArgs),
@@ -87,6 +91,8 @@ struct ScoreArgs {
     /// Stop with an error at the first bad line, or when no event can be scored.
     #[arg(long)]
     strict: bool,
+    #[command(flatten)]
+    input: input_cli::InputArgs,
 }
 
 #[derive(clap::Args)]
@@ -208,6 +214,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => devtools_cli::generate(args),
         Command::Backtest(args) => analysis_cli::backtest(args),
         Command::Fit(args) => analysis_cli::fit(args),
+        Command::Inspect(args) => input_cli::inspect(args),
         #[cfg(feature = "devtools")]
         Command::Bench(args) => devtools_cli::bench(args),
     }
@@ -222,6 +229,7 @@ fn load_model(path: Option<&PathBuf>) -> Result<RiskModel> {
 
 fn score(args: ScoreArgs) -> Result<()> {
     let model = load_model(args.model.as_ref())?;
+    let format = args.input.format()?;
     let as_of_ms = args
         .as_of
         .as_deref()
@@ -240,11 +248,19 @@ fn score(args: ScoreArgs) -> Result<()> {
         if stdin.is_terminal() {
             eprintln!("reading events from standard input (Ctrl-D to end)");
         }
-        run_score(&model, stdin.lock(), &mut out, &mut report, &options)?;
+        run_score_with(
+            &format,
+            &model,
+            stdin.lock(),
+            &mut out,
+            &mut report,
+            &options,
+        )?;
     } else {
         let file = std::fs::File::open(&args.events)
             .with_context(|| format!("opening events file {}", args.events))?;
-        run_score(
+        run_score_with(
+            &format,
             &model,
             BufReader::new(file),
             &mut out,

@@ -1,22 +1,86 @@
-//! Fuzzes the event parser: it must never panic, and every event it accepts
-//! must satisfy the invariants the engine relies on.
+//! Fuzzes the event parsers: the native one and the mapped one (input
+//! formats). Neither may panic; every event either accepts must satisfy the
+//! invariants the engine relies on; and the native schema written as a
+//! mapping must read every input exactly as the native parser does.
 
 #![no_main]
 
+use std::sync::LazyLock;
+
 use churn_core::event::{
-    MAX_CUSTOMER_ID_BYTES, MAX_EVENT_TYPE_BYTES, format_timestamp_ms, parse_event,
+    CustomerEvent, MAX_CUSTOMER_ID_BYTES, MAX_EVENT_TYPE_BYTES, format_timestamp_ms, parse_event,
     parse_timestamp_ms,
 };
+use churn_core::input::{InputFormat, MessageContext, PRESETS};
 use libfuzzer_sys::fuzz_target;
+
+/// The native schema as a mapping, the Segment preset, and a mapping with
+/// every other kind of source (nested pointers, an array index, epoch
+/// milliseconds, a scale, the message key, rename and exclude).
+static MAPPED: LazyLock<[InputFormat; 3]> = LazyLock::new(|| {
+    let load = |format: &str, mapping: Option<&str>| {
+        InputFormat::from_settings(Some(format), mapping.map(|m| (m, "fuzz")))
+            .expect("fuzz mappings are valid")
+    };
+    [
+        load("mapped", Some(PRESETS[0].1)),
+        load("segment", Some(r#"rename = { "Order Completed" = "purchase" }"#)),
+        load(
+            "mapped",
+            Some(
+                r#"
+customer_id = ["/user/id", "/ids/0", "@key"]
+event_type = ["/name", "/type"]
+timestamp = "/ts"
+timestamp_encoding = "epoch_ms"
+amount = "/price/cents"
+amount_scale = 0.01
+properties = ["/context", "/properties"]
+exclude = ["page"]
+rename = { "a" = "purchase", "b~/" = "login" }
+"#,
+            ),
+        ),
+    ]
+});
 
 /// 0000-01-01T00:00:00.000Z and 9999-12-31T23:59:59.999Z.
 const MIN_RFC3339_MS: i64 = -62_167_219_200_000;
 const MAX_RFC3339_MS: i64 = 253_402_300_799_999;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(event) = parse_event(data) else {
-        return;
+    let native = parse_event(data);
+    let cx = MessageContext {
+        key: Some(b"key-customer"),
+        timestamp_ms: Some(1_740_787_200_000),
+        headers: None,
     };
+    let [as_mapping, segment, other] = &*MAPPED;
+    let via_mapping = as_mapping.decode(data, &cx);
+    assert_eq!(
+        via_mapping
+            .as_ref()
+            .map(|e| e.clone().expect("the native mapping excludes nothing"))
+            .map_err(|e| e.reason()),
+        native.as_ref().map(Clone::clone).map_err(|e| e.reason()),
+        "the native mapping disagrees with the native parser"
+    );
+    for format in [segment, other] {
+        match format.decode(data, &cx) {
+            Ok(Some(event)) => check(&event),
+            Ok(None) => {}
+            Err(e) => {
+                assert!(e.source.is_some(), "a mapped failure names its source");
+            }
+        }
+    }
+    if let Ok(event) = native {
+        check(&event);
+    }
+});
+
+/// The invariants every accepted event keeps, whichever parser read it.
+fn check(event: &CustomerEvent<'_>) {
     let id = event.customer_id.as_ref();
     assert!(
         (1..=MAX_CUSTOMER_ID_BYTES).contains(&id.len()),
@@ -53,4 +117,4 @@ fuzz_target!(|data: &[u8]| {
             "timestamp {text}"
         );
     }
-});
+}

@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::labels::Labels;
 use churn_core::engine::{AlertKind, ApplyOutcome, CustomerStore};
 use churn_core::model::RiskModel;
-use churn_core::offline::{ReplayError, ReplayStats, TimeLimit, replay_alerts, replay_each};
+use churn_core::offline::{ReplayError, ReplayStats, TimeLimit, replay_alerts, replay_each_with};
 
 /// Alert figures of one replayed history.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,6 +91,7 @@ pub const VOLUME_WINDOW_MS: i64 = 30 * 86_400_000;
 /// threshold at or below a customer's peak is one the customer would have
 /// crossed in that month — an alert, cooldown and hysteresis aside.
 pub fn replay_with_peaks(
+    format: &churn_core::input::InputFormat,
     model: &RiskModel,
     input: impl std::io::BufRead,
     cutoff_ms: i64,
@@ -100,7 +101,8 @@ pub fn replay_with_peaks(
     let window_start = cutoff_ms.saturating_sub(VOLUME_WINDOW_MS);
     let mut store = CustomerStore::new();
     let mut peaks: Vec<f64> = Vec::new();
-    let stats = replay_each(
+    let stats = replay_each_with(
+        format,
         input,
         TimeLimit::Before(cutoff_ms),
         model.event_time_bounds(),

@@ -265,7 +265,29 @@ pub fn run_backtest(
     strict: bool,
     on_bad_line: impl FnMut(&BadLine),
 ) -> Result<Backtest, BacktestError> {
-    let (store, stats, peaks) = replay_with_peaks(model, events, cutoff_ms, strict, on_bad_line)?;
+    run_backtest_with(
+        &churn_core::input::InputFormat::Churn,
+        model,
+        events,
+        labels,
+        cutoff_ms,
+        strict,
+        on_bad_line,
+    )
+}
+
+/// As [`run_backtest`], with event lines read in the input format `format`.
+pub fn run_backtest_with(
+    format: &churn_core::input::InputFormat,
+    model: &RiskModel,
+    events: impl BufRead,
+    labels: &Labels,
+    cutoff_ms: i64,
+    strict: bool,
+    on_bad_line: impl FnMut(&BadLine),
+) -> Result<Backtest, BacktestError> {
+    let (store, stats, peaks) =
+        replay_with_peaks(format, model, events, cutoff_ms, strict, on_bad_line)?;
     Ok(evaluate_store(
         model,
         &store,

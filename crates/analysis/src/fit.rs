@@ -51,9 +51,12 @@ use super::labels::Labels;
 use super::logistic::{Design, LogisticError, LogisticFit, LogisticProblem};
 use super::metrics;
 use churn_core::engine::{CustomerStore, Factor};
-use churn_core::event::{format_timestamp_ms, parse_event};
+use churn_core::event::format_timestamp_ms;
+use churn_core::input::{InputFormat, MessageContext};
 use churn_core::model::{EventRule, MAX_EVENT_TYPES, ModelError, ModelSpec, RiskModel};
-use churn_core::offline::{BadLine, ReplayError, ReplayStats, TimeLimit, for_each_line, replay};
+use churn_core::offline::{
+    BadLine, ReplayError, ReplayStats, TimeLimit, for_each_line, replay_with,
+};
 
 /// The default grid of L2 penalties tried by cross-validation (standardised units).
 pub const DEFAULT_LAMBDAS: [f64; 5] = [1e-4, 1e-3, 1e-2, 1e-1, 1.0];
@@ -88,6 +91,8 @@ pub struct FitOptions {
     /// The least cross-validated AUC gain for which a type leaves its
     /// current half-life (default [`HALF_LIFE_MIN_GAIN`]).
     pub half_life_min_gain: f64,
+    /// How event lines are read (default: the native format).
+    pub input: InputFormat,
 }
 
 /// The default half-lives tried per event type, in days.
@@ -132,6 +137,7 @@ impl FitOptions {
             alert_target: None,
             half_life_grid: DEFAULT_HALF_LIFE_GRID.to_vec(),
             half_life_min_gain: HALF_LIFE_MIN_GAIN,
+            input: InputFormat::Churn,
         }
     }
 }
@@ -344,6 +350,7 @@ struct Constraints {
 /// cutoff only; also sums each labelled customer's amounts (in
 /// `labels.sorted()` order) for the baseline.
 fn count_support(
+    format: &InputFormat,
     input: impl BufRead,
     labels: &Labels,
     cutoff_ms: i64,
@@ -361,8 +368,9 @@ fn count_support(
     let mut masks: Vec<u64> = vec![0; customers.len()];
     let mut spend: Vec<f64> = vec![0.0; customers.len()];
     let mut overflow: FxHashSet<(u32, u32)> = FxHashSet::default();
+    let no_context = MessageContext::default();
     for_each_line(input, |_, line| -> Result<(), FitError> {
-        let Ok(event) = parse_event(line) else {
+        let Ok(Some(event)) = format.decode(line, &no_context) else {
             return Ok(());
         };
         if event.timestamp_ms >= cutoff_ms {
@@ -845,7 +853,8 @@ pub fn run_fit<R: BufRead>(
     }
 
     // Pass 1: which event types have enough support.
-    let (support, spend_by_label) = count_support(open_events()?, labels, options.cutoff_ms)?;
+    let (support, spend_by_label) =
+        count_support(&options.input, open_events()?, labels, options.cutoff_ms)?;
     let mut skeleton = skeleton(base, support, options)?;
     // Silence is fitted in days and in usual gaps: a base model without
     // `[rhythm]` gets the default model's (prior and knots).
@@ -858,7 +867,8 @@ pub fn run_fit<R: BufRead>(
     // types, half-lives and activity flags only, never on points, so this one
     // replay serves every model below.
     let mut store = CustomerStore::new();
-    let mut replay_stats = replay(
+    let mut replay_stats = replay_with(
+        &options.input,
         open_events()?,
         &shape,
         &mut store,
@@ -977,7 +987,8 @@ pub fn run_fit<R: BufRead>(
             }
             let shape_h = RiskModel::from_spec(spec_h.clone())?;
             let mut store_h = CustomerStore::new();
-            replay(
+            replay_with(
+                &options.input,
                 open_events()?,
                 &shape_h,
                 &mut store_h,
@@ -1042,7 +1053,8 @@ pub fn run_fit<R: BufRead>(
         if changed {
             shape = RiskModel::from_spec(skeleton.spec.clone())?;
             store = CustomerStore::new();
-            replay_stats = replay(
+            replay_stats = replay_with(
+                &options.input,
                 open_events()?,
                 &shape,
                 &mut store,
@@ -1127,8 +1139,14 @@ pub fn run_fit<R: BufRead>(
     let mut alert_threshold = None;
     if let Some(target) = options.alert_target {
         let model = RiskModel::from_spec(spec.clone())?;
-        let (peak_store, _, peaks) =
-            replay_with_peaks(&model, open_events()?, options.cutoff_ms, false, |_| {})?;
+        let (peak_store, _, peaks) = replay_with_peaks(
+            &options.input,
+            &model,
+            open_events()?,
+            options.cutoff_ms,
+            false,
+            |_| {},
+        )?;
         let table = threshold_table(&labelled_peaks(&peak_store, &peaks, labels));
         let row = match target {
             AlertTarget::Precision(p) => threshold_for_precision(&table, p),
@@ -1484,7 +1502,8 @@ mod tests {
         .join("\n");
         let labels = Labels::from_pairs([("a", true), ("b", false)]);
         let cutoff = churn_core::event::parse_timestamp_ms("2024-02-01T00:00:00Z").expect("valid");
-        let (s, spend) = count_support(lines.as_bytes(), &labels, cutoff).expect("in memory");
+        let (s, spend) = count_support(&InputFormat::Churn, lines.as_bytes(), &labels, cutoff)
+            .expect("in memory");
         assert_eq!(s.get("x"), Some(&2));
         assert_eq!(s.get("y"), None);
         assert_eq!(

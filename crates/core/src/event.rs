@@ -78,7 +78,7 @@ impl<'de> serde::de::Visitor<'de> for PropertySeeker<'_> {
         while let Some(is_it) = map.next_key_seed(KeyIs(self.name))? {
             if is_it {
                 let raw: &'de RawValue = map.next_value()?;
-                found = string_value(raw);
+                found = json_string(raw);
             } else {
                 map.next_value::<serde::de::IgnoredAny>()?;
             }
@@ -107,8 +107,8 @@ impl serde::de::Visitor<'_> for KeyIs<'_> {
     }
 }
 
-/// A raw JSON value as a string, if it is one.
-fn string_value(raw: &RawValue) -> Option<Cow<'_, str>> {
+/// A raw JSON value as a string, if it is one (borrowed unless it has escapes).
+pub(crate) fn json_string(raw: &RawValue) -> Option<Cow<'_, str>> {
     let text = raw.get();
     if !text.starts_with('"') {
         return None;
@@ -220,16 +220,10 @@ struct WireEvent<'a> {
 
 /// Parses and validates one event from JSON bytes.
 pub fn parse_event(bytes: &[u8]) -> Result<CustomerEvent<'_>, EventError> {
-    // serde would read a JSON array as a struct's fields in order: only objects are events.
-    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(
-            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
-                Ok(_) => EventError::NotAnObject,
-                Err(e) => EventError::MalformedJson(e.to_string()),
-            },
-        );
+    if let Some(error) = shape_error(bytes) {
+        return Err(error);
     }
-    let wire: WireEvent<'_> = serde_json::from_slice(bytes).map_err(classify)?;
+    let wire: WireEvent<'_> = serde_json::from_slice(bytes).map_err(classify_json_error)?;
 
     let customer_id = required_string(wire.customer_id, "customer_id")
         .map_err(|e| e.unwrap_or(EventError::BadCustomerId("must be a string")))?;
@@ -246,7 +240,7 @@ pub fn parse_event(bytes: &[u8]) -> Result<CustomerEvent<'_>, EventError> {
 
     let amount = match non_null(wire.amount) {
         None => None,
-        Some(raw) => Some(parse_amount(raw)?),
+        Some(raw) => Some(parse_amount(raw, 1.0)?),
     };
 
     let properties = match non_null(wire.properties) {
@@ -264,12 +258,54 @@ pub fn parse_event(bytes: &[u8]) -> Result<CustomerEvent<'_>, EventError> {
     })
 }
 
+/// The error for bytes that are not a JSON object at all, if they are not:
+/// serde would read a JSON array as a struct's fields in order, so only
+/// objects are events.
+pub(crate) fn shape_error(bytes: &[u8]) -> Option<EventError> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        return None;
+    }
+    Some(
+        match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Ok(_) => EventError::NotAnObject,
+            Err(e) => EventError::MalformedJson(e.to_string()),
+        },
+    )
+}
+
 /// Parses an RFC 3339 timestamp (offset required) into Unix milliseconds.
 pub fn parse_timestamp_ms(text: &str) -> Result<i64, EventError> {
     let ms = chrono::DateTime::parse_from_rfc3339(text)
         .map(|t| t.timestamp_millis())
-        .map_err(|e| EventError::BadTimestamp(format!("{e}: {:?}", truncate(text, 64))))?;
-    // Only instants RFC 3339 can write back in UTC (years 0000-9999).
+        .map_err(|e| {
+            if lacks_offset(text) {
+                EventError::BadTimestamp(format!(
+                    "timestamp has no UTC offset: {:?}; add Z or +HH:MM \
+                     (2025-03-01T10:15:00Z), or read it with an input mapping whose \
+                     timestamp_encoding is iso8601_local (see docs/events.md)",
+                    truncate(text, 64)
+                ))
+            } else {
+                EventError::BadTimestamp(format!("{e}: {:?}", truncate(text, 64)))
+            }
+        })?;
+    check_timestamp_range(ms, text)
+}
+
+/// Whether `text` is a valid date and time that only lacks its offset.
+fn lacks_offset(text: &str) -> bool {
+    [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dt%H:%M:%S%.f",
+    ]
+    .iter()
+    .any(|f| chrono::NaiveDateTime::parse_from_str(text, f).is_ok())
+}
+
+/// Keeps `ms` if RFC 3339 can write it back in UTC (years 0000-9999);
+/// `text` is what it was read from, for the error.
+pub(crate) fn check_timestamp_range(ms: i64, text: &str) -> Result<i64, EventError> {
     if !(MIN_TIMESTAMP_MS..=MAX_TIMESTAMP_MS).contains(&ms) {
         return Err(EventError::BadTimestamp(format!(
             "outside 0000-01-01T00:00:00Z..9999-12-31T23:59:59.999Z: {:?}",
@@ -292,7 +328,7 @@ pub fn format_timestamp_ms(ms: i64) -> String {
     }
 }
 
-fn classify(err: serde_json::Error) -> EventError {
+pub(crate) fn classify_json_error(err: serde_json::Error) -> EventError {
     use serde_json::error::Category;
     match err.classify() {
         Category::Syntax | Category::Eof | Category::Io => {
@@ -335,7 +371,7 @@ fn required_string<'a>(
         .map_err(|_| None)
 }
 
-fn validate_text(text: &str, max_bytes: usize) -> Result<(), &'static str> {
+pub(crate) fn validate_text(text: &str, max_bytes: usize) -> Result<(), &'static str> {
     if text.is_empty() {
         return Err("must not be empty");
     }
@@ -348,14 +384,29 @@ fn validate_text(text: &str, max_bytes: usize) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn parse_amount(raw: &RawValue) -> Result<f64, EventError> {
+/// A JSON number, times `scale` (1 for the native format; a mapping's
+/// `amount_scale`, e.g. 0.01 for cents), checked as an amount.
+pub(crate) fn parse_amount(raw: &RawValue, scale: f64) -> Result<f64, EventError> {
     let text = raw.get();
     let first = text.as_bytes().first().copied().unwrap_or(b'"');
     if !(first == b'-' || first.is_ascii_digit()) {
         return Err(EventError::BadAmount("must be a number"));
     }
-    let value: f64 =
+    let read: f64 =
         serde_json::from_str(text).map_err(|_| EventError::BadAmount("out of range"))?;
+    let value = if scale == 1.0 {
+        read
+    } else {
+        // 0.01 is not exact in binary: 4990 × 0.01 is 49.900000000000006,
+        // while 4990 / 100 is the double nearest 49.9, as a native amount
+        // of 49.9 would read. Divide when the scale is 1/n.
+        let inverse = 1.0 / scale;
+        if inverse >= 1.0 && (inverse - inverse.round()).abs() < 1e-9 {
+            read / inverse.round()
+        } else {
+            read * scale
+        }
+    };
     if !value.is_finite() {
         return Err(EventError::BadAmount("out of range"));
     }

@@ -3,6 +3,7 @@
 //! Events in, per-customer state, scores with reasons, alert decisions:
 //!
 //! - [`event`]: the event schema and its parser, with stable error reasons;
+//! - [`input`]: input formats: the native parser, or any JSON through a mapping;
 //! - [`model`]: the model file (`ModelSpec`) and the validated `RiskModel`;
 //! - [`engine`]: per-customer state, scoring, timers and alert decisions;
 //! - [`alert`]: the alert message subscribers read and its deterministic id;
@@ -65,5 +66,6 @@ pub mod alert;
 pub mod changelog;
 pub mod engine;
 pub mod event;
+pub mod input;
 pub mod model;
 pub mod offline;

@@ -11,7 +11,8 @@ use std::io::{BufRead, Write};
 use serde::Serialize;
 
 use crate::engine::{CustomerState, CustomerStore};
-use crate::event::{EventError, format_timestamp_ms, parse_event};
+use crate::event::{EventError, format_timestamp_ms};
+use crate::input::{DecodeError, InputFormat, MessageContext};
 use crate::model::{EventTimeBounds, RiskModel};
 
 /// Which events a replay takes in.
@@ -42,6 +43,19 @@ pub struct BadLine {
     pub line: u64,
     /// The parser's error.
     pub error: EventError,
+    /// Where a mapped format failed (a JSON pointer such as `/userId`).
+    pub source: Option<std::sync::Arc<str>>,
+}
+
+impl BadLine {
+    /// The reason label with the source that failed (`missing_field: /userId`).
+    pub fn reason_with_source(&self) -> std::borrow::Cow<'static, str> {
+        DecodeError {
+            error: self.error.clone(),
+            source: self.source.clone(),
+        }
+        .reason_with_source()
+    }
 }
 
 /// Errors that stop a replay.
@@ -51,7 +65,7 @@ pub enum ReplayError {
     #[error("reading events: {0}")]
     Io(#[from] std::io::Error),
     /// `--strict` and a line was bad.
-    #[error("line {}: {} ({})", .0.line, .0.error, .0.error.reason())]
+    #[error("line {}: {} ({})", .0.line, .0.error, .0.reason_with_source())]
     Strict(BadLine),
 }
 
@@ -66,6 +80,9 @@ pub struct ReplayStats {
     pub rejected: BTreeMap<&'static str, u64>,
     /// Valid events past the time limit, not applied.
     pub ignored_after_limit: u64,
+    /// Valid messages the input mapping's `include`/`exclude` lists leave out.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub excluded: u64,
     /// Latest event time applied.
     pub max_event_ms: Option<i64>,
 }
@@ -77,12 +94,17 @@ impl ReplayStats {
             .saturating_sub(self.accepted)
             .saturating_sub(self.rejected_total())
             .saturating_sub(self.ignored_after_limit)
+            .saturating_sub(self.excluded)
     }
 
     /// Total rejected lines.
     pub fn rejected_total(&self) -> u64 {
         self.rejected.values().sum()
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Replays JSON-lines events from `input` into `store`.
@@ -97,10 +119,38 @@ pub fn replay(
     strict: bool,
     on_bad_line: impl FnMut(&BadLine),
 ) -> Result<ReplayStats, ReplayError> {
-    let bounds = model.event_time_bounds();
-    replay_each(input, limit, bounds, strict, on_bad_line, |event| {
-        store.apply(model, event, None, false);
-    })
+    replay_with(
+        &InputFormat::Churn,
+        input,
+        model,
+        store,
+        limit,
+        strict,
+        on_bad_line,
+    )
+}
+
+/// As [`replay`], with lines read in the input format `format`.
+pub fn replay_with(
+    format: &InputFormat,
+    input: impl BufRead,
+    model: &RiskModel,
+    store: &mut CustomerStore,
+    limit: TimeLimit,
+    strict: bool,
+    on_bad_line: impl FnMut(&BadLine),
+) -> Result<ReplayStats, ReplayError> {
+    replay_each_with(
+        format,
+        input,
+        limit,
+        model.event_time_bounds(),
+        strict,
+        on_bad_line,
+        |event| {
+            store.apply(model, event, None, false);
+        },
+    )
 }
 
 /// The replay loop: parses `input`, counts, reports bad lines (or stops at
@@ -115,22 +165,53 @@ pub fn replay_each(
     limit: TimeLimit,
     bounds: EventTimeBounds,
     strict: bool,
+    on_bad_line: impl FnMut(&BadLine),
+    apply: impl FnMut(&crate::event::CustomerEvent<'_>),
+) -> Result<ReplayStats, ReplayError> {
+    replay_each_with(
+        &InputFormat::Churn,
+        input,
+        limit,
+        bounds,
+        strict,
+        on_bad_line,
+        apply,
+    )
+}
+
+/// As [`replay_each`], with lines read in the input format `format` (a file
+/// has no message key, timestamp or headers).
+pub fn replay_each_with(
+    format: &InputFormat,
+    input: impl BufRead,
+    limit: TimeLimit,
+    bounds: EventTimeBounds,
+    strict: bool,
     mut on_bad_line: impl FnMut(&BadLine),
     mut apply: impl FnMut(&crate::event::CustomerEvent<'_>),
 ) -> Result<ReplayStats, ReplayError> {
     let mut stats = ReplayStats::default();
+    let no_context = MessageContext::default();
     for_each_line(input, |line_no, line| {
         stats.lines_read = line_no;
         if line.iter().all(u8::is_ascii_whitespace) {
             return Ok(());
         }
-        let parsed = parse_event(line).and_then(|event| {
-            bounds
-                .check(event.timestamp_ms, stats.max_event_ms)
-                .map(|()| event)
-        });
-        match parsed {
-            Ok(event) => {
+        let decoded = format
+            .decode(line, &no_context)
+            .and_then(|event| match event {
+                Some(event) => bounds
+                    .check(event.timestamp_ms, stats.max_event_ms)
+                    .map(|()| Some(event))
+                    .map_err(|error| DecodeError {
+                        error,
+                        source: None,
+                    }),
+                None => Ok(None),
+            });
+        match decoded {
+            Ok(None) => stats.excluded += 1,
+            Ok(Some(event)) => {
                 if !limit.admits(event.timestamp_ms) {
                     stats.ignored_after_limit += 1;
                     return Ok(());
@@ -143,10 +224,11 @@ pub fn replay_each(
                         .map_or(event.timestamp_ms, |m| m.max(event.timestamp_ms)),
                 );
             }
-            Err(error) => {
+            Err(DecodeError { error, source }) => {
                 let bad = BadLine {
                     line: line_no,
                     error,
+                    source,
                 };
                 if strict {
                     return Err(ReplayError::Strict(bad));
@@ -180,14 +262,25 @@ pub fn replay_alerts<'a>(
     lines: impl IntoIterator<Item = &'a [u8]>,
     lateness_ms: i64,
 ) -> Vec<ReplayedAlert> {
+    replay_alerts_with(&InputFormat::Churn, model, lines, lateness_ms)
+}
+
+/// As [`replay_alerts`], with lines read in the input format `format`.
+pub fn replay_alerts_with<'a>(
+    format: &InputFormat,
+    model: &RiskModel,
+    lines: impl IntoIterator<Item = &'a [u8]>,
+    lateness_ms: i64,
+) -> Vec<ReplayedAlert> {
     use crate::engine::{ApplyOutcome, StreamClock};
     let mut store = CustomerStore::new();
     let mut clock = StreamClock::new(lateness_ms);
     let bounds = model.event_time_bounds();
     let mut firings = Vec::new();
     let mut out = Vec::new();
+    let no_context = MessageContext::default();
     for line in lines {
-        let Ok(event) = parse_event(line) else {
+        let Ok(Some(event)) = format.decode(line, &no_context) else {
             continue;
         };
         // As the worker dead-letters it: judged against the clock's newest event.
@@ -331,20 +424,42 @@ pub fn run_score(
     report: &mut impl Write,
     options: &ScoreOptions,
 ) -> Result<ReplayStats, ScoreError> {
+    run_score_with(&InputFormat::Churn, model, input, out, report, options)
+}
+
+/// As [`run_score`], with lines read in the input format `format`. A bad
+/// line's report names the mapping's source that failed:
+/// `line 3: missing_field: /userId or /anonymousId: missing field `customer_id``.
+pub fn run_score_with(
+    format: &InputFormat,
+    model: &RiskModel,
+    input: impl BufRead,
+    out: &mut impl Write,
+    report: &mut impl Write,
+    options: &ScoreOptions,
+) -> Result<ReplayStats, ScoreError> {
     let mut store = CustomerStore::new();
     let limit = options.as_of_ms.map_or(TimeLimit::None, TimeLimit::Through);
     let mut report_err = None;
-    let stats = replay(input, model, &mut store, limit, options.strict, |bad| {
-        if let Err(e) = writeln!(
-            report,
-            "line {}: {}: {}",
-            bad.line,
-            bad.error.reason(),
-            bad.error
-        ) {
-            report_err.get_or_insert(e);
-        }
-    })?;
+    let stats = replay_with(
+        format,
+        input,
+        model,
+        &mut store,
+        limit,
+        options.strict,
+        |bad| {
+            if let Err(e) = writeln!(
+                report,
+                "line {}: {}: {}",
+                bad.line,
+                bad.reason_with_source(),
+                bad.error
+            ) {
+                report_err.get_or_insert(e);
+            }
+        },
+    )?;
     if let Some(e) = report_err {
         return Err(ScoreError::Output(e));
     }
@@ -382,7 +497,7 @@ pub fn run_score(
         .collect();
     writeln!(
         report,
-        "summary: read={} accepted={} rejected={}{} ignored_after_as_of={} customers={} as_of={}",
+        "summary: read={} accepted={} rejected={}{} ignored_after_as_of={}{} customers={} as_of={}",
         stats.lines_read,
         stats.accepted,
         stats.rejected_total(),
@@ -392,6 +507,11 @@ pub fn run_score(
             format!(" ({})", rejected.join(" "))
         },
         stats.ignored_after_limit,
+        if stats.excluded > 0 {
+            format!(" excluded_by_mapping={}", stats.excluded)
+        } else {
+            String::new()
+        },
         store.len(),
         as_of.map_or_else(|| "none".to_string(), format_timestamp_ms)
     )

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::partitioner::KeyPartitioner;
+use churn_core::input::{InputFormat, MappingError};
 
 /// Environment variable prefix; sections and keys are separated by `__`.
 pub const ENV_PREFIX: &str = "CHURN_SCORER";
@@ -125,6 +126,48 @@ pub struct WorkerConfig {
     /// `[lookup]`: answering `/v1` lookups for customers other instances hold.
     #[serde(default)]
     pub lookup: LookupConfig,
+    /// `[input]`: how message values become events.
+    #[serde(default)]
+    pub input: InputConfig,
+}
+
+/// `[input]`: the input format (docs/events.md, "Input formats").
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputConfig {
+    /// `churn` (the native schema), `segment`, `cloudevents` or `mapped`.
+    pub format: String,
+    /// A mapping file (TOML) laid over the format's preset; required for
+    /// `mapped`. A relative path is resolved against the configuration
+    /// file's directory.
+    pub mapping: Option<PathBuf>,
+    /// The decoder built from `format` and `mapping` by [`WorkerConfig::load`].
+    #[serde(skip)]
+    pub decoder: InputFormat,
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        InputConfig {
+            format: "churn".into(),
+            mapping: None,
+            decoder: InputFormat::Churn,
+        }
+    }
+}
+
+impl InputConfig {
+    /// Builds the decoder from `format` and `mapping` (reads the mapping file).
+    pub fn build_decoder(&self) -> Result<InputFormat, ConfigError> {
+        InputFormat::load(Some(&self.format), self.mapping.as_deref()).map_err(|e| {
+            let key = match &e {
+                MappingError::Invalid(m) if m.starts_with("unknown input format") => "input.format",
+                _ if self.mapping.is_some() => "input.mapping",
+                _ => "input.format",
+            };
+            invalid(key, e.to_string())
+        })
+    }
 }
 
 /// `[kafka]`.
@@ -583,6 +626,7 @@ impl WorkerConfig {
         config.resolve_paths(base.as_deref());
         config.expand_env_references(&all_env)?;
         config.validate()?;
+        config.input.decoder = config.input.build_decoder()?;
         Ok(config)
     }
 
@@ -618,6 +662,9 @@ impl WorkerConfig {
     /// Resolves relative file paths (`model.path`, librdkafka `*.location`
     /// properties) against `base`, the configuration file's directory.
     pub fn resolve_paths(&mut self, base: Option<&Path>) {
+        if let Some(p) = &self.input.mapping {
+            self.input.mapping = Some(resolve_path(base, p));
+        }
         if let Some(p) = &self.model.path {
             self.model.path = Some(resolve_path(base, p));
         }
@@ -983,6 +1030,57 @@ mod tests {
         shipped.kafka.producer.clear();
         shipped.kafka.consumer.remove("auto.offset.reset");
         assert_eq!(shipped, builtin);
+    }
+
+    #[test]
+    fn the_input_section_builds_its_decoder_and_names_the_key_it_refuses() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(
+            dir.path().join("rename.toml"),
+            "rename = { \"Order Completed\" = \"purchase\" }\n",
+        )
+        .expect("write");
+        let config = dir.path().join("worker.toml");
+        std::fs::write(
+            &config,
+            "[input]\nformat = \"segment\"\nmapping = \"rename.toml\"\n",
+        )
+        .expect("write");
+        let c = WorkerConfig::load_with_env(Some(&config), &Overrides::default(), Vec::new())
+            .expect("valid");
+        assert_eq!(c.input.decoder.name(), "segment");
+        assert_eq!(c.input.mapping, Some(dir.path().join("rename.toml")));
+        let line = br#"{"type":"track","userId":"u","event":"Order Completed","timestamp":"2025-03-01T10:00:00Z"}"#;
+        let event = c
+            .input
+            .decoder
+            .decode(line, &Default::default())
+            .expect("valid")
+            .expect("admitted");
+        assert_eq!(
+            event.event_type, "purchase",
+            "the mapping file is laid over the preset"
+        );
+
+        let env = [("CHURN_SCORER__INPUT__FORMAT", "cloudevents")];
+        let c = load("", &env, &Overrides::default()).expect("valid");
+        assert_eq!(c.input.decoder.name(), "cloudevents");
+        let e = load("[input]\nformat = \"avro\"\n", &[], &Overrides::default())
+            .expect_err("unknown format");
+        assert!(
+            e.to_string().contains("`input.format`") && e.to_string().contains("segment"),
+            "{e}"
+        );
+        let e = load("[input]\nformat = \"mapped\"\n", &[], &Overrides::default())
+            .expect_err("mapped needs a mapping");
+        assert_eq!(key(e), "input.format");
+        let e = load(
+            "[input]\nformat = \"segment\"\nmapping = \"/nonexistent/m.toml\"\n",
+            &[],
+            &Overrides::default(),
+        )
+        .expect_err("missing file");
+        assert_eq!(key(e), "input.mapping");
     }
 
     #[test]

@@ -382,6 +382,8 @@ impl Core {
             offset: msg.offset(),
             key: msg.key(),
             payload: msg.payload().unwrap_or_default(),
+            timestamp_ms: msg.timestamp().to_millis(),
+            headers: msg.headers(),
         };
         let cx = TaskContext {
             settings: &self.settings,
