@@ -7,11 +7,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use churn_analysis::backtest::evaluate_store;
 use churn_analysis::backtest::{run_backtest, write_json, write_text};
-use churn_analysis::fit::{AlertTarget, FitOptions, describe, in_sample_notes, model_toml, run_fit};
+use churn_analysis::fit::{
+    AlertTarget, FitOptions, describe, in_sample_notes, model_toml, run_fit,
+};
 use churn_analysis::labels::{Labels, read_labels};
 use churn_analysis::report::render_html;
-use churn_analysis::backtest::evaluate_store;
 use churn_core::event::parse_date_arg;
 use churn_core::offline::BadLine;
 

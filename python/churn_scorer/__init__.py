@@ -175,8 +175,8 @@ def score(
     ignored); default, the latest event time.
 
     Returns a DataFrame with one row per customer, sorted by id: customer_id,
-    risk_score, band, points, reasons (a list of dicts: factor, label,
-    points, value), last_event_at (RFC 3339 text), events, and segment when
+    risk_score, band, points, reasons (a list of dicts: factor, points;
+    largest points first), last_event_at (RFC 3339 text), events, and segment when
     the model has segments. ``frame.attrs["replay"]`` holds the counts the
     CLI prints as its summary.
 

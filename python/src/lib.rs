@@ -262,7 +262,8 @@ fn score<'py>(
     };
     let (bad, warning) = parse_score_report(&report);
     let out = String::from_utf8(out).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-    let stats = serde_json::to_string(&stats).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    let stats =
+        serde_json::to_string(&stats).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
     Ok((out, bad, warning, stats))
 }
 
@@ -328,8 +329,8 @@ impl BacktestRun {
     /// `backtest --report`: a self-contained HTML page.
     #[pyo3(signature = (title = None))]
     fn html(&self, title: Option<String>) -> PyResult<String> {
-        let title = title
-            .unwrap_or_else(|| format!("Backtest of {}", self.backtest.summary.model_version));
+        let title =
+            title.unwrap_or_else(|| format!("Backtest of {}", self.backtest.summary.model_version));
         render_html(&self.backtest, &title, &[]).map_err(|e| PyRuntimeError::new_err(e.to_string()))
     }
 
