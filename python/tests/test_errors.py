@@ -187,3 +187,30 @@ def test_bad_arguments_raise_argument_error() -> None:
         churn_scorer.fit(events, {"a": 1, "b": 0}, "2025-03-10", alert_precision=0.5, alert_rate=0.1)
     with pytest.raises(ArgumentError, match="need at least 5 churned"):
         churn_scorer.fit(events, {"a": True, "b": False}, "2025-03-10")
+
+
+def test_without_pandas_the_package_imports_and_records_work() -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["pandas"] = None  # import pandas now raises ImportError
+        import churn_scorer as cs
+        rows = [{"customer_id": "a", "event_type": "login", "timestamp": "2025-03-01T10:00:00Z"}]
+        (record,) = cs.score_records(rows)
+        assert record["customer_id"] == "a" and record["band"] in ("low", "medium", "high"), record
+        assert cs.score_jsonl(rows).startswith('{"customer_id":"a"')
+        try:
+            cs.score(rows)
+        except ImportError as e:
+            assert "pip install pandas" in str(e), e
+        else:
+            raise AssertionError("score() without pandas must say how to get it")
+        print("ok")
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
