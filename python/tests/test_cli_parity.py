@@ -141,10 +141,15 @@ def _fit_cli(cli: Cli, data: Dataset, out: Path, *extra: str) -> tuple:
 
 
 def test_fit_writes_the_cli_model_file(cli: Cli, journeys: Dataset, tmp_path: Path) -> None:
-    stdout, expected, date = _fit_cli(cli, journeys, tmp_path / "fitted.toml")
+    report = tmp_path / "fit.html"
+    stdout, expected, date = _fit_cli(cli, journeys, tmp_path / "fitted.toml", "--report", str(report))
     result = churn_scorer.fit(journeys.events, journeys.labels, journeys.cutoff, generated_on=date)
     assert result.to_toml() == expected
-    assert result.description + [f"model written to {tmp_path / 'fitted.toml'}"] == stdout.splitlines()
+    assert result.description + [
+        f"model written to {tmp_path / 'fitted.toml'}",
+        f"report written to {report}",
+    ] == stdout.splitlines()
+    assert result.html() == report.read_text(encoding="utf-8")
     assert result.model.version == "fit-2025-05-31"
     # The fitted model backtests exactly as the CLI does with the written file.
     bt_cli = cli.run(
