@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use churn_analysis::backtest::{run_backtest_with, write_json, write_text};
-use churn_analysis::fit::{AlertTarget, FitOptions, describe, model_toml, run_fit};
+use churn_analysis::backtest::{evaluate_store, run_backtest_with, write_json, write_text};
+use churn_analysis::fit::{
+    AlertTarget, FitOptions, describe, in_sample_notes, model_toml, run_fit,
+};
 use churn_analysis::labels::{Labels, read_labels};
 use churn_analysis::report::render_html;
-use churn_analysis::{backtest::evaluate_store, fit::FitSummary};
 use churn_core::event::parse_date_arg;
 use churn_core::offline::BadLine;
 
@@ -204,21 +205,6 @@ pub fn backtest(args: BacktestArgs) -> Result<()> {
         eprintln!("report written to {}", path.display());
     }
     Ok(())
-}
-
-fn in_sample_notes(summary: &FitSummary) -> Vec<String> {
-    let best = summary
-        .cross_validation
-        .iter()
-        .find(|c| c.lambda == summary.lambda)
-        .map_or(String::new(), |c| {
-            format!(" (cross-validated AUC {:.4})", c.mean_auc)
-        });
-    vec![format!(
-        "In-sample: the model fitted from {} on these same customers, L2 penalty {}{best}. \
-             Figures on the customers a model was fitted on flatter it: backtest it on other customers or a later cutoff.",
-        summary.base_model_version, summary.lambda
-    )]
 }
 
 /// `churn-scorer fit`.

@@ -1431,6 +1431,23 @@ pub fn describe(summary: &FitSummary, generated_on: &str, base_name: &str) -> Ve
     lines
 }
 
+/// The note of an in-sample report (`fit --report`): the figures are on the
+/// customers the model was fitted on, and flatter it.
+pub fn in_sample_notes(summary: &FitSummary) -> Vec<String> {
+    let best = summary
+        .cross_validation
+        .iter()
+        .find(|c| c.lambda == summary.lambda)
+        .map_or(String::new(), |c| {
+            format!(" (cross-validated AUC {:.4})", c.mean_auc)
+        });
+    vec![format!(
+        "In-sample: the model fitted from {} on these same customers, L2 penalty {}{best}. \
+             Figures on the customers a model was fitted on flatter it: backtest it on other customers or a later cutoff.",
+        summary.base_model_version, summary.lambda
+    )]
+}
+
 /// The model file: a `#` header describing the fit, then the model.
 pub fn model_toml(
     outcome: &FitOutcome,
