@@ -77,6 +77,14 @@ def expected(params, x, tx, T, t):
     return head * body * p_alive(params, x, tx, T)
 
 
+def p_none(params, x, tx, T, t):
+    """P(no transaction in the next t | history): dead, or alive and quiet
+    (the gamma posterior of the rate: shape r + x, rate alpha + T)."""
+    r, alpha, a, b = params
+    quiet = ((alpha + T) / (alpha + T + t)) ** (r + x)
+    return 1 - p_alive(params, x, tx, T) * (1 - quiet)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--events", required=True)
@@ -121,11 +129,17 @@ def main():
     recency = full((cutoff - np.array([last[c] for c in cs])) / DAY_MS)
     dead = full(1 - p_alive(params, x, tx, T))
     exp_neg = full(-expected(params, x, tx, T, args.window_days))
+    pop_gap = params[1] / params[0]
+    none_window = full(p_none(params, x, tx, T, args.window_days))
+    none_pop = full(p_none(params, x, tx, T, pop_gap))
     print(json.dumps({
         "labelled": len(ids), "churned": int(y.sum()), "without_events": int((~seen).sum()),
         "recency_auc": round(auc(recency, y), 4),
         "bgnbd_palive_auc": round(auc(dead, y), 4),
         "bgnbd_expected_auc": round(auc(exp_neg, y), 4),
+        "bgnbd_p_none_window_auc": round(auc(none_window, y), 4),
+        "bgnbd_p_none_pop_gap_auc": round(auc(none_pop, y), 4),
+        "population_gap_days": round(float(pop_gap), 2),
         "bgnbd_params": {k: round(float(v), 4) for k, v in zip(("r", "alpha", "a", "b"), params)},
     }))
 

@@ -24,7 +24,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-BIN = os.path.join(ROOT, "target", "release", "churn-scorer")
+BIN = os.environ.get("CHURN_SCORER", os.path.join(ROOT, "target", "release", "churn-scorer"))
 
 # (name, cutoff, label window in days, generator arguments or None for converted data)
 DATASETS = [
@@ -68,6 +68,9 @@ def main():
     p.add_argument("--model", action="append", default=[], help="NAME=FILE, a candidate model")
     p.add_argument("--only", default="")
     p.add_argument("--no-fit", action="store_true")
+    p.add_argument("--learned-prior", action="store_true",
+                   help="also score the default with its rhythm prior replaced by the population's pace "
+                        "of this history (BG/NBD's r and alpha: prior_events = r, prior_gap_days = alpha / r)")
     args = p.parse_args()
     only = set(filter(None, args.only.split(",")))
     models = [("previous", os.path.join(ROOT, "tests/fixtures/model-default-2026.11.toml")),
@@ -85,11 +88,22 @@ def main():
                                    "--labels", labels, "--cutoff", cutoff, "--window-days", str(window)])))
         for mname, mfile in models:
             row[mname] = backtest(events, labels, cutoff, mfile)
+        if args.learned_prior:
+            bg = row["bgnbd_params"]
+            r, alpha = min(bg["r"], 1e6), min(bg["alpha"], 1e9)
+            with open(os.path.join(ROOT, "config", "model.toml")) as f:
+                text = f.read()
+            text = re.sub(r"(?m)^prior_gap_days = .*$", f"prior_gap_days = {alpha / r!r}", text)
+            text = re.sub(r"(?m)^prior_events = .*$", f"prior_events = {r!r}", text)
+            learned = os.path.join(args.data, f"{name}.learned-prior.toml")
+            with open(learned, "w") as f:
+                f.write(text)
+            row["learned-prior"] = backtest(events, labels, cutoff, learned)
         if not args.no_fit:
             row.update(fit(events, labels, cutoff, os.path.join(args.data, f"{name}.fitted.toml")))
         print(json.dumps(row), flush=True)
         rows.append(row)
-    names = [m for m, _ in models]
+    names = [m for m, _ in models] + (["learned-prior"] if args.learned_prior else [])
     print()
     print("| dataset | customers (churned) | recency | BG/NBD E[X] | BG/NBD P(alive) | "
           + " | ".join(names) + " | fit (out of fold) | logistic RFM (out of fold) |")
