@@ -55,8 +55,10 @@ def bgnbd_ll(params, x, tx, T):
 def fit_bgnbd(x, tx, T):
     best = None
     for start in ([0.0, 0.0, 0.0, 0.0], [-1.0, 2.0, -1.0, 0.5], [0.5, 3.0, 0.0, 1.0]):
-        res = minimize(bgnbd_ll, np.array(start), args=(x, tx, T), method="Nelder-Mead",
-                       options={"maxiter": 20000, "xatol": 1e-6, "fatol": 1e-6})
+        # Log-parameters bounded so that a degenerate history (no dropout,
+        # one common rate) ends at a finite edge instead of running away.
+        res = minimize(bgnbd_ll, np.array(start), args=(x, tx, T), method="L-BFGS-B",
+                       bounds=[(-10.0, 12.0)] * 4, options={"maxiter": 500})
         if best is None or res.fun < best.fun:
             best = res
     return np.exp(best.x)

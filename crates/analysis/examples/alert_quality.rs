@@ -38,8 +38,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let labels = Labels::from_pairs(pairs.iter().map(|(id, c)| (id.as_str(), *c)));
     let mut events = Vec::new();
     generator.write_jsonl(&mut events)?;
-    let window =
-        config.start_ms + (i64::from(Shape::slowdown_day(config.days)) + 14) * DAY_MS;
+    let window = config.start_ms + (i64::from(Shape::slowdown_day(config.days)) + 14) * DAY_MS;
     println!("model\tever_alerted\tprecision\trecall");
     for path in models {
         let model = if path == "-" {

@@ -130,11 +130,15 @@ fn previous_defaults() -> [(&'static str, RiskModel); 2] {
     [
         (
             "default-2026.11",
-            load(include_str!("../../../tests/fixtures/model-default-2026.11.toml")),
+            load(include_str!(
+                "../../../tests/fixtures/model-default-2026.11.toml"
+            )),
         ),
         (
             "default-2026.12",
-            load(include_str!("../../../tests/fixtures/model-default-2026.12.toml")),
+            load(include_str!(
+                "../../../tests/fixtures/model-default-2026.12.toml"
+            )),
         ),
     ]
 }
