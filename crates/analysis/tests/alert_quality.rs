@@ -123,11 +123,35 @@ fn model_and_recency_auc(model: &RiskModel, s: &Stream) -> (f64, f64) {
     (model_auc, recency_auc)
 }
 
+/// The previous defaults, frozen: 2026.11 (before the rhythm factor) and
+/// 2026.12 (the rhythm factor with a fixed prior of 30 days).
+fn previous_defaults() -> [(&'static str, RiskModel); 2] {
+    let load = |text: &str| RiskModel::from_toml(text).expect("a previous default loads");
+    [
+        (
+            "default-2026.11",
+            load(include_str!(
+                "../../../tests/fixtures/model-default-2026.11.toml"
+            )),
+        ),
+        (
+            "default-2026.12",
+            load(include_str!(
+                "../../../tests/fixtures/model-default-2026.12.toml"
+            )),
+        ),
+    ]
+}
+
 #[test]
 fn on_a_purchase_only_history_the_default_model_ranks_better_than_recency() {
     let s = purchases();
     let (model, recency) = model_and_recency_auc(&RiskModel::default_model(), &s);
     assert!(model > recency, "model {model:.4} vs recency {recency:.4}");
+    for (name, previous) in previous_defaults() {
+        let (before, _) = model_and_recency_auc(&previous, &s);
+        assert!(model >= before, "default {model:.4} vs {name} {before:.4}");
+    }
 }
 
 #[test]
@@ -191,11 +215,6 @@ fn on_a_purchase_only_history_fit_beats_the_textbook_logistic_regression_out_of_
 
 #[test]
 fn on_the_projects_own_journeys_the_default_model_ranks_at_least_as_well_as_before() {
-    // The default model before the rhythm factor (model_version default-2026.11).
-    let previous = RiskModel::from_toml(include_str!(
-        "../../../tests/fixtures/model-default-2026.11.toml"
-    ))
-    .expect("the previous default loads");
     let s = stream(GenerateConfig {
         customers: customers() / 4,
         seed: 3,
@@ -208,7 +227,10 @@ fn on_the_projects_own_journeys_the_default_model_ranks_at_least_as_well_as_befo
             .roc_auc
             .expect("both classes")
     };
-    let (now, before) = (auc(&RiskModel::default_model()), auc(&previous));
-    eprintln!("journeys AUC: default {now:.4}, previous default {before:.4}");
-    assert!(now >= before, "default {now:.4} vs previous {before:.4}");
+    let now = auc(&RiskModel::default_model());
+    for (name, previous) in previous_defaults() {
+        let before = auc(&previous);
+        eprintln!("journeys AUC: default {now:.4}, {name} {before:.4}");
+        assert!(now >= before, "default {now:.4} vs {name} {before:.4}");
+    }
 }
