@@ -305,6 +305,13 @@ pub struct HttpConfig {
     /// instance. Required with `topics.membership` when `bearer_token` is
     /// set; grants lookups only, never the admin operations.
     pub peer_token: Option<String>,
+    /// Seconds a client has to send a request's head, counted whenever the
+    /// server waits for one (after connecting, and between requests on a
+    /// kept-alive connection): a silent, slow or idle connection is closed
+    /// after this long.
+    pub header_read_timeout_secs: u64,
+    /// Connections served at once; more clients wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -315,6 +322,8 @@ impl Default for HttpConfig {
             admin_token: None,
             advertised_url: None,
             peer_token: None,
+            header_read_timeout_secs: 10,
+            max_connections: 1024,
         }
     }
 }
@@ -903,6 +912,18 @@ impl WorkerConfig {
             return Err(invalid(
                 "lookup.claim_ttl_secs",
                 "must be between 3 and 86400",
+            ));
+        }
+        if !(1..=3600).contains(&self.http.header_read_timeout_secs) {
+            return Err(invalid(
+                "http.header_read_timeout_secs",
+                "must be between 1 and 3600",
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.http.max_connections) {
+            return Err(invalid(
+                "http.max_connections",
+                "must be between 1 and 1000000",
             ));
         }
         if self.http.peer_token.as_deref() == Some("") {

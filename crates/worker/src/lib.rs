@@ -31,6 +31,7 @@ pub mod preflight;
 pub mod registry;
 mod restore;
 mod run;
+pub mod serve;
 pub mod sink;
 pub mod telemetry;
 pub mod topics;
@@ -84,6 +85,7 @@ pub const MODULE_ORDER: &[&str] = &[
     "handles",
     "forwarding",
     "http",
+    "serve",
 ];
 
 /// The consumer configuration the worker's pipeline uses (the benchmark's
@@ -159,10 +161,22 @@ impl Worker {
         tracing::info!(addr = %listener.local_addr()?, "http listening");
         let router = crate::http::worker_router(handles.clone(), &config);
         let http_shutdown = shutdown.clone();
+        let limits = crate::serve::ConnectionLimits {
+            header_read_timeout: std::time::Duration::from_secs(
+                config.http.header_read_timeout_secs,
+            ),
+            max_connections: config.http.max_connections,
+        };
         let http = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-                .await
+            crate::serve::serve(
+                listener,
+                router,
+                limits,
+                http_shutdown,
+                std::time::Duration::from_secs(2),
+            )
+            .await;
+            Ok::<(), std::io::Error>(())
         });
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let pipeline_shutdown = shutdown.clone();
