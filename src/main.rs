@@ -302,15 +302,18 @@ async fn reload_on_sighup(
             }
             tracing::info!("SIGHUP: reloading the model");
             let registry = std::sync::Arc::clone(&registry);
-            // Reads a file: off the async workers. The outcome is logged
-            // there, except that there was no file to read.
-            let outcome = tokio::task::spawn_blocking(move || registry.reload_model()).await;
-            if let Ok(Err(churn_worker::ReloadError::NoModelFile)) = outcome {
-                tracing::warn!(
-                    "SIGHUP: nothing to re-read: the built-in model is in use; \
-                     start with --model <file> (or `model.path`) to reload a model file"
-                );
-            }
+            // Reads a file: off the async workers, and not awaited here, so
+            // a file that blocks on read holds no later signal or request
+            // (they are refused as busy until it ends). The outcome is
+            // logged there, except that there was no file to read.
+            tokio::task::spawn_blocking(move || {
+                if let Err(churn_worker::ReloadError::NoModelFile) = registry.reload_model() {
+                    tracing::warn!(
+                        "SIGHUP: nothing to re-read: the built-in model is in use; \
+                         start with --model <file> (or `model.path`) to reload a model file"
+                    );
+                }
+            });
         }
     }
     #[cfg(not(unix))]

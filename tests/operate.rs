@@ -423,3 +423,59 @@ fn a_lookup_before_the_first_assignment_answers_not_ready() {
     assert_eq!(status, 503);
     worker.stop().expect("stops cleanly before joining");
 }
+
+/// A model file that blocks on read (a FIFO nobody writes, a hung network
+/// mount) holds up no reload request: the first answers 504 within its
+/// bound, later ones 409 at once, and the read still swaps the model in
+/// when it finally ends.
+#[test]
+fn a_model_file_that_blocks_on_read_holds_up_no_reload_request() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let model_path = dir.path().join("model.toml");
+    let v1 = RiskModel::default_model().version().to_string();
+    write_file_atomically(&model_path, &model_text(&v1));
+    // A closed port: no broker is needed to reload a model.
+    let mut config = worker_config("127.0.0.1:9");
+    config.model.path = Some(model_path.clone());
+    config.http.admin_token = Some(ADMIN.into());
+    let model = RiskModel::load(&model_path).expect("model");
+    let worker = RunningWorker::start(config, model);
+    std::fs::remove_file(&model_path).expect("remove");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&model_path)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+
+    let started = Instant::now();
+    let (status, body) = http_request(worker.http, "POST", "/admin/reload", Some(ADMIN));
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "{:?}",
+        started.elapsed()
+    );
+    let started = Instant::now();
+    let (status, body) = http_request(worker.http, "POST", "/admin/reload", Some(ADMIN));
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("still reading"), "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The writer comes: the blocked read ends with a valid model.
+    let mut fifo = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&model_path)
+        .expect("open the FIFO for writing");
+    std::io::Write::write_all(&mut fifo, model_text("fifo-2").as_bytes()).expect("write");
+    drop(fifo);
+    worker.wait_until(
+        "the blocked read swapped the model in",
+        Duration::from_secs(10),
+        |w| w.handles.registry.current_model().version() == "fifo-2",
+    );
+    worker.stop().expect("stops cleanly");
+}

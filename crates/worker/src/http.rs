@@ -34,6 +34,9 @@ use churn_core::event::parse_date_arg;
 /// How long an admin request waits for every pipeline thread to act on it
 /// (each does between bursts, within milliseconds unless it is stuck).
 const ADMIN_WAIT: Duration = Duration::from_secs(10);
+/// How long `POST /admin/reload` waits for the model files to be read (a
+/// model file reads in milliseconds; one that blocks must not hold the call).
+const RELOAD_READ_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 struct AppState {
@@ -187,8 +190,20 @@ async fn reload(State(state): State<AppState>, headers: HeaderMap) -> Response {
         return response;
     }
     let registry = Arc::clone(&state.registry);
-    // Reads a file: off the async workers.
-    let result = tokio::task::spawn_blocking(move || registry.reload_model()).await;
+    // Reads a file: off the async workers, and never waited for past
+    // RELOAD_READ_WAIT (a file that blocks on read must not hold the request, nor
+    // queue later ones: those are refused as busy until the read ends).
+    let reading = tokio::task::spawn_blocking(move || registry.reload_model());
+    let Ok(result) = tokio::time::timeout(RELOAD_READ_WAIT, reading).await else {
+        return error(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "the model file was not read within {} s; the read goes on, and a valid model \
+                 is swapped in if it ends (until then further reloads answer 409)",
+                RELOAD_READ_WAIT.as_secs()
+            ),
+        );
+    };
     match result {
         Ok(Ok(reloaded)) => {
             let deadline = tokio::time::Instant::now() + ADMIN_WAIT;
@@ -204,7 +219,9 @@ async fn reload(State(state): State<AppState>, headers: HeaderMap) -> Response {
             })
             .into_response()
         }
-        Ok(Err(e @ ReloadError::NoModelFile)) => error(StatusCode::CONFLICT, e.to_string()),
+        Ok(Err(e @ (ReloadError::NoModelFile | ReloadError::Busy))) => {
+            error(StatusCode::CONFLICT, e.to_string())
+        }
         Ok(Err(e @ (ReloadError::Invalid { .. } | ReloadError::InvalidShadow { .. }))) => {
             error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
         }

@@ -48,6 +48,8 @@ pub fn topics_of(config: &WorkerConfig) -> Vec<(&str, TopicRole)> {
 
 /// How long the check waits for the brokers to answer at all.
 const BROKER_WAIT: Duration = Duration::from_secs(30);
+/// How long the cleanup-policy check waits for DescribeConfigs.
+const DESCRIBE_CONFIGS_WAIT: Duration = Duration::from_millis(1500);
 
 /// Checks every topic of `config` and returns the input topic's partition
 /// count, or `None` if `shutdown` was requested while waiting for the
@@ -163,7 +165,10 @@ fn describe_cleanup_policies(
     let admin: AdminClient<DefaultClientContext> = client.create()?;
     let resources: Vec<ResourceSpecifier<'_>> =
         topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
-    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
+    // A broker answers DescribeConfigs in milliseconds; one without the API
+    // (the development broker) never answers, and every start would wait
+    // out a long deadline for nothing.
+    let options = AdminOptions::new().request_timeout(Some(DESCRIBE_CONFIGS_WAIT));
     // The admin client polls its own queue on a thread of its own; a
     // current-thread runtime is only what waits for the answer, with a
     // deadline of its own in case the request is never answered.
@@ -174,7 +179,7 @@ fn describe_cleanup_policies(
     let results = runtime
         .block_on(async {
             tokio::time::timeout(
-                Duration::from_secs(7),
+                DESCRIBE_CONFIGS_WAIT + Duration::from_millis(500),
                 admin.describe_configs(&resources, &options),
             )
             .await

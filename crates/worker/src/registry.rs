@@ -4,6 +4,7 @@
 //! a thread being started.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use churn_core::model::{ModelError, RiskModel};
@@ -50,6 +51,14 @@ pub enum ReloadError {
         /// What is wrong with the file.
         source: ModelError,
     },
+    /// Another reload is still reading the model files (e.g. a file that
+    /// blocks on read: a FIFO, a hung network mount); this one was not
+    /// queued behind it.
+    #[error(
+        "another reload is still reading the model file; nothing was swapped by this one (retry \
+         once it finishes, or fix the file if it never does)"
+    )]
+    Busy,
 }
 
 /// A model swapped in by [`ModelRegistry::reload_model`].
@@ -68,7 +77,20 @@ pub struct Reloaded {
 /// The models in use and their reloads.
 pub struct ModelRegistry {
     control: Mutex<Control>,
+    /// Set while a reload reads the model files, which may block: a second
+    /// reload meanwhile is refused ([`ReloadError::Busy`]) rather than
+    /// queued behind it.
+    reading: AtomicBool,
     metrics: Metrics,
+}
+
+/// Clears [`ModelRegistry::reading`] when the read ends, however it ends.
+struct Reading<'a>(&'a AtomicBool);
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl ModelRegistry {
@@ -82,6 +104,7 @@ impl ModelRegistry {
                 shadow_path: None,
                 cores: None,
             }),
+            reading: AtomicBool::new(false),
             metrics,
         })
     }
@@ -135,9 +158,15 @@ impl ModelRegistry {
             .clone()
             .ok_or(ReloadError::NoModelFile)?;
         let shadow_path = self.control().shadow_path.clone();
+        if self.reading.swap(true, Ordering::AcqRel) {
+            tracing::warn!(path = %path.display(), "model reload refused: another reload is still reading the model file");
+            return Err(ReloadError::Busy);
+        }
+        let reading = Reading(&self.reading);
         // Read and validated without the lock: restores and erasures go on.
         let loaded = RiskModel::load(&path);
         let loaded_shadow = shadow_path.as_deref().map(RiskModel::load);
+        drop(reading);
         let mut control = self.control();
         let previous_version = control.model.version().to_string();
         let shadow = match loaded_shadow {
