@@ -119,22 +119,6 @@ fn with_reset_positions_a_recreated_input_topic_is_read_whole_on_top_of_the_kept
     w.stop().expect("worker stops cleanly");
 }
 
-/// Whether `topic` exists, asked without allowing its creation.
-fn topic_exists(bootstrap: &str, topic: &str) -> bool {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("allow.auto.create.topics", "false")
-        .create()
-        .expect("consumer");
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(5))
-        .expect("metadata");
-    md.topics()
-        .iter()
-        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
-}
-
 #[test]
 fn the_start_up_check_names_every_missing_topic_and_creates_none() {
     let broker = churn_devtools::broker::EmbeddedBroker::start(1).expect("broker");

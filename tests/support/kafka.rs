@@ -686,19 +686,7 @@ impl KafkaCluster {
 
     /// Whether `topic` exists, asked without allowing its creation.
     pub fn topic_exists(&self, topic: &str) -> bool {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", self.bootstrap())
-            .set("allow.auto.create.topics", "false")
-            .create()
-            .expect("metadata client");
-        consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(5))
-            .map(|md| {
-                md.topics()
-                    .iter()
-                    .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
-            })
-            .unwrap_or(false)
+        super::topic_exists(&self.bootstrap(), topic)
     }
 
     /// Runs a Kafka tool class (e.g. `kafka.tools.DumpLogSegments`) on the

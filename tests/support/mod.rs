@@ -25,6 +25,23 @@ pub const DAY_MS: i64 = 86_400_000;
 /// 2025-01-01T00:00:00Z
 pub const T0_MS: i64 = 1_735_689_600_000;
 
+/// Whether `topic` exists, asked without allowing its creation.
+pub fn topic_exists(bootstrap: &str, topic: &str) -> bool {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .expect("metadata client");
+    consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .map(|md| {
+            md.topics()
+                .iter()
+                .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+        })
+        .unwrap_or(false)
+}
+
 /// A broker with the default topics.
 pub fn broker(partitions: i32) -> EmbeddedBroker {
     let b = EmbeddedBroker::start(1).expect("mock broker starts");
