@@ -72,6 +72,7 @@ SCORE_COLUMNS = (
     "risk_score",
     "band",
     "points",
+    "summary",
     "reasons",
     "last_event_at",
     "events",
@@ -175,8 +176,9 @@ def score(
     ignored); default, the latest event time.
 
     Returns a DataFrame with one row per customer, sorted by id: customer_id,
-    risk_score, band, points, reasons (a list of dicts: factor, points;
-    largest points first), last_event_at (RFC 3339 text), events, and segment when
+    risk_score, band, points, summary (at most three sentences naming what
+    raised the risk, with their numbers), reasons (a list of dicts: factor,
+    label, points; largest points first), last_event_at (RFC 3339 text), events, and segment when
     the model has segments. ``frame.attrs["replay"]`` holds the counts the
     CLI prints as its summary.
 

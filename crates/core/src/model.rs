@@ -179,25 +179,35 @@ impl EventTimeBounds {
     /// Accepts an event at `event_ms` in a stream whose newest accepted
     /// event time is `newest_ms` (`None`: nothing accepted yet, so only
     /// `earliest` applies), or says why it is too old.
+    #[inline]
     pub fn check(&self, event_ms: i64, newest_ms: Option<i64>) -> Result<(), EventError> {
-        if event_ms < self.earliest_ms {
-            return Err(EventError::TimestampTooOld(format!(
-                "before event_time.earliest ({})",
-                crate::event::format_timestamp_ms(self.earliest_ms)
-            )));
-        }
-        if let Some(newest) = newest_ms
-            && event_ms < newest.saturating_sub(self.max_past_age_ms)
+        // Every event passes here: the comparisons inline, the messages of
+        // the rare rejection are built out of line.
+        if event_ms < self.earliest_ms
+            || newest_ms
+                .is_some_and(|newest| event_ms < newest.saturating_sub(self.max_past_age_ms))
         {
-            let behind_days = (newest - event_ms) / 86_400_000;
-            return Err(EventError::TimestampTooOld(format!(
-                "{behind_days} days behind the newest event accepted ({}), more than \
-                 event_time.max_past_age_days ({})",
-                crate::event::format_timestamp_ms(newest),
-                self.max_past_age_ms / 86_400_000
-            )));
+            return Err(self.too_old(event_ms, newest_ms));
         }
         Ok(())
+    }
+
+    #[cold]
+    fn too_old(&self, event_ms: i64, newest_ms: Option<i64>) -> EventError {
+        if event_ms < self.earliest_ms {
+            return EventError::TimestampTooOld(format!(
+                "before event_time.earliest ({})",
+                crate::event::format_timestamp_ms(self.earliest_ms)
+            ));
+        }
+        let newest = newest_ms.unwrap_or(event_ms);
+        let behind_days = (newest - event_ms) / 86_400_000;
+        EventError::TimestampTooOld(format!(
+            "{behind_days} days behind the newest event accepted ({}), more than \
+             event_time.max_past_age_days ({})",
+            crate::event::format_timestamp_ms(newest),
+            self.max_past_age_ms / 86_400_000
+        ))
     }
 }
 
