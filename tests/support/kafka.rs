@@ -203,10 +203,20 @@ fn free_ports(n: usize) -> Vec<u16> {
 }
 
 /// A KRaft cluster id: 16 random bytes, URL-safe base64 without padding
-/// (what `kafka-storage.sh random-uuid` prints).
+/// (what `kafka-storage.sh random-uuid` prints). Like Kafka's own
+/// `Uuid.randomUuid`, it never starts with `-`: the storage tool's argument
+/// parser would read such an id as an option (one CI run in 64 failed so).
 fn cluster_id() -> String {
+    loop {
+        let id = encode_cluster_id(rand::random());
+        if !id.starts_with('-') {
+            return id;
+        }
+    }
+}
+
+fn encode_cluster_id(bytes: [u8; 16]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let bytes: [u8; 16] = rand::random();
     let mut bits: u32 = 0;
     let mut n = 0;
     let mut out = String::new();
@@ -396,7 +406,8 @@ impl KafkaCluster {
                     .arg("-cp")
                     .arg(format!("{}/*", lib_dir().display()))
                     .args(["kafka.tools.StorageTool", "format", "--ignore-formatted"])
-                    .args(["-t", &id, "-c"])
+                    .arg(format!("--cluster-id={id}"))
+                    .arg("-c")
                     .arg(&node.properties)
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped())
