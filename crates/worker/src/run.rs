@@ -666,7 +666,7 @@ fn shut_down(
     // whose offset commit is still in flight, and only then sends the
     // LeaveGroup. Closing now lost the leave on Apache Kafka (the
     // partitions then waited out the session timeout, as after a kill:
-    // tests/real_broker.rs), so keep serving the consumer for the rest of
+    // tests/real_broker/), so keep serving the consumer for the rest of
     // the leave budget.
     while Instant::now() < leave_until {
         consumer.poll(Duration::from_millis(50));

@@ -11,7 +11,12 @@
 //! tests run one at a time: each starts its own JVM broker(s) on a small
 //! machine, and the membership test measures pauses.
 //! Run: `cargo test --test real_broker -- --nocapture` (figures on stderr).
+//!
+//! One test binary for every real-broker scenario (this file and the
+//! modules below share its helpers), so that scenarios which mostly wait on
+//! broker timeouts overlap instead of adding up in CI.
 
+#[path = "../support/mod.rs"]
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
