@@ -181,6 +181,18 @@ pub struct Round {
     pub worker: Throughput,
 }
 
+impl Round {
+    /// The worker's rate over kcat's and over the Python worker's in this
+    /// round, where they ran.
+    pub fn worker_ratios(&self) -> (Option<f64>, Option<f64>) {
+        let w = self.worker.rate();
+        (
+            self.kcat.map(|k| w / k.rate().max(1e-9)),
+            self.python.map(|p| w / p.rate().max(1e-9)),
+        )
+    }
+}
+
 /// The measurement of median `rate` (the higher middle one of an even
 /// count); `None` when there is none.
 fn median_by_rate<T: Copy>(items: impl IntoIterator<Item = T>, rate: fn(&T) -> f64) -> Option<T> {
@@ -1225,9 +1237,10 @@ impl BenchReport {
         let _ = writeln!(s, "load (acked)        {:>10.0} events/s", self.load_rate);
         if self.rounds.len() > 1 {
             for (i, r) in self.rounds.iter().enumerate() {
+                let (to_kcat, to_python) = r.worker_ratios();
                 let _ = writeln!(
                     s,
-                    "round {:<13} bare {:.0} | kcat {} | python {} | worker {:.0} events/s | worker / bare {:.1} %",
+                    "round {:<13} bare {:.0} | kcat {} | python {} | worker {:.0} events/s | worker / bare {:.1} %{}{}",
                     i + 1,
                     r.bare.rate(),
                     r.kcat
@@ -1235,9 +1248,35 @@ impl BenchReport {
                     r.python
                         .map_or("-".to_string(), |p| format!("{:.0}", p.rate())),
                     r.worker.rate(),
-                    100.0 * r.worker.rate() / r.bare.rate().max(1e-9)
+                    100.0 * r.worker.rate() / r.bare.rate().max(1e-9),
+                    to_kcat.map_or(String::new(), |x| format!(
+                        " | worker / kcat {:.1} %",
+                        100.0 * x
+                    )),
+                    to_python.map_or(String::new(), |x| format!(" | worker / python {x:.2} x")),
                 );
             }
+            // On a busy machine every client's rate moves from round to
+            // round; a ratio within one round compares clients that ran
+            // moments apart under the same load.
+            let ratios = |f: fn(&Round) -> Option<f64>| {
+                let mut v: Vec<f64> = self.rounds.iter().filter_map(f).collect();
+                v.sort_by(f64::total_cmp);
+                v.get(v.len() / 2).copied()
+            };
+            let bare = ratios(|r| Some(r.worker.rate() / r.bare.rate().max(1e-9)));
+            let kcat = ratios(|r| r.worker_ratios().0);
+            let python = ratios(|r| r.worker_ratios().1);
+            let _ = writeln!(
+                s,
+                "ratios in a round   median over rounds: worker / bare {:.1} %{}{}",
+                100.0 * bare.unwrap_or_default(),
+                kcat.map_or(String::new(), |x| format!(
+                    " | worker / kcat {:.1} %",
+                    100.0 * x
+                )),
+                python.map_or(String::new(), |x| format!(" | worker / python {x:.2} x")),
+            );
             let _ = writeln!(
                 s,
                 "                    rates below: the median round of each; outputs, cpu and memory: the last round"
