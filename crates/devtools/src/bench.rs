@@ -1423,4 +1423,72 @@ mod tests {
         assert!((q(0.95) - 0.035).abs() < 1e-12);
         assert_eq!(quantile_between(&before, &before, 0, 0.5), 0.0);
     }
+
+    /// On an external cluster the run must read and write only topics it
+    /// created: every topic a `--config` names is renamed and created, with
+    /// the shape the worker's startup check requires.
+    #[test]
+    fn every_topic_of_the_run_is_its_own_and_created_as_the_worker_needs_it() {
+        let mut topics = TopicsConfig {
+            shadow_alerts: Some("shadow".into()),
+            deletion: Some("erasures".into()),
+            membership: Some("members".into()),
+            ..TopicsConfig::default()
+        };
+        name_topics_for_run(&mut topics, "churn-bench-1-2-sparse");
+        let specs = topic_specs(&topics, 8);
+        let names: Vec<&str> = specs.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "churn-bench-1-2-sparse-input",
+                "churn-bench-1-2-sparse-alerts",
+                "churn-bench-1-2-sparse-dlq",
+                "churn-bench-1-2-sparse-state",
+                "churn-bench-1-2-sparse-shadow-alerts",
+                "churn-bench-1-2-sparse-deletion",
+                "churn-bench-1-2-sparse-membership",
+            ]
+        );
+        let shape = |name: &str| {
+            let t = specs.iter().find(|t| t.name.ends_with(name)).expect(name);
+            (t.partitions, t.compacted)
+        };
+        assert_eq!(shape("-state"), (8, true));
+        assert_eq!(shape("-deletion"), (8, false));
+        assert_eq!(shape("-membership"), (1, true));
+        assert_eq!(shape("-input"), (8, false));
+
+        // Unset optional topics stay unset.
+        let mut plain = TopicsConfig::default();
+        name_topics_for_run(&mut plain, "p");
+        assert_eq!(topic_specs(&plain, 2).len(), 4);
+        assert_eq!(plain.membership, None);
+    }
+
+    #[test]
+    fn round_ratios_compare_the_worker_with_the_clients_of_its_round() {
+        let t = |events: u64, secs: u64| Throughput {
+            events,
+            total: Duration::from_secs(secs),
+            steady: Duration::from_secs(secs),
+        };
+        let round = Round {
+            bare: t(100, 1),
+            kcat: Some(t(100, 2)),
+            python: Some(PythonReport {
+                events: 100,
+                seconds: 10.0,
+                alerts: 0,
+            }),
+            worker: t(100, 4),
+        };
+        assert_eq!(round.worker_ratios(), (Some(0.5), Some(2.5)));
+        let alone = Round {
+            kcat: None,
+            python: None,
+            ..round
+        };
+        assert_eq!(alone.worker_ratios(), (None, None));
+    }
 }
