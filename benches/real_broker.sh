@@ -108,4 +108,13 @@ done
 kafka_jar="$(cd "$lib" && ls kafka_2.13-*.jar | head -1)"
 echo "real_broker.sh: ${kafka_jar%.jar} (KRaft, 1 node, heap $heap) answering on $bootstrap after $((SECONDS - started)) s" >&2
 
-"$bin" bench --bootstrap-servers "$bootstrap" "$@"
+# The broker's CPU is not in the bench's own CPU lines (another process on
+# the same cores): its total over the run, from /proc (Linux).
+broker_cpu() {
+  awk -v hz="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); printf "%.1f", ($12 + $13) / hz }' "/proc/$pid/stat" 2>/dev/null || echo "?"
+}
+cpu_before="$(broker_cpu)"
+status=0
+"$bin" bench --bootstrap-servers "$bootstrap" "$@" || status=$?
+echo "real_broker.sh: the broker used $(awk -v a="$cpu_before" -v b="$(broker_cpu)" 'BEGIN { printf "%.1f", b - a }') s of CPU during the bench (load, rounds and latency phase together)" >&2
+exit "$status"
