@@ -60,6 +60,17 @@ pub struct BenchArgs {
     /// topic, each in a fresh consumer group; rates and ratios are medians.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub rounds: u32,
+    /// Run against this Kafka cluster instead of the embedded mock broker:
+    /// topics of the run's own (`churn-bench-<run>-<shape>-<role>`, the
+    /// cluster's default replication factor, the state topic compacted) are
+    /// created through the admin API and deleted at the end, also on error.
+    /// PLAINTEXT only: the benchmark's own clients take no security settings.
+    #[arg(long)]
+    pub bootstrap_servers: Option<String>,
+    /// Seconds to wait for the cluster of --bootstrap-servers to answer
+    /// before giving up.
+    #[arg(long, default_value_t = 30)]
+    pub connect_timeout: u64,
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
@@ -78,6 +89,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             python_worker: args.python_worker.clone(),
             kcat: args.kcat,
             rounds: args.rounds,
+            bootstrap_servers: args.bootstrap_servers.clone(),
+            connect_timeout: std::time::Duration::from_secs(args.connect_timeout),
         };
         let report = run_bench(&options)?;
         print!("{}", report.render(&options));

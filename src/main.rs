@@ -71,7 +71,7 @@ enum Command {
     /// Show how a sample of a topic (or a file) reads with the input settings:
     /// mapped vs failed, event types vs the model's, time range, suggested renames.
     Inspect(input_cli::InspectArgs),
-    /// End-to-end benchmark on an embedded broker: worker vs bare consumer, latency, memory.
+    /// End-to-end benchmark on an embedded broker (or an external one, --bootstrap-servers): worker vs bare consumer, kcat and Python, latency, memory.
     #[cfg(feature = "devtools")]
     Bench(devtools_cli::BenchArgs),
 }

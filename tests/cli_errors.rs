@@ -525,6 +525,89 @@ fn generate_against_an_unreachable_broker_fails_in_time_naming_the_address() {
 }
 
 #[test]
+fn bench_against_an_unreachable_broker_fails_in_time_naming_the_address() {
+    let dir = tempfile::tempdir().expect("dir");
+    let bootstrap = format!("127.0.0.1:{}", closed_port());
+    let started = Instant::now();
+    let bench = Logged::spawn(
+        &[
+            "bench",
+            "--bootstrap-servers",
+            &bootstrap,
+            "--connect-timeout",
+            "2",
+            "--events",
+            "100",
+            "--latency-secs",
+            "0",
+        ],
+        &[],
+        dir.path(),
+    );
+    let (status, err) = bench.wait(Duration::from_secs(30));
+    let status = status.unwrap_or_else(|| panic!("still waiting after 30 s: {err}"));
+    assert!(!status.success(), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "gave up in time: {:?}",
+        started.elapsed()
+    );
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: cannot reach kafka at ")
+            && last.contains(&bootstrap)
+            && last.contains("--bootstrap-servers")
+            && last.contains("within 2 s"),
+        "{err}"
+    );
+    assert!(last.contains("Connection refused"), "the cause: {err}");
+}
+
+/// The development broker has no admin API (librdkafka waits for a broker
+/// that supports CreateTopics): `bench` gives up after --connect-timeout,
+/// naming the address and the topics, before loading anything.
+#[test]
+fn bench_on_a_broker_without_topic_creation_names_the_address_in_time() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mock = churn_devtools::broker::EmbeddedBroker::start(1).expect("mock broker");
+    let bootstrap = mock.bootstrap_servers().to_string();
+    let started = Instant::now();
+    let bench = Logged::spawn(
+        &[
+            "bench",
+            "--bootstrap-servers",
+            &bootstrap,
+            "--connect-timeout",
+            "3",
+            "--events",
+            "100",
+            "--latency-secs",
+            "0",
+        ],
+        &[],
+        dir.path(),
+    );
+    let (status, err) = bench.wait(Duration::from_secs(60));
+    let status = status.unwrap_or_else(|| panic!("still running after 60 s: {err}"));
+    assert!(!status.success(), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "gave up in time: {:?}",
+        started.elapsed()
+    );
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!(
+            "error: kafka at {bootstrap} did not create topics "
+        )) && last.contains("-input")
+            && last.contains("-state")
+            && last.contains("within 3 s (no admin API?"),
+        "{err}"
+    );
+    assert!(!err.contains("loading"), "nothing loaded: {err}");
+}
+
+#[test]
 fn generate_stops_promptly_on_sigterm_while_the_broker_is_unreachable() {
     let dir = tempfile::tempdir().expect("dir");
     let bootstrap = format!("127.0.0.1:{}", closed_port());

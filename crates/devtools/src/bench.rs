@@ -6,7 +6,10 @@
 //! cluster), a loader that fills the input topic from the [`Generator`], a
 //! bare `BaseConsumer` (the limit), the real [`Worker`] (fresh consumer
 //! group, HTTP on `127.0.0.1:0`), and a paced producer for the latency
-//! phase. See `docs/performance.md` for the figures and how to read them.
+//! phase. With [`BenchOptions::bootstrap_servers`] the same rounds run
+//! against an external cluster instead of the mock ([`ExternalBroker`]):
+//! topics named for the run, created by admin API and deleted at the end.
+//! See `docs/performance.md` for the figures and how to read them.
 //!
 //! Development tooling only: the worker's code path never depends on it.
 
@@ -24,10 +27,11 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::EmbeddedBroker;
+use crate::external::{ExternalBroker, ExternalError, TopicSpec};
 use churn_core::model::RiskModel;
 use churn_generate::{GenerateConfig, Generator, Shape};
 use churn_worker::Worker;
-use churn_worker::config::{Overrides, WorkerConfig};
+use churn_worker::config::{Overrides, TopicsConfig, WorkerConfig};
 use churn_worker::telemetry::Metrics;
 
 /// Errors of the benchmark.
@@ -39,6 +43,9 @@ pub enum BenchError {
     /// The embedded broker failed.
     #[error(transparent)]
     Broker(#[from] crate::broker::BrokerError),
+    /// The external cluster is unreachable or refused a topic.
+    #[error(transparent)]
+    External(#[from] ExternalError),
     /// The worker failed.
     #[error(transparent)]
     Worker(#[from] churn_worker::WorkerError),
@@ -88,6 +95,12 @@ pub struct BenchOptions {
     /// Rounds of (bare consumer, kcat, Python worker, worker) on the loaded
     /// topic; the report's rates and ratios are the medians over rounds.
     pub rounds: u32,
+    /// An external Kafka cluster to run on instead of the embedded mock
+    /// broker: the benchmark creates topics of its own there (admin API,
+    /// the cluster's default replication factor) and deletes them at the end.
+    pub bootstrap_servers: Option<String>,
+    /// How long to wait for the external cluster to answer at the start.
+    pub connect_timeout: Duration,
 }
 
 impl Default for BenchOptions {
@@ -104,6 +117,8 @@ impl Default for BenchOptions {
             python_worker: None,
             kcat: false,
             rounds: 1,
+            bootstrap_servers: None,
+            connect_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -164,6 +179,18 @@ pub struct Round {
     pub python: Option<PythonReport>,
     /// The worker.
     pub worker: Throughput,
+}
+
+impl Round {
+    /// The worker's rate over kcat's and over the Python worker's in this
+    /// round, where they ran.
+    pub fn worker_ratios(&self) -> (Option<f64>, Option<f64>) {
+        let w = self.worker.rate();
+        (
+            self.kcat.map(|k| w / k.rate().max(1e-9)),
+            self.python.map(|p| w / p.rate().max(1e-9)),
+        )
+    }
 }
 
 /// The measurement of median `rate` (the higher middle one of an even
@@ -440,8 +467,9 @@ fn check_watermarks(
         let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
         if low != 0 {
             return Err(BenchError::Check(format!(
-                "partition {p} of {topic} starts at offset {low}: the mock broker dropped data \
-                 (its ~5 MiB per partition cap); use more --partitions or fewer --events"
+                "partition {p} of {topic} starts at offset {low}: data was dropped (the mock \
+                 broker's ~5 MiB per partition cap, or the cluster's retention); use more \
+                 --partitions or fewer --events"
             )));
         }
         total += high;
@@ -674,30 +702,187 @@ fn kcat_read(bootstrap: &str, topic: &str, n: u64) -> Result<Throughput, BenchEr
     })
 }
 
+/// Where the rounds run: the embedded mock broker, started for the run, or
+/// an external cluster, on topics created for the run and deleted after it
+/// (also when the run fails: [`ExternalBroker`]'s drop).
+enum BenchBroker {
+    Embedded(EmbeddedBroker),
+    External(ExternalBroker),
+}
+
+impl BenchBroker {
+    fn start(options: &BenchOptions) -> Result<Self, BenchError> {
+        Ok(match &options.bootstrap_servers {
+            None => BenchBroker::Embedded(EmbeddedBroker::start(1)?),
+            Some(bootstrap) => {
+                BenchBroker::External(ExternalBroker::connect(bootstrap, options.connect_timeout)?)
+            }
+        })
+    }
+
+    fn bootstrap_servers(&self) -> &str {
+        match self {
+            BenchBroker::Embedded(b) => b.bootstrap_servers(),
+            BenchBroker::External(b) => b.bootstrap_servers(),
+        }
+    }
+
+    fn create_topics(&mut self, topics: &[TopicSpec]) -> Result<(), BenchError> {
+        match self {
+            // The mock has no admin API and never compacts: partitions only.
+            BenchBroker::Embedded(b) => {
+                for t in topics {
+                    b.create_topic(&t.name, t.partitions)?;
+                }
+            }
+            BenchBroker::External(b) => {
+                b.create_topics(topics)?;
+                let names: Vec<&str> = topics.iter().map(|t| t.name.as_str()).collect();
+                eprintln!("created on {}: {}", b.bootstrap_servers(), names.join(", "));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the mock, or deletes the run's topics on the external cluster
+    /// (a topic that could not be deleted is named on standard error).
+    fn finish(self) {
+        match self {
+            BenchBroker::Embedded(b) => drop(b),
+            BenchBroker::External(mut b) => {
+                let count = b.created().len();
+                let failed = b.delete_topics();
+                for (topic, why) in &failed {
+                    eprintln!(
+                        "could not delete topic {topic} on {} ({why}): delete it by hand",
+                        b.bootstrap_servers()
+                    );
+                }
+                eprintln!(
+                    "deleted {} of the run's {count} topics on {}",
+                    count - failed.len(),
+                    b.bootstrap_servers()
+                );
+            }
+        }
+    }
+}
+
+/// Every topic `topics` names, as the worker needs it: the state changelog
+/// and the deletion topic co-partitioned with the input, the changelog and
+/// the membership topic compacted, the membership topic single-partition.
+fn topic_specs(topics: &TopicsConfig, partitions: i32) -> Vec<TopicSpec> {
+    let spec = |name: &String, partitions: i32, compacted: bool| TopicSpec {
+        name: name.clone(),
+        partitions,
+        compacted,
+    };
+    let mut specs = vec![
+        spec(&topics.input, partitions, false),
+        spec(&topics.alerts, partitions, false),
+        spec(&topics.dead_letter, partitions, false),
+        spec(&topics.state, partitions, true),
+    ];
+    specs.extend(
+        topics
+            .shadow_alerts
+            .iter()
+            .map(|n| spec(n, partitions, false)),
+    );
+    specs.extend(topics.deletion.iter().map(|n| spec(n, partitions, false)));
+    specs.extend(topics.membership.iter().map(|n| spec(n, 1, true)));
+    specs
+}
+
+/// Names every topic `topics` names `{prefix}-{role}`: on an external
+/// cluster the run reads and writes only topics it created.
+fn name_topics_for_run(topics: &mut TopicsConfig, prefix: &str) {
+    topics.input = format!("{prefix}-input");
+    topics.alerts = format!("{prefix}-alerts");
+    topics.dead_letter = format!("{prefix}-dlq");
+    topics.state = format!("{prefix}-state");
+    for (topic, role) in [
+        (&mut topics.shadow_alerts, "shadow-alerts"),
+        (&mut topics.deletion, "deletion"),
+        (&mut topics.membership, "membership"),
+    ] {
+        if let Some(name) = topic.as_mut() {
+            *name = format!("{prefix}-{role}");
+        }
+    }
+}
+
+/// The configuration every worker of the run starts from (each round then
+/// takes a group and output topics of its own, [`round_config`]): the
+/// `--config` file or the built-in defaults, the broker's address, an HTTP
+/// port of its own, and the benchmark's client settings. The one place a
+/// worker setting of `bench` goes: a flag of `bench` becomes a field of
+/// [`BenchOptions`], applied here, and every round's worker runs with it.
+fn worker_config(
+    options: &BenchOptions,
+    bootstrap: &str,
+    mock: bool,
+) -> Result<WorkerConfig, BenchError> {
+    // No environment: the run's settings are its flags and file only.
+    let mut config = WorkerConfig::load_with_env(
+        options.config.as_deref(),
+        &Overrides {
+            bootstrap_servers: Some(bootstrap.to_string()),
+            http_addr: Some("127.0.0.1:0".into()),
+        },
+        Vec::new(),
+    )?;
+    if mock {
+        // The mock broker holds a fetch that finds no data for the full
+        // fetch.wait.max.ms even when data arrives meanwhile (a real broker
+        // answers as soon as fetch.min.bytes are there): a short wait stands
+        // in for that. A real cluster gets the worker's own setting.
+        config
+            .kafka
+            .consumer
+            .entry("fetch.wait.max.ms".into())
+            .or_insert_with(|| "5".into());
+    }
+    // Commits follow stored offsets closely, so the time to "everything
+    // committed" measures the state flush, not the commit timer.
+    config
+        .kafka
+        .consumer
+        .entry("auto.commit.interval.ms".into())
+        .or_insert_with(|| "100".into());
+    Ok(config)
+}
+
 /// The worker configuration of `round`: a group of its own and, after the
 /// first round, output topics of its own, created on `broker`.
 fn round_config(
     base: &WorkerConfig,
     run_id: &str,
     round: u32,
-    broker: &EmbeddedBroker,
+    broker: &mut BenchBroker,
     partitions: i32,
 ) -> Result<WorkerConfig, BenchError> {
     let mut config = base.clone();
     config.kafka.group_id = format!("bench-worker-{run_id}-{round}");
     if round > 1 {
         let topics = &mut config.topics;
-        for name in [
-            &mut topics.alerts,
-            &mut topics.dead_letter,
-            &mut topics.state,
+        let mut specs = Vec::new();
+        for (name, compacted) in [
+            (&mut topics.alerts, false),
+            (&mut topics.dead_letter, false),
+            (&mut topics.state, true),
         ]
         .into_iter()
-        .chain(topics.shadow_alerts.as_mut())
+        .chain(topics.shadow_alerts.as_mut().map(|n| (n, false)))
         {
             name.push_str(&format!("-round{round}"));
-            broker.create_topic(name, partitions)?;
+            specs.push(TopicSpec {
+                name: name.clone(),
+                partitions,
+                compacted,
+            });
         }
+        broker.create_topics(&specs)?;
     }
     Ok(config)
 }
@@ -842,16 +1027,12 @@ pub fn run_bench(options: &BenchOptions) -> Result<BenchReport, BenchError> {
     }
     let n = options.events;
     let mut report = BenchReport::default();
-    let broker = EmbeddedBroker::start(1)?;
+    // Declared before the worker of the last round, so dropped after it:
+    // on an error the run's topics are deleted once the worker is gone.
+    let mut broker = BenchBroker::start(options)?;
     let bootstrap = broker.bootstrap_servers().to_string();
-    let mut config = WorkerConfig::load_with_env(
-        options.config.as_deref().map(Path::new),
-        &Overrides {
-            bootstrap_servers: Some(bootstrap.clone()),
-            http_addr: Some("127.0.0.1:0".into()),
-        },
-        Vec::new(),
-    )?;
+    let mock = matches!(broker, BenchBroker::Embedded(_));
+    let mut config = worker_config(options, &bootstrap, mock)?;
     let run_id = format!(
         "{}-{}",
         std::process::id(),
@@ -859,22 +1040,13 @@ pub fn run_bench(options: &BenchOptions) -> Result<BenchReport, BenchError> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis())
     );
-    // The mock broker holds a fetch that finds no data for the full
-    // fetch.wait.max.ms even when data arrives meanwhile (a real broker answers
-    // as soon as fetch.min.bytes are there): a short wait stands in for that.
-    config
-        .kafka
-        .consumer
-        .entry("fetch.wait.max.ms".into())
-        .or_insert_with(|| "5".into());
-    // Commits follow stored offsets closely, so the time to "everything
-    // committed" measures the state flush, not the commit timer.
-    config
-        .kafka
-        .consumer
-        .entry("auto.commit.interval.ms".into())
-        .or_insert_with(|| "100".into());
-    broker.create_default_topics(&config.topics, options.partitions)?;
+    if !mock {
+        name_topics_for_run(
+            &mut config.topics,
+            &format!("churn-bench-{run_id}-{}", options.shape),
+        );
+    }
+    broker.create_topics(&topic_specs(&config.topics, options.partitions))?;
     let input = config.topics.input.clone();
 
     // 1. Load.
@@ -908,7 +1080,7 @@ pub fn run_bench(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         if let Some(previous) = live.take() {
             previous.stop(&bootstrap, &input, options.partitions, n)?;
         }
-        let config = round_config(&config, &run_id, round, &broker, options.partitions)?;
+        let config = round_config(&config, &run_id, round, &mut broker, options.partitions)?;
         eprintln!(
             "round {round} of {}: bare consumer reading {n} events...",
             options.rounds
@@ -1013,7 +1185,7 @@ pub fn run_bench(options: &BenchOptions) -> Result<BenchReport, BenchError> {
     // 5. Stop gracefully and check the committed offsets cover every event.
     live.stop(&bootstrap, &input, options.partitions, expected)?;
     report.peak_rss = peak_rss_bytes();
-    drop(broker);
+    broker.finish();
     Ok(report)
 }
 
@@ -1065,9 +1237,10 @@ impl BenchReport {
         let _ = writeln!(s, "load (acked)        {:>10.0} events/s", self.load_rate);
         if self.rounds.len() > 1 {
             for (i, r) in self.rounds.iter().enumerate() {
+                let (to_kcat, to_python) = r.worker_ratios();
                 let _ = writeln!(
                     s,
-                    "round {:<13} bare {:.0} | kcat {} | python {} | worker {:.0} events/s | worker / bare {:.1} %",
+                    "round {:<13} bare {:.0} | kcat {} | python {} | worker {:.0} events/s | worker / bare {:.1} %{}{}",
                     i + 1,
                     r.bare.rate(),
                     r.kcat
@@ -1075,9 +1248,35 @@ impl BenchReport {
                     r.python
                         .map_or("-".to_string(), |p| format!("{:.0}", p.rate())),
                     r.worker.rate(),
-                    100.0 * r.worker.rate() / r.bare.rate().max(1e-9)
+                    100.0 * r.worker.rate() / r.bare.rate().max(1e-9),
+                    to_kcat.map_or(String::new(), |x| format!(
+                        " | worker / kcat {:.1} %",
+                        100.0 * x
+                    )),
+                    to_python.map_or(String::new(), |x| format!(" | worker / python {x:.2} x")),
                 );
             }
+            // On a busy machine every client's rate moves from round to
+            // round; a ratio within one round compares clients that ran
+            // moments apart under the same load.
+            let ratios = |f: fn(&Round) -> Option<f64>| {
+                let mut v: Vec<f64> = self.rounds.iter().filter_map(f).collect();
+                v.sort_by(f64::total_cmp);
+                v.get(v.len() / 2).copied()
+            };
+            let bare = ratios(|r| Some(r.worker.rate() / r.bare.rate().max(1e-9)));
+            let kcat = ratios(|r| r.worker_ratios().0);
+            let python = ratios(|r| r.worker_ratios().1);
+            let _ = writeln!(
+                s,
+                "ratios in a round   median over rounds: worker / bare {:.1} %{}{}",
+                100.0 * bare.unwrap_or_default(),
+                kcat.map_or(String::new(), |x| format!(
+                    " | worker / kcat {:.1} %",
+                    100.0 * x
+                )),
+                python.map_or(String::new(), |x| format!(" | worker / python {x:.2} x")),
+            );
             let _ = writeln!(
                 s,
                 "                    rates below: the median round of each; outputs, cpu and memory: the last round"
@@ -1223,5 +1422,73 @@ mod tests {
         assert!((q(0.7) - 0.015).abs() < 1e-12);
         assert!((q(0.95) - 0.035).abs() < 1e-12);
         assert_eq!(quantile_between(&before, &before, 0, 0.5), 0.0);
+    }
+
+    /// On an external cluster the run must read and write only topics it
+    /// created: every topic a `--config` names is renamed and created, with
+    /// the shape the worker's startup check requires.
+    #[test]
+    fn every_topic_of_the_run_is_its_own_and_created_as_the_worker_needs_it() {
+        let mut topics = TopicsConfig {
+            shadow_alerts: Some("shadow".into()),
+            deletion: Some("erasures".into()),
+            membership: Some("members".into()),
+            ..TopicsConfig::default()
+        };
+        name_topics_for_run(&mut topics, "churn-bench-1-2-sparse");
+        let specs = topic_specs(&topics, 8);
+        let names: Vec<&str> = specs.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "churn-bench-1-2-sparse-input",
+                "churn-bench-1-2-sparse-alerts",
+                "churn-bench-1-2-sparse-dlq",
+                "churn-bench-1-2-sparse-state",
+                "churn-bench-1-2-sparse-shadow-alerts",
+                "churn-bench-1-2-sparse-deletion",
+                "churn-bench-1-2-sparse-membership",
+            ]
+        );
+        let shape = |name: &str| {
+            let t = specs.iter().find(|t| t.name.ends_with(name)).expect(name);
+            (t.partitions, t.compacted)
+        };
+        assert_eq!(shape("-state"), (8, true));
+        assert_eq!(shape("-deletion"), (8, false));
+        assert_eq!(shape("-membership"), (1, true));
+        assert_eq!(shape("-input"), (8, false));
+
+        // Unset optional topics stay unset.
+        let mut plain = TopicsConfig::default();
+        name_topics_for_run(&mut plain, "p");
+        assert_eq!(topic_specs(&plain, 2).len(), 4);
+        assert_eq!(plain.membership, None);
+    }
+
+    #[test]
+    fn round_ratios_compare_the_worker_with_the_clients_of_its_round() {
+        let t = |events: u64, secs: u64| Throughput {
+            events,
+            total: Duration::from_secs(secs),
+            steady: Duration::from_secs(secs),
+        };
+        let round = Round {
+            bare: t(100, 1),
+            kcat: Some(t(100, 2)),
+            python: Some(PythonReport {
+                events: 100,
+                seconds: 10.0,
+                alerts: 0,
+            }),
+            worker: t(100, 4),
+        };
+        assert_eq!(round.worker_ratios(), (Some(0.5), Some(2.5)));
+        let alone = Round {
+            kcat: None,
+            python: None,
+            ..round
+        };
+        assert_eq!(alone.worker_ratios(), (None, None));
     }
 }
