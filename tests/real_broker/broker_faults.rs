@@ -710,9 +710,21 @@ fn broker_faults_on_three_nodes_lose_nothing_and_commit_nothing_early() {
         Duration::from_secs(55),
         || sampler_b.alerts_now() > 0,
     );
+    // Every partition restored: a lost connection to the stopped broker
+    // used to abort a restore, retried 5 s later (1-3 times per run).
+    let b_ready = b_flowing
+        + wait_for(
+            "a new worker restored every partition with a broker stopped",
+            Duration::from_secs(55),
+            || {
+                b.live_partitions()
+                    .is_some_and(|p| p.len() == INPUT_PARTITIONS as usize)
+            },
+        );
     eprintln!(
-        "{test}: worker a stopped by SIGTERM in {a_took:?} ({a_status:?}); b restored and \
-         published {b_flowing:?} after its start, with node {stopped} still down"
+        "{test}: worker a stopped by SIGTERM in {a_took:?} ({a_status:?}); b published \
+         {b_flowing:?} after its start and had restored every partition after {b_ready:?}, \
+         with node {stopped} still down"
     );
     // The fault is the broker's absence: it stays down for 60 s.
     std::thread::sleep(Duration::from_secs(60).saturating_sub(stopped_at.elapsed()));
