@@ -20,6 +20,7 @@
 mod support;
 
 mod bench;
+mod broker_faults;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
@@ -957,49 +958,6 @@ fn compaction_restore_and_erasure_after_the_cleaner_ran() {
 fn membership_consumer_protocol_with_default_timeouts() {
     let _serial = serial();
     membership(GroupProtocol::Consumer);
-}
-
-/// The harness itself on three nodes, for the broker-fault scenarios to
-/// come: a topic replicated 3 times keeps serving reads while one node is
-/// killed, another paused, and after both come back; a node stops cleanly.
-/// Ignored in `cargo test` (three JVMs cost about a minute here); run it
-/// after changing tests/support/kafka.rs:
-/// `cargo test --test real_broker three_nodes -- --ignored --nocapture`.
-#[test]
-#[ignore = "about a minute: run after changing tests/support/kafka.rs"]
-fn three_nodes_survive_a_killed_and_a_paused_node() {
-    let _serial = serial();
-    let Some(mut cluster) = KafkaCluster::builder().nodes(3).start("three_nodes") else {
-        return;
-    };
-    eprintln!("real broker: 3 nodes up in {:?}", cluster.startup);
-    let bootstrap = cluster.bootstrap();
-    cluster.create_topics(&[("replicated", 3, &[])]);
-    let lines: Vec<String> = (0..300)
-        .map(|i| event(&format!("r{i}"), "login", T0_MS + i, None))
-        .collect();
-    produce_events(&bootstrap, "replicated", &lines);
-    let read_all = |what: &str| {
-        let mut n = 0;
-        wait_for(what, Duration::from_secs(60), || {
-            n = kcat_read(&bootstrap, "replicated").len();
-            n == lines.len()
-        });
-    };
-    read_all("every record with all nodes up");
-    cluster.kill(2);
-    read_all("every record with node 2 killed");
-    cluster.restart(2);
-    cluster.pause(3);
-    read_all("every record with node 3 paused");
-    cluster.resume(3);
-    cluster.wait_for_brokers(&[1, 2, 3], Duration::from_secs(60));
-    let took = cluster.stop(1, Duration::from_secs(60));
-    assert!(
-        cluster.pid(1).is_none() && took < Duration::from_secs(60),
-        "node 1 stopped cleanly within 60 s ({took:?})"
-    );
-    read_all("every record with node 1 stopped");
 }
 
 /// Production faults of issue 31 on a broker with Apache Kafka's default

@@ -42,6 +42,20 @@ pub struct GroupContext {
     /// The group coordinator's address, from the latest statistics that
     /// named one (for the log while waiting for the first assignment).
     pub(super) coordinator: Mutex<Option<String>>,
+    /// Set by the shutdown before it leaves the group: when the leave
+    /// budget ends. The revoke that leaving triggers waits for its commit
+    /// no longer than that, so the shutdown stays within its bound.
+    pub(super) leave_by: Mutex<Option<Instant>>,
+}
+
+/// How long a revoke waits for its offsets commit: [`REVOKE_COMMIT_WAIT`],
+/// cut to what is left of the leave budget when the worker is shutting down
+/// (the final commit was already awaited; the revoke's goes out anyway).
+fn revoke_commit_wait(now: Instant, leave_by: Option<Instant>) -> Duration {
+    match leave_by {
+        Some(until) => REVOKE_COMMIT_WAIT.min(until.saturating_duration_since(now)),
+        None => REVOKE_COMMIT_WAIT,
+    }
 }
 
 impl GroupContext {
@@ -227,7 +241,9 @@ impl ConsumerContext for GroupContext {
             // Committed before the partitions are given up, with the current
             // generation, so the next owner starts after what was drained;
             // bounded so that the member's rejoin is never held up for long.
-            match commit_with_deadline(consumer, REVOKE_COMMIT_WAIT) {
+            let leave_by = self.leave_by.lock().ok().and_then(|l| *l);
+            let wait = revoke_commit_wait(Instant::now(), leave_by);
+            match commit_with_deadline(consumer, wait) {
                 CommitOutcome::Committed => {}
                 outcome => tracing::warn!(
                     ?partitions,
@@ -365,6 +381,25 @@ mod tests {
     use super::*;
     use std::io::Write;
     use std::sync::Arc;
+
+    #[test]
+    fn a_revoke_while_shutting_down_waits_only_for_the_rest_of_the_leave_budget() {
+        let now = Instant::now();
+        assert_eq!(revoke_commit_wait(now, None), REVOKE_COMMIT_WAIT);
+        assert_eq!(
+            revoke_commit_wait(now, Some(now + Duration::from_millis(700))),
+            Duration::from_millis(700)
+        );
+        // Past the leave budget (e.g. a revoke during the close): no wait.
+        assert_eq!(
+            revoke_commit_wait(now + Duration::from_secs(2), Some(now)),
+            Duration::ZERO
+        );
+        assert_eq!(
+            revoke_commit_wait(now, Some(now + Duration::from_secs(60))),
+            REVOKE_COMMIT_WAIT
+        );
+    }
 
     #[test]
     fn the_assignment_wait_is_logged_every_ten_seconds() {

@@ -129,6 +129,17 @@ pub fn restore_partition(
                         progress.set((msg.offset() - low + 1) as f64 / (high - low) as f64);
                     }
                 }
+                // A connection to a broker that is down (not necessarily
+                // this partition's leader) is reported here too; librdkafka
+                // reconnects by itself, so keep reading until the stall
+                // deadline rather than restart the restore from the low
+                // watermark 5 s later (seen on Apache Kafka with one broker
+                // of three stopped: tests/real_broker/broker_faults.rs).
+                Some(Err(e)) if is_transient(&e) => {
+                    if last_progress.elapsed() > Duration::from_secs(60) {
+                        return Err(WorkerError::RestoreStalled { partition });
+                    }
+                }
                 Some(Err(e)) => return Err(e.into()),
                 None => {
                     if last_progress.elapsed() > Duration::from_secs(60) {
@@ -152,6 +163,16 @@ pub fn restore_partition(
         model: Arc::clone(model),
         input_reset,
     })
+}
+
+/// Whether a consumer error while restoring is one librdkafka recovers from
+/// by itself: a broker connection lost or refused, or none up for now.
+fn is_transient(error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::error::RDKafkaErrorCode as C;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(C::BrokerTransportFailure | C::AllBrokersDown)
+    )
 }
 
 /// Compares the highest input offset the changelog records as applied with
@@ -217,5 +238,30 @@ fn resume_clock(
     PartitionClock {
         watermark_ms: watermark,
         max_event_ms: max_event,
+    }
+}
+
+#[cfg(test)]
+mod transient_tests {
+    use super::is_transient;
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode as C};
+
+    #[test]
+    fn a_lost_broker_connection_does_not_abort_a_restore_but_other_errors_do() {
+        assert!(is_transient(&KafkaError::MessageConsumption(
+            C::BrokerTransportFailure
+        )));
+        assert!(is_transient(&KafkaError::MessageConsumption(
+            C::AllBrokersDown
+        )));
+        assert!(!is_transient(&KafkaError::MessageConsumption(
+            C::TopicAuthorizationFailed
+        )));
+        assert!(!is_transient(&KafkaError::MessageConsumption(
+            C::UnknownTopicOrPartition
+        )));
+        assert!(!is_transient(&KafkaError::MessageConsumption(
+            C::OffsetOutOfRange
+        )));
     }
 }

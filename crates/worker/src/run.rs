@@ -281,6 +281,7 @@ pub fn run_pipeline(
         drain_timeout,
         commit_log: Default::default(),
         coordinator: Default::default(),
+        leave_by: Default::default(),
     };
     let consumer: Arc<Consumer0> = Arc::new(
         kafka::consumer_config(&config, &config.kafka.group_id).create_with_context(context)?,
@@ -648,8 +649,15 @@ fn shut_down(
         }
     };
 
-    consumer.unsubscribe();
     let leave_until = Instant::now() + LEAVE_WAIT;
+    // Unsubscribing revokes our partitions, whose commit would otherwise
+    // be awaited for 5 s: with the coordinator away that came on top of
+    // the final commit's wait (SIGTERM with a paused broker took 39.7 s of
+    // a 40 s bound, tests/real_broker/broker_faults.rs).
+    if let Ok(mut leave_by) = consumer.context().leave_by.lock() {
+        *leave_by = Some(leave_until);
+    }
+    consumer.unsubscribe();
     let any_assigned = || -> Result<bool, WorkerError> {
         for h in cores {
             if !h.lock_from_outside()?.partition_ids().is_empty() {
