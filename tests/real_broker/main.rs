@@ -16,6 +16,7 @@
 //! modules below share its helpers), so that scenarios which mostly wait on
 //! broker timeouts overlap instead of adding up in CI.
 
+mod security;
 #[path = "../support/mod.rs"]
 mod support;
 
