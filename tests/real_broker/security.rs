@@ -570,6 +570,7 @@ fn sasl_scram_and_mtls_with_the_documented_acls() {
         "carol ran without READ on the group: {stderr}"
     );
     let last = stderr.lines().last().unwrap_or_default();
+    eprintln!("security: carol's error: {last}");
     assert!(
         last.contains(&format!("group `{GROUP}`")) && last.contains("READ"),
         "carol's error names the group and READ: {stderr}"
@@ -657,9 +658,15 @@ fn sasl_scram_and_mtls_with_the_documented_acls() {
     // No DESCRIBE_CONFIGS: the compaction check is skipped, said so.
     assert!(stderr.contains("cleanup.policy"), "{stderr}");
 
-    // Bob: every ACL but WRITE on the alerts topic; new events that alert.
-    let third = events("b", 10, 0, 30);
+    // Bob: every ACL but WRITE on the alerts topic; new events (after the
+    // others in event time: not late) that alert.
+    let third = events("b", 24, 50, 30);
     produce(&plaintext, INPUT, &third);
+    let (with_third, _) = replayed_alert_ids(&model, &lines_by_partition(&plaintext), lateness_ms);
+    assert!(
+        with_third.len() > alerts_total,
+        "bob's events must alert for the test to mean anything"
+    );
     let bob_config = write_config(d, "bob", &sasl, free_port(), sasl_block, Some("bob"));
     let bob = WorkerRun::start(d, "bob", &bob_config, &[("KAFKA_PASSWORD", "bob-secret")]);
     let (status, stderr) = bob.exit_within(Duration::from_secs(90));
@@ -668,6 +675,7 @@ fn sasl_scram_and_mtls_with_the_documented_acls() {
         "bob ran without WRITE on the alerts topic: {stderr}"
     );
     let last = stderr.lines().last().unwrap_or_default();
+    eprintln!("security: bob (no WRITE on the alerts topic) stopped: {status}: {last}");
     assert!(
         last.contains(&format!("topic `{ALERTS}`")) && last.contains("WRITE"),
         "bob's error names the alerts topic and WRITE: {stderr}"
