@@ -392,6 +392,7 @@ fn sasl_scram_and_mtls_with_the_documented_acls() {
         ("alice", "alice-secret"),
         ("bob", "bob-secret"),
         ("carol", "carol-secret"),
+        ("dave", "dave-secret"),
     ];
     let mut builder = KafkaCluster::builder()
         .listener("SASL_SSL", "SASL_SSL")
@@ -439,7 +440,7 @@ fn sasl_scram_and_mtls_with_the_documented_acls() {
     // The documented ACLs, by the admin over SASL_SSL: alice (SASL) and the
     // mTLS principal get all of them (the mTLS one without the optional
     // DescribeConfigs), bob all but Write on the alerts topic, carol all
-    // but READ on the group.
+    // but READ on the group, dave none on the dead-letter topic.
     std::fs::write(
         d.join("admin.properties"),
         format!(
@@ -474,6 +475,9 @@ fn sasl_scram_and_mtls_with_the_documented_acls() {
         }
         if !group {
             principals.push("User:carol");
+        }
+        if !has_args(args, ["--topic", DLQ]) {
+            principals.push("User:dave");
         }
         let mut run: Vec<String> = Vec::new();
         for a in replace_arg(args, "$BROKERS", &sasl).into_iter().map(|a| {
@@ -551,6 +555,15 @@ fn sasl_scram_and_mtls_with_the_documented_acls() {
         &[("KAFKA_PASSWORD", "carol-secret")],
     );
 
+    // Dave: nothing on the dead-letter topic. Refused by the start-up check.
+    let dave_config = write_config(d, "dave", &sasl, free_port(), sasl_block, Some("dave"));
+    let dave = WorkerRun::start(
+        d,
+        "dave",
+        &dave_config,
+        &[("KAFKA_PASSWORD", "dave-secret")],
+    );
+
     // Alice, SASL_SSL + SCRAM-SHA-512, the documented ACLs.
     let alice_config = write_config(d, "alice", &sasl, free_port(), sasl_block, Some("alice"));
     let mut alice = WorkerRun::start(
@@ -574,6 +587,21 @@ fn sasl_scram_and_mtls_with_the_documented_acls() {
     assert!(
         last.contains(&format!("group `{GROUP}`")) && last.contains("READ"),
         "carol's error names the group and READ: {stderr}"
+    );
+
+    let (status, stderr) = dave.exit_within(Duration::from_secs(60));
+    let last = stderr.lines().last().unwrap_or_default();
+    eprintln!("security: dave (nothing on the dead-letter topic) stopped: {status}: {last}");
+    assert!(
+        !status.success(),
+        "dave ran without ACLs on {DLQ}: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "topic `{DLQ}` (topics.dead_letter) cannot be described"
+        )) && stderr.contains("Topic authorization failed")
+            && stderr.contains("needs DESCRIBE and WRITE on it"),
+        "dave's error names the topic and the operations: {stderr}"
     );
 
     let model = RiskModel::default_model();
