@@ -27,6 +27,8 @@ use super::{
 };
 
 const GROUP: &str = "churn-scorer";
+/// Erin's group: she must not take partitions from the others.
+const ERIN_GROUP: &str = "churn-scorer-erin";
 const ADMIN_PASSWORD: &str = "admin-secret";
 /// The documented principal, replaced by the test's principals.
 const DOC_PRINCIPAL: &str = "User:churn-scorer";
@@ -204,6 +206,7 @@ fn write_config(
     http_port: u16,
     documented: &str,
     user: Option<&str>,
+    group: &str,
 ) -> PathBuf {
     let tls_dir = format!("{}/", dir.display());
     let mut block = documented.replace("/etc/churn-scorer/tls/", &tls_dir);
@@ -217,7 +220,7 @@ fn write_config(
     std::fs::write(
         &path,
         format!(
-            "[kafka]\nbootstrap_servers = \"{bootstrap}\"\ngroup_id = \"{GROUP}\"\n\n{block}\n\
+            "[kafka]\nbootstrap_servers = \"{bootstrap}\"\ngroup_id = \"{group}\"\n\n{block}\n\
              [http]\naddr = \"127.0.0.1:{http_port}\"\n\
              [engine]\n# Alerts from event time only, as in the offline replay.\n\
              idle_timeout_secs = 86400\n"
@@ -393,6 +396,7 @@ fn sasl_scram_and_mtls_with_the_documented_acls() {
         ("bob", "bob-secret"),
         ("carol", "carol-secret"),
         ("dave", "dave-secret"),
+        ("erin", "erin-secret"),
     ];
     let mut builder = KafkaCluster::builder()
         .listener("SASL_SSL", "SASL_SSL")
@@ -440,7 +444,8 @@ fn sasl_scram_and_mtls_with_the_documented_acls() {
     // The documented ACLs, by the admin over SASL_SSL: alice (SASL) and the
     // mTLS principal get all of them (the mTLS one without the optional
     // DescribeConfigs), bob all but Write on the alerts topic, carol all
-    // but READ on the group, dave none on the dead-letter topic.
+    // but READ on the group, dave none on the dead-letter topic, erin
+    // (in a group of her own) only DESCRIBE on the input topic.
     std::fs::write(
         d.join("admin.properties"),
         format!(
@@ -479,6 +484,9 @@ fn sasl_scram_and_mtls_with_the_documented_acls() {
         if !has_args(args, ["--topic", DLQ]) {
             principals.push("User:dave");
         }
+        if !group && !has_args(args, ["--topic", INPUT]) {
+            principals.push("User:erin");
+        }
         let mut run: Vec<String> = Vec::new();
         for a in replace_arg(args, "$BROKERS", &sasl).into_iter().map(|a| {
             if a == "admin.properties" {
@@ -499,8 +507,7 @@ fn sasl_scram_and_mtls_with_the_documented_acls() {
         }
         commands.push(run);
     }
-    // Bob may see the alerts topic (the start-up check passes), not write it.
-    commands.push(
+    let grant = |principal: &str, operation: &str, resource: [&str; 2]| -> Vec<String> {
         [
             "--bootstrap-server",
             &sasl,
@@ -508,15 +515,20 @@ fn sasl_scram_and_mtls_with_the_documented_acls() {
             &path("admin.properties"),
             "--add",
             "--allow-principal",
-            "User:bob",
+            principal,
             "--operation",
-            "Describe",
-            "--topic",
-            ALERTS,
+            operation,
+            resource[0],
+            resource[1],
         ]
         .map(String::from)
-        .to_vec(),
-    );
+        .to_vec()
+    };
+    // Bob may see the alerts topic (the start-up check passes), not write it.
+    commands.push(grant("User:bob", "Describe", ["--topic", ALERTS]));
+    // Erin may see the input topic, not read it; her group is hers.
+    commands.push(grant("User:erin", "Describe", ["--topic", INPUT]));
+    commands.push(grant("User:erin", "Read", ["--group", ERIN_GROUP]));
     std::thread::scope(|s| {
         for args in &commands {
             let cluster = &cluster;
@@ -547,7 +559,15 @@ fn sasl_scram_and_mtls_with_the_documented_acls() {
     let mtls_block = block_after(&page, "**mTLS**", "toml");
 
     // Carol: no READ on the group. Runs beside alice; joins nothing.
-    let carol_config = write_config(d, "carol", &sasl, free_port(), sasl_block, Some("carol"));
+    let carol_config = write_config(
+        d,
+        "carol",
+        &sasl,
+        free_port(),
+        sasl_block,
+        Some("carol"),
+        GROUP,
+    );
     let carol = WorkerRun::start(
         d,
         "carol",
@@ -556,7 +576,15 @@ fn sasl_scram_and_mtls_with_the_documented_acls() {
     );
 
     // Dave: nothing on the dead-letter topic. Refused by the start-up check.
-    let dave_config = write_config(d, "dave", &sasl, free_port(), sasl_block, Some("dave"));
+    let dave_config = write_config(
+        d,
+        "dave",
+        &sasl,
+        free_port(),
+        sasl_block,
+        Some("dave"),
+        GROUP,
+    );
     let dave = WorkerRun::start(
         d,
         "dave",
@@ -564,8 +592,33 @@ fn sasl_scram_and_mtls_with_the_documented_acls() {
         &[("KAFKA_PASSWORD", "dave-secret")],
     );
 
+    // Erin: DESCRIBE but no READ on the input topic. Her fetches are refused.
+    let erin_config = write_config(
+        d,
+        "erin",
+        &sasl,
+        free_port(),
+        sasl_block,
+        Some("erin"),
+        ERIN_GROUP,
+    );
+    let erin = WorkerRun::start(
+        d,
+        "erin",
+        &erin_config,
+        &[("KAFKA_PASSWORD", "erin-secret")],
+    );
+
     // Alice, SASL_SSL + SCRAM-SHA-512, the documented ACLs.
-    let alice_config = write_config(d, "alice", &sasl, free_port(), sasl_block, Some("alice"));
+    let alice_config = write_config(
+        d,
+        "alice",
+        &sasl,
+        free_port(),
+        sasl_block,
+        Some("alice"),
+        GROUP,
+    );
     let mut alice = WorkerRun::start(
         d,
         "alice",
@@ -602,6 +655,18 @@ fn sasl_scram_and_mtls_with_the_documented_acls() {
         )) && stderr.contains("Topic authorization failed")
             && stderr.contains("needs DESCRIBE and WRITE on it"),
         "dave's error names the topic and the operations: {stderr}"
+    );
+
+    let (status, stderr) = erin.exit_within(Duration::from_secs(60));
+    let last = stderr.lines().last().unwrap_or_default();
+    eprintln!("security: erin (no READ on the input topic) stopped: {status}: {last}");
+    assert!(
+        !status.success(),
+        "erin ran without READ on {INPUT}: {stderr}"
+    );
+    assert!(
+        last.contains(&format!("lacks READ on topic `{INPUT}`")),
+        "erin's error names the input topic and READ: {stderr}"
     );
 
     let model = RiskModel::default_model();
@@ -659,7 +724,7 @@ fn sasl_scram_and_mtls_with_the_documented_acls() {
     // environment) takes over the group: restores alice's state and scores
     // round 2 on top of it.
     produce(&plaintext, INPUT, &second);
-    let mtls_config = write_config(d, "mtls", &mtls, free_port(), mtls_block, None);
+    let mtls_config = write_config(d, "mtls", &mtls, free_port(), mtls_block, None, GROUP);
     let mut by_cert = WorkerRun::start(
         d,
         "mtls",
@@ -695,7 +760,7 @@ fn sasl_scram_and_mtls_with_the_documented_acls() {
         with_third.len() > alerts_total,
         "bob's events must alert for the test to mean anything"
     );
-    let bob_config = write_config(d, "bob", &sasl, free_port(), sasl_block, Some("bob"));
+    let bob_config = write_config(d, "bob", &sasl, free_port(), sasl_block, Some("bob"), GROUP);
     let bob = WorkerRun::start(d, "bob", &bob_config, &[("KAFKA_PASSWORD", "bob-secret")]);
     let (status, stderr) = bob.exit_within(Duration::from_secs(90));
     assert!(
