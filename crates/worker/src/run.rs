@@ -382,6 +382,7 @@ pub fn run_pipeline(
                 owner.lock_from_outside()?.process(&msg);
             }
             Some(Err(e)) => {
+                metrics.consumer_errors.inc();
                 // A missing ACL: librdkafka would retry forever.
                 if let Some(fatal) =
                     WorkerError::from_consumer_error(&e, &config.kafka.group_id, &input_topic)
@@ -532,6 +533,7 @@ fn pipeline_loop(
                                 got += 1;
                             }
                             Some(Err(e)) => {
+                                consumer.context().metrics.consumer_errors.inc();
                                 if let Some(fatal) =
                                     WorkerError::from_consumer_error(&e, group, input_topic)
                                 {
