@@ -306,7 +306,7 @@ fn a_topic_the_worker_may_not_write_stops_it_with_a_message_naming_the_topic() {
     let err = w.stop().expect_err("a fatal output error");
     let message = err.to_string();
     assert!(
-        message.contains("`churn-events-dlq`") && message.contains("uthoriz"),
+        message.contains("lacks WRITE on topic `churn-events-dlq`") && message.contains("uthoriz"),
         "{message}"
     );
     // Nothing past the message whose dead letter failed was committed.

@@ -21,6 +21,7 @@ mod support;
 
 mod bench;
 mod broker_faults;
+mod security;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;

@@ -115,6 +115,8 @@ pub struct ClusterBuilder {
     nodes: usize,
     properties: BTreeMap<String, String>,
     listeners: Vec<ExtraListener>,
+    /// SCRAM-SHA-512 users written into the storage at format time: (name, password).
+    scram_users: Vec<(String, String)>,
     heap: String,
     ready_timeout: Duration,
 }
@@ -143,6 +145,16 @@ impl ClusterBuilder {
             name: name.to_ascii_uppercase(),
             protocol: security_protocol.into(),
         });
+        self
+    }
+
+    /// A SCRAM-SHA-512 user, created when the storage is formatted
+    /// (`StorageTool format --add-scram`): KRaft has no ZooKeeper to hold
+    /// credentials before the brokers are up. The listener that
+    /// authenticates with it is set up with [`ClusterBuilder::listener`]
+    /// and properties (`listener.name.<name>.sasl.enabled.mechanisms`, ...).
+    pub fn scram_user(mut self, name: &str, password: &str) -> Self {
+        self.scram_users.push((name.into(), password.into()));
         self
     }
 
@@ -288,6 +300,7 @@ impl KafkaCluster {
             nodes: 1,
             properties: BTreeMap::new(),
             listeners: Vec::new(),
+            scram_users: Vec::new(),
             heap: "512m".into(),
             ready_timeout: Duration::from_secs(90),
         }
@@ -393,6 +406,16 @@ impl KafkaCluster {
             std::fs::write(&node.properties, text).expect("write server.properties");
         }
         let id = cluster_id();
+        let scram: Vec<String> = spec
+            .scram_users
+            .iter()
+            .flat_map(|(name, password)| {
+                [
+                    "--add-scram".to_string(),
+                    format!("SCRAM-SHA-512=[name={name},password={password}]"),
+                ]
+            })
+            .collect();
         // Formatting starts a JVM per node: in parallel.
         let formats: Vec<(i32, Child)> = nodes
             .iter()
@@ -407,6 +430,7 @@ impl KafkaCluster {
                     .arg(format!("{}/*", lib_dir().display()))
                     .args(["kafka.tools.StorageTool", "format", "--ignore-formatted"])
                     .arg(format!("--cluster-id={id}"))
+                    .args(&scram)
                     .arg("-c")
                     .arg(&node.properties)
                     .stdout(Stdio::piped())
@@ -705,6 +729,9 @@ impl KafkaCluster {
     pub fn tool(&self, class: &str, args: &[&str]) -> String {
         let out = Command::new(&self.java)
             .arg("-Xmx256m")
+            // A short-lived client: start fast rather than optimise
+            // (about half the CPU of a default JVM for `kafka-acls`).
+            .args(["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"])
             .arg(format!(
                 "-Dlog4j2.configurationFile={}",
                 log4j_config().display()

@@ -49,8 +49,7 @@ impl DeletionReader {
         let Some(topic) = &config.topics.deletion else {
             return Ok(None);
         };
-        let mut client =
-            super::kafka::consumer_config(config, &format!("{}-deletions", config.kafka.group_id));
+        let mut client = super::kafka::reader_config(config);
         // A plain assigned reader: positions live in the changelog, not in a group.
         client.set("enable.auto.commit", "false");
         client.set("enable.partition.eof", "false");

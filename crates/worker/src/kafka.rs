@@ -42,6 +42,28 @@ pub fn consumer_config(config: &WorkerConfig, group_id: &str) -> ClientConfig {
     c
 }
 
+/// Configuration of a plain assigned reader (the changelog restore, the
+/// deletion and membership topics): the consumer's settings, with the
+/// worker's own group id but never joining it or committing. librdkafka
+/// cannot assign partitions without a group id, and with one it looks up
+/// the group's coordinator: another id (`<group>-restore`) needs an ACL of
+/// its own, and a restore without one was refused and retried forever
+/// (tests/real_broker/security.rs). With `kafka.group_id` the worker needs
+/// READ on that one group only. The classic protocol and no static
+/// membership: a reader sends no heartbeat and takes no member's place.
+pub fn reader_config(config: &WorkerConfig) -> ClientConfig {
+    let mut c = consumer_config(config, &config.kafka.group_id);
+    for key in [
+        "group.instance.id",
+        "group.protocol",
+        "partition.assignment.strategy",
+    ] {
+        c.remove(key);
+    }
+    c.set("enable.auto.commit", "false");
+    c
+}
+
 /// Producer configuration: idempotent, acks from all replicas, then the
 /// user's pass-through properties.
 pub fn producer_config(config: &WorkerConfig) -> ClientConfig {

@@ -110,8 +110,7 @@ impl MembershipReader {
             .lookup_partitions_without_owner
             .set(i64::try_from(input_partitions).unwrap_or(i64::MAX));
         let url = config.http.advertised_url.clone().unwrap_or_default();
-        let mut client =
-            super::kafka::consumer_config(config, &format!("{}-membership", config.kafka.group_id));
+        let mut client = super::kafka::reader_config(config);
         // A plain assigned reader of the whole topic, from the beginning every start.
         client.set("enable.auto.commit", "false");
         client.set("enable.partition.eof", "false");

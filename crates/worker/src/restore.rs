@@ -56,15 +56,16 @@ pub fn restore_partition(
     progress.set(0.0);
     let started = Instant::now();
     let topic = &config.topics.state;
-    let mut client =
-        super::kafka::consumer_config(config, &format!("{}-restore", config.kafka.group_id));
+    let mut client = super::kafka::reader_config(config);
     // A plain assigned reader: it must not join the group or commit anything.
     client.set("enable.auto.commit", "false");
     client.set("enable.partition.eof", "false");
     client.set("fetch.max.bytes", "52428800");
     client.set("max.partition.fetch.bytes", "10485760");
     let consumer: BaseConsumer = client.create()?;
-    let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(30))?;
+    let (low, high) = consumer
+        .fetch_watermarks(topic, partition, Duration::from_secs(30))
+        .map_err(|e| WorkerError::from_reader_error(e, topic))?;
     let mut store = CustomerStore::new();
     let mut records = 0_u64;
     let mut undecodable = 0_u64;
@@ -140,7 +141,7 @@ pub fn restore_partition(
                         return Err(WorkerError::RestoreStalled { partition });
                     }
                 }
-                Some(Err(e)) => return Err(e.into()),
+                Some(Err(e)) => return Err(WorkerError::from_reader_error(e, topic)),
                 None => {
                     if last_progress.elapsed() > Duration::from_secs(60) {
                         return Err(WorkerError::RestoreStalled { partition });

@@ -81,7 +81,7 @@ enum Stop {
     /// Shutdown was requested.
     Requested,
     /// An output sink hit a fault waiting cannot fix.
-    Fatal { topic: String, cause: String },
+    Fatal(SinkFatal),
     /// A pipeline thread ended with an error or panicked.
     Failed(WorkerError),
 }
@@ -211,6 +211,8 @@ impl Restores {
                     }
                     owner.wake();
                 }
+                // A missing ACL: retrying cannot help either.
+                Err(e @ WorkerError::NotAuthorized { .. }) => return Err(e),
                 Err(e @ WorkerError::InputTopicReset { .. }) => {
                     // Retrying cannot help, and skipping would lose events:
                     // stop, with the error saying what to do.
@@ -312,6 +314,7 @@ pub fn run_pipeline(
         let my_consumer = Arc::clone(&consumer);
         let my_stop = Arc::clone(&stop);
         let topic = input_topic.clone();
+        let group = config.kafka.group_id.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("pipeline-{i}"))
             .spawn(move || {
@@ -321,7 +324,7 @@ pub fn run_pipeline(
                     let cores = Arc::clone(&my_cores);
                     q.set_nonempty_callback(move || cores[i].wake());
                 }
-                let result = pipeline_loop(handle, &mine, &my_consumer, &topic, &my_stop);
+                let result = pipeline_loop(handle, &mine, &my_consumer, &topic, &group, &my_stop);
                 // The queues hold the consumer: give them up before it closes.
                 drop(mine);
                 result
@@ -380,6 +383,14 @@ pub fn run_pipeline(
                 owner.lock_from_outside()?.process(&msg);
             }
             Some(Err(e)) => {
+                metrics.consumer_errors.inc();
+                // A missing ACL: librdkafka would retry forever.
+                if let Some(fatal) =
+                    WorkerError::from_consumer_error(&e, &config.kafka.group_id, &input_topic)
+                {
+                    tracing::error!(error = %e, "consumer refused: stopping");
+                    break Stop::Failed(fatal);
+                }
                 if let Some(held_back) = consumer_errors.allow(Duration::from_secs(10)) {
                     tracing::warn!(error = %e, similar_not_logged = held_back, "consumer error");
                 }
@@ -405,7 +416,7 @@ pub fn run_pipeline(
         m.withdraw(WITHDRAW_WAIT);
     }
     match stopped {
-        Stop::Fatal { topic, cause } => Err(WorkerError::OutputFatal { topic, cause }),
+        Stop::Fatal(f) => Err(WorkerError::from_output_fault(f.topic, f.code, f.cause)),
         Stop::Failed(e) => Err(e),
         Stop::Requested if outcome.clean() => {
             tracing::info!("worker stopped: everything drained and committed");
@@ -454,11 +465,8 @@ fn join_pipelines(
         }
         let result = h.join().unwrap_or(Err(WorkerError::PipelineStopped));
         match result {
-            Ok(Some(f)) if !matches!(stopped, Stop::Fatal { .. }) => {
-                stopped = Stop::Fatal {
-                    topic: f.topic,
-                    cause: f.cause,
-                };
+            Ok(Some(f)) if !matches!(stopped, Stop::Fatal(_)) => {
+                stopped = Stop::Fatal(f);
             }
             Err(e) if matches!(stopped, Stop::Requested | Stop::Failed(_)) => {
                 stopped = Stop::Failed(e);
@@ -478,6 +486,7 @@ fn pipeline_loop(
     queues: &[(i32, Queue)],
     consumer: &Consumer0,
     input_topic: &str,
+    group: &str,
     stop: &AtomicBool,
 ) -> Result<Option<SinkFatal>, WorkerError> {
     let mut state = LoopState::Idle;
@@ -525,6 +534,13 @@ fn pipeline_loop(
                                 got += 1;
                             }
                             Some(Err(e)) => {
+                                consumer.context().metrics.consumer_errors.inc();
+                                if let Some(fatal) =
+                                    WorkerError::from_consumer_error(&e, group, input_topic)
+                                {
+                                    tracing::error!(error = %e, "fetch refused: stopping");
+                                    return Err(fatal);
+                                }
                                 if let Some(held_back) =
                                     consumer_errors.allow(Duration::from_secs(10))
                                 {

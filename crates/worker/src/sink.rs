@@ -73,6 +73,8 @@ pub struct SinkFatal {
     pub topic: String,
     /// The producer's error.
     pub cause: String,
+    /// Its librdkafka code (a missing ACL is told apart by it).
+    pub code: Option<RDKafkaErrorCode>,
 }
 
 /// A record the sink is done with, for the pipeline's ledger.
@@ -423,6 +425,7 @@ impl OutputSink {
                     self.fatal = Some(SinkFatal {
                         topic: record.topic.clone(),
                         cause: error.to_string(),
+                        code: error.rdkafka_error_code(),
                     });
                 }
                 // Kept so that nothing it caused is committed.

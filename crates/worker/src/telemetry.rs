@@ -56,6 +56,9 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     /// Producer deliveries that failed (each is retried).
     pub producer_errors: IntCounter,
+    /// Errors the consumer reported (a failed fetch, a refused group or
+    /// topic: a refusal also stops the worker).
+    pub consumer_errors: IntCounter,
     /// From receiving an event to the broker acknowledging what it caused.
     pub processing_latency: Histogram,
     /// Customers held in memory across all assigned partitions.
@@ -178,6 +181,12 @@ impl Metrics {
             producer_errors: IntCounter::with_opts(opts(
                 "producer_errors_total",
                 "Producer deliveries that failed (each is retried).",
+            ))
+            .expect("valid metric"),
+            consumer_errors: IntCounter::with_opts(opts(
+                "consumer_errors_total",
+                "Errors the consumer reported (a failed fetch, or a refused group or topic, \
+                 which also stops the worker).",
             ))
             .expect("valid metric"),
             processing_latency: Histogram::with_opts(
@@ -396,6 +405,7 @@ impl Metrics {
             Box::new(self.alerts_published.clone()),
             Box::new(self.dead_letters.clone()),
             Box::new(self.producer_errors.clone()),
+            Box::new(self.consumer_errors.clone()),
             Box::new(self.processing_latency.clone()),
             Box::new(self.customers_tracked.clone()),
             Box::new(self.consumer_lag.clone()),
