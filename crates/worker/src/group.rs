@@ -18,7 +18,7 @@ use rdkafka::{ClientContext, Statistics, TopicPartitionList};
 use crate::telemetry::Metrics;
 
 use crate::directory::PartitionDirectory;
-use crate::pipeline::{CoreHandle, owner_of, set_paused};
+use crate::pipeline::{CommitResult, CoreHandle, owner_of, set_paused};
 use crate::sink::LogLimiter;
 
 /// A partition counts as fetched only if its leader answered this recently:
@@ -211,10 +211,28 @@ impl ConsumerContext for GroupContext {
             let deadline = Instant::now() + self.drain_timeout;
             let shares = self.by_core(&partitions);
             let mut guards = Vec::with_capacity(shares.len());
+            let mut transactional = false;
             for (i, mine) in shares {
                 let Ok(mut core) = self.cores[i].lock_from_outside() else {
                     return;
                 };
+                if core.is_transactional() {
+                    // Exactly-once: the open transaction (every partition
+                    // of this core) is committed while the group
+                    // generation still includes these partitions, so the
+                    // next owner starts after it; or aborted, and then the
+                    // next owner starts from the previous commit.
+                    transactional = true;
+                    if core.commit(consumer) != CommitResult::Committed {
+                        tracing::warn!(
+                            partitions = ?mine,
+                            "transaction not committed on revoke; the next owner resumes from \
+                             the last committed transaction"
+                        );
+                    }
+                    guards.push((core, mine));
+                    continue;
+                }
                 if !core.drain(&mine, deadline) {
                     tracing::warn!(
                         partitions = ?mine,
@@ -227,7 +245,11 @@ impl ConsumerContext for GroupContext {
             // Committed before the partitions are given up, with the current
             // generation, so the next owner starts after what was drained;
             // bounded so that the member's rejoin is never held up for long.
-            match commit_with_deadline(consumer, REVOKE_COMMIT_WAIT) {
+            match if transactional {
+                CommitOutcome::Committed
+            } else {
+                commit_with_deadline(consumer, REVOKE_COMMIT_WAIT)
+            } {
                 CommitOutcome::Committed => {}
                 outcome => tracing::warn!(
                     ?partitions,

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -63,8 +64,29 @@ pub fn restore_partition(
     client.set("enable.partition.eof", "false");
     client.set("fetch.max.bytes", "52428800");
     client.set("max.partition.fetch.bytes", "10485760");
+    let exactly_once = config.processing.exactly_once();
+    // Exactly-once: the state of committed transactions only. The log end
+    // of every record, committed or not (`read_uncommitted`), is the end to
+    // reach: a record of a transaction still open there (a previous owner
+    // that crashed or stalls) is waited for until it is committed or
+    // aborted, so a restore never misses state whose offsets are committed.
+    let uncommitted_end = if exactly_once {
+        client.set("isolation.level", "read_uncommitted");
+        let probe: BaseConsumer = client.create()?;
+        let (_, end) = probe.fetch_watermarks(topic, partition, Duration::from_secs(30))?;
+        client.set("isolation.level", "read_committed");
+        client.set("enable.partition.eof", "true");
+        Some(end)
+    } else {
+        None
+    };
     let consumer: BaseConsumer = client.create()?;
     let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(30))?;
+    let high = uncommitted_end.map_or(high, |end| end.max(high));
+    // At-least-once: the last record read ends the restore. Exactly-once:
+    // the last offset is a transaction marker, never delivered; the end of
+    // the partition as read committed (EOF) at or past `high` ends it.
+    let last = |offset: i64| !exactly_once && offset >= high - 1;
     let mut store = CustomerStore::new();
     let mut records = 0_u64;
     let mut undecodable = 0_u64;
@@ -89,7 +111,7 @@ pub fn restore_partition(
                             }
                             None => saved_clock = None,
                         }
-                        if msg.offset() >= high - 1 {
+                        if last(msg.offset()) {
                             break;
                         }
                         continue;
@@ -103,7 +125,7 @@ pub fn restore_partition(
                             }
                             None => deletion_position = None,
                         }
-                        if msg.offset() >= high - 1 {
+                        if last(msg.offset()) {
                             break;
                         }
                         continue;
@@ -122,11 +144,21 @@ pub fn restore_partition(
                         },
                         (None, _) => undecodable += 1,
                     }
-                    if msg.offset() >= high - 1 {
+                    if last(msg.offset()) {
                         break;
                     }
                     if records.is_multiple_of(4096) {
                         progress.set((msg.offset() - low + 1) as f64 / (high - low) as f64);
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) if exactly_once => {
+                    last_progress = Instant::now();
+                    let position = consumer.position().ok().and_then(|p| {
+                        p.find_partition(topic, partition)
+                            .and_then(|e| e.offset().to_raw())
+                    });
+                    if position.is_some_and(|p| p >= high) {
+                        break;
                     }
                 }
                 Some(Err(e)) => return Err(e.into()),
