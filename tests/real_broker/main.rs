@@ -19,6 +19,8 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod exactly_once;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::process::{Command, Stdio};

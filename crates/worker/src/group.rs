@@ -42,6 +42,9 @@ pub struct GroupContext {
     /// The group coordinator's address, from the latest statistics that
     /// named one (for the log while waiting for the first assignment).
     pub(super) coordinator: Mutex<Option<String>>,
+    /// `processing.guarantee = "exactly_once"`: offsets are committed by
+    /// the producers' transactions.
+    pub(super) exactly_once: bool,
 }
 
 impl GroupContext {
@@ -162,11 +165,24 @@ impl ClientContext for GroupContext {
             if *p < 0 || !owned.contains(p) {
                 continue;
             }
-            if stats.consumer_lag >= 0 {
+            // librdkafka's lag is from the offsets this consumer committed;
+            // under exactly-once the producers' transactions commit them
+            // and the consumer never learns of it, so the lag is counted
+            // from the position handed to the pipeline instead.
+            let lag = if self.exactly_once {
+                if stats.ls_offset >= 0 && stats.app_offset >= 0 {
+                    (stats.ls_offset - stats.app_offset).max(0)
+                } else {
+                    -1
+                }
+            } else {
+                stats.consumer_lag
+            };
+            if lag >= 0 {
                 self.metrics
                     .consumer_lag
                     .with_label_values(&[&p.to_string()])
-                    .set(stats.consumer_lag);
+                    .set(lag);
             }
             health.push((*p, caught_up(&statistics, stats)));
         }

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -80,7 +81,7 @@ pub fn restore_partition(
     } else {
         None
     };
-    let consumer: BaseConsumer = client.create()?;
+    let consumer: BaseConsumer<RestoreContext> = client.create_with_context(RestoreContext)?;
     let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(30))?;
     let high = uncommitted_end.map_or(high, |end| end.max(high));
     // At-least-once: the last record read ends the restore. Exactly-once:
@@ -186,6 +187,21 @@ pub fn restore_partition(
     })
 }
 
+/// The restore consumer's context: the end of the partition is how an
+/// exactly-once restore knows it is done, not an error to log.
+struct RestoreContext;
+
+impl ClientContext for RestoreContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // Otherwise as rdkafka's default context logs it.
+        if error.rdkafka_error_code() != Some(rdkafka::error::RDKafkaErrorCode::PartitionEOF) {
+            log::error!(target: "rdkafka::client", "librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for RestoreContext {}
+
 /// Compares the highest input offset the changelog records as applied with
 /// the input partition's log end. An offset at or past the end cannot have
 /// been read from this partition: the topic was recreated (offsets start
@@ -197,7 +213,7 @@ pub fn restore_partition(
 /// when the positions would start skipping events.
 fn check_input_positions(
     config: &WorkerConfig,
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<RestoreContext>,
     store: &mut CustomerStore,
     partition: i32,
 ) -> Result<Option<(i64, i64)>, WorkerError> {

@@ -301,6 +301,7 @@ pub fn run_pipeline(
         drain_timeout,
         commit_log: Default::default(),
         coordinator: Default::default(),
+        exactly_once,
     };
     let consumer: Arc<Consumer0> = Arc::new(
         kafka::consumer_config(&config, &config.kafka.group_id).create_with_context(context)?,
