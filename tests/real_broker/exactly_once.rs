@@ -18,11 +18,12 @@ use std::time::{Duration, Instant};
 use churn_core::alert::Alert;
 use churn_core::model::RiskModel;
 
-use super::support::kafka::{KafkaCluster, REQUIRE_ENV};
 use super::support::http_get;
+use super::support::kafka::{KafkaCluster, REQUIRE_ENV};
 use super::{ALERTS, DLQ, Feed, INPUT, STATE, lines_by_partition, replayed_alert_ids, wait_for};
 
-/// Reads every partition of a topic from the start with `read_committed`,
+/// Reads every partition of a topic from the start with the isolation level
+/// given (`read_committed`, as documented for subscribers),
 /// printing each message as a JSON line, until the stop file appears; then
 /// reads up to each partition's end (its last stable offset, the log end
 /// once no transaction is open) and exits.
@@ -30,11 +31,11 @@ const SUBSCRIBER: &str = r#"
 import json, os, sys, time
 from confluent_kafka import Consumer, TopicPartition, OFFSET_BEGINNING
 
-bootstrap, topic, stop_file = sys.argv[1:4]
+bootstrap, topic, stop_file, isolation = sys.argv[1:5]
 c = Consumer({
     "bootstrap.servers": bootstrap,
-    "group.id": "read-committed-subscriber",
-    "isolation.level": "read_committed",
+    "group.id": "subscriber",
+    "isolation.level": isolation,
     "enable.auto.commit": False,
 })
 parts = None
@@ -110,7 +111,9 @@ fn subscriber_available(test: &str) -> Option<PathBuf> {
         Ok(p) => Some(p),
         Err(why) => {
             if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
-                panic!("{test}: the read_committed subscriber is required ({REQUIRE_ENV}=1): {why}");
+                panic!(
+                    "{test}: the read_committed subscriber is required ({REQUIRE_ENV}=1): {why}"
+                );
             }
             eprintln!("{test}: SKIPPED, no read_committed subscriber: {why}");
             None
@@ -125,7 +128,7 @@ struct Subscriber {
 }
 
 impl Subscriber {
-    fn start(python: &PathBuf, bootstrap: &str, topic: &str) -> Subscriber {
+    fn start(python: &PathBuf, bootstrap: &str, topic: &str, isolation: &str) -> Subscriber {
         let dir = tempfile::tempdir().expect("dir");
         let script = dir.path().join("subscriber.py");
         std::fs::write(&script, SUBSCRIBER).expect("script");
@@ -134,6 +137,7 @@ impl Subscriber {
             .arg(&script)
             .args([bootstrap, topic])
             .arg(dir.path().join("stop"))
+            .arg(isolation)
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::inherit())
@@ -188,6 +192,17 @@ struct Worker {
 
 impl Worker {
     fn start(bootstrap: &str, guarantee: &str, instance: &str) -> Worker {
+        Worker::start_with(bootstrap, guarantee, instance, &[], Stdio::inherit())
+    }
+
+    /// With more environment variables, and stderr where given.
+    fn start_with(
+        bootstrap: &str,
+        guarantee: &str,
+        instance: &str,
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> Worker {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
@@ -223,9 +238,10 @@ impl Worker {
                 "RUST_LOG",
                 std::env::var("REAL_BROKER_WORKER_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("worker starts");
         let http = std::net::SocketAddr::from(([127, 0, 0, 1], port));
@@ -241,6 +257,9 @@ impl Worker {
 
     /// A sample of the worker's metrics, by series (name with labels).
     fn metrics(&self) -> BTreeMap<String, f64> {
+        if std::net::TcpStream::connect(self.http).is_err() {
+            return BTreeMap::new();
+        }
         let (status, body) = http_get(self.http, "/metrics", None);
         if status != 200 {
             return BTreeMap::new();
@@ -321,7 +340,7 @@ fn kill_three_times(test: &str, guarantee: &str) -> Option<KillRun> {
         (ALERTS, 2, &[]),
         (DLQ, 1, &[]),
     ]);
-    let subscriber = Subscriber::start(&python, &bootstrap, ALERTS);
+    let subscriber = Subscriber::start(&python, &bootstrap, ALERTS, "read_committed");
     let lines = super::timeline(12_000);
     // About 400 events a second, for about 30 s.
     let feed = Feed::start(&bootstrap, lines.clone(), 40);
@@ -349,37 +368,18 @@ fn kill_three_times(test: &str, guarantee: &str) -> Option<KillRun> {
     let mut w = w;
     while !w.caught_up(PARTITIONS) {
         if started.elapsed() > Duration::from_secs(90) {
-            let m: Vec<String> = w
-                .metrics()
-                .into_iter()
-                .filter(|(k, _)| {
-                    ["lag", "assigned", "consumed", "transactions", "restore"]
-                        .iter()
-                        .any(|x| k.contains(x))
-                })
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect();
-            let (ms, mb) = http_get(w.http, "/metrics", None);
-            eprintln!(
-                "/metrics {ms}: {}",
-                mb.lines()
-                    .filter(|l| !l.starts_with('#')
-                        && ["lag", "transaction", "consumed", "restore", "producer", "assigned"]
+            let (_, metrics) = http_get(w.http, "/metrics", None);
+            let shown: Vec<&str> = metrics
+                .lines()
+                .filter(|l| {
+                    !l.starts_with('#')
+                        && ["lag", "transactions", "consumed", "assigned"]
                             .iter()
-                            .any(|x| l.contains(x)))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
-            if std::env::var("EOS_GDB").is_ok() {
-                let out = Command::new("gdb")
-                    .args(["-p", &w.child.id().to_string(), "-batch", "-ex", "thread apply all bt"])
-                    .output()
-                    .expect("gdb");
-                std::fs::write("/tmp/eos-gdb.txt", &out.stdout).expect("gdb out");
-            }
-            let (status, body) = http_get(w.http, "/readyz", None);
+                            .any(|x| l.contains(x))
+                })
+                .collect();
             panic!(
-                "the last worker did not catch up: {m:#?}; /readyz {status} {body}; exited: {:?}",
+                "the last worker did not catch up (exited: {:?}): {shown:#?}",
                 w.child.try_wait()
             );
         }
@@ -424,7 +424,11 @@ fn kill_three_times(test: &str, guarantee: &str) -> Option<KillRun> {
         read.len(),
         by_id.len()
     );
-    assert!(expected.len() > 100, "the data must alert: {}", expected.len());
+    assert!(
+        expected.len() > 100,
+        "the data must alert: {}",
+        expected.len()
+    );
     Some(KillRun {
         expected,
         expected_count,
@@ -479,4 +483,168 @@ fn at_least_once_kill_9_three_times_duplicates_but_nothing_missing() {
         run.expected_count
     );
     assert_eq!(run.committed, 0.0, "no transactions under at_least_once");
+}
+
+/// Alerts read by id (checking each is keyed by its customer and that
+/// repeats are identical), and how many copies were read.
+fn alerts_by_id(read: &[(Option<String>, Option<String>)]) -> BTreeMap<String, Alert> {
+    let mut by_id: BTreeMap<String, Alert> = BTreeMap::new();
+    for (key, value) in read {
+        let alert: Alert =
+            serde_json::from_str(value.as_deref().expect("alert payload")).expect("alert JSON");
+        assert_eq!(key.as_deref(), Some(alert.customer_id.as_str()), "key");
+        if let Some(previous) = by_id.get(&alert.alert_id) {
+            assert_eq!(previous, &alert, "an alert id repeated with other content");
+        }
+        by_id.insert(alert.alert_id.clone(), alert);
+    }
+    by_id
+}
+
+/// Issue 26, "Done when": a zombie instance — SIGSTOP past the
+/// transaction timeout while its transaction holds output, another instance
+/// (another identity: a replacement pod elsewhere) takes its partitions
+/// over, then SIGCONT — is fenced: the broker aborted its transaction at
+/// the timeout, and the resumed zombie can only abort (its output timed out
+/// with an old epoch; a stale generation could not commit offsets anyway,
+/// KIP-447). Its output never becomes visible: the read_committed
+/// subscriber sees every alert once, equal to the replay, while a
+/// read_uncommitted reader of the same topic shows that the zombie's
+/// aborted output is in the log. The zombie then rejoins as a member.
+#[test]
+fn exactly_once_zombie_is_fenced_and_its_output_never_visible() {
+    const TEST: &str = "exactly_once_zombie_is_fenced";
+    const PARTITIONS: i32 = 2;
+    let Some(python) = subscriber_available(TEST) else {
+        return;
+    };
+    // The broker aborts timed-out transactions within a second, not ten.
+    let Some(cluster) = KafkaCluster::builder()
+        .property(
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+            "1000",
+        )
+        .start(TEST)
+    else {
+        return;
+    };
+    let bootstrap = cluster.bootstrap();
+    cluster.create_topics(&[
+        (INPUT, PARTITIONS, &[]),
+        (STATE, PARTITIONS, &[("cleanup.policy", "compact")]),
+        (ALERTS, 1, &[]),
+        (DLQ, 1, &[]),
+    ]);
+    let committed = Subscriber::start(&python, &bootstrap, ALERTS, "read_committed");
+    let uncommitted = Subscriber::start(&python, &bootstrap, ALERTS, "read_uncommitted");
+    let lines = super::timeline(6_000);
+    let feed = Feed::start(&bootstrap, lines.clone(), 40);
+    // A 4 s transaction timeout (the knob users have for it), committed
+    // every 2 s so that the stopped zombie's transaction holds output.
+    let env = [
+        ("CHURN_SCORER__PROCESSING__TRANSACTION_TIMEOUT_MS", "4000"),
+        ("CHURN_SCORER__PROCESSING__COMMIT_INTERVAL_MS", "2000"),
+    ];
+    let zombie_log = tempfile::NamedTempFile::new().expect("log file");
+    let mut zombie = Worker::start_with(
+        &bootstrap,
+        "exactly_once",
+        "zombie-a",
+        &env,
+        Stdio::from(zombie_log.reopen().expect("log")),
+    );
+    let started = Instant::now();
+    while zombie.metric("churn_scorer_events_consumed_total") < 1000.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60)
+                && zombie.child.try_wait().is_ok_and(|s| s.is_none()),
+            "the zombie-to-be does not read:\n{}",
+            std::fs::read_to_string(zombie_log.path()).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pid = zombie.child.id().to_string();
+    let _ = Command::new("kill").args(["-STOP", &pid]).status();
+    let stopped = Instant::now();
+    let survivor = Worker::start_with(
+        &bootstrap,
+        "exactly_once",
+        "replacement",
+        &env,
+        Stdio::inherit(),
+    );
+    wait_for(
+        "the survivor holds every partition",
+        Duration::from_secs(60),
+        || survivor.metric("churn_scorer_partitions_assigned") == f64::from(PARTITIONS),
+    );
+    // Past the transaction timeout (4 s) and the broker's check (1 s).
+    while stopped.elapsed() < Duration::from_secs(8) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    // The resumed zombie's transaction cannot be committed: it aborts.
+    let resumed = Instant::now();
+    let aborted = || -> f64 {
+        zombie
+            .metrics()
+            .iter()
+            .filter(|(k, _)| k.starts_with("churn_scorer_transactions_aborted_total"))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    wait_for(
+        "the zombie's transaction aborted",
+        Duration::from_secs(30),
+        || aborted() >= 1.0,
+    );
+    let fenced_in = resumed.elapsed();
+    let sent = {
+        let started = Instant::now();
+        while feed.fed() < lines.len() {
+            assert!(started.elapsed() < Duration::from_secs(120), "feed stalled");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        feed.stop()
+    };
+    assert_eq!(sent, lines.len());
+    // The zombie, a member again, leaves; the survivor reads to the end.
+    let zombie_exit = zombie.terminate();
+    let zombie_said = std::fs::read_to_string(zombie_log.path()).unwrap_or_default();
+    wait_for("the survivor caught up", Duration::from_secs(90), || {
+        survivor.caught_up(PARTITIONS)
+    });
+    let status = survivor.terminate();
+    assert!(status.success(), "the survivor stops cleanly: {status}");
+    let read = committed.finish();
+    let read_uncommitted = uncommitted.finish();
+
+    let model = RiskModel::default_model();
+    let lateness_ms = churn_worker::config::EngineConfig::default().allowed_lateness_ms();
+    let (expected, expected_count) =
+        replayed_alert_ids(&model, &lines_by_partition(&bootstrap), lateness_ms);
+    let by_id = alerts_by_id(&read);
+    let in_log = alerts_by_id(&read_uncommitted);
+    eprintln!(
+        "real broker, exactly_once zombie: replay {expected_count} alerts; read_committed read \
+         {} ({} ids); read_uncommitted read {} ({} ids, the aborted zombie output included); \
+         the zombie aborted {fenced_in:?} after SIGCONT, exit at the end: {zombie_exit}",
+        read.len(),
+        by_id.len(),
+        read_uncommitted.len(),
+        in_log.len(),
+    );
+    assert!(
+        zombie_said.contains("aborting the transaction"),
+        "the zombie aborted its transaction:\n{zombie_said}"
+    );
+    let ids: BTreeSet<String> = by_id.keys().cloned().collect();
+    assert_eq!(ids, expected, "alerts differ from the replay");
+    assert_eq!(read.len(), expected_count, "every alert exactly once");
+    assert!(
+        read_uncommitted.len() > read.len(),
+        "the zombie's transaction held output (in the log, aborted): {} vs {}",
+        read_uncommitted.len(),
+        read.len()
+    );
 }

@@ -88,6 +88,11 @@ struct Transactions {
     fatal: Option<SinkFatal>,
 }
 
+/// How long start-up retries `init_transactions` while the transaction
+/// coordinator is not available (a new cluster creates its transaction
+/// state topic on first use).
+const INIT_TRANSACTIONS_WAIT: Duration = Duration::from_secs(60);
+
 /// Aborts in a row (no commit between them) after which a pipeline thread
 /// stops: the same output failing each time cannot be fixed by rewinding.
 const MAX_ABORTS_IN_A_ROW: u32 = 5;
@@ -302,11 +307,20 @@ impl Core {
         transactional_id: String,
     ) -> Result<(), WorkerError> {
         let call_timeout = Duration::from_millis(config.processing.transaction_timeout_ms);
-        if let Err(e) = self.sink.init_transactions(call_timeout) {
-            return Err(WorkerError::TransactionFatal {
-                transactional_id,
-                cause: format!("could not be initialised: {e}"),
-            });
+        // The coordinator may be loading, or the transaction state topic
+        // still being created on a new cluster: retriable, for a while.
+        let give_up = Instant::now() + INIT_TRANSACTIONS_WAIT;
+        while let Err(e) = self.sink.init_transactions(call_timeout) {
+            if classify_transaction(&e) != TransactionFailure::Retriable
+                || Instant::now() >= give_up
+            {
+                return Err(WorkerError::TransactionFatal {
+                    transactional_id,
+                    cause: format!("could not be initialised: {e}"),
+                });
+            }
+            tracing::warn!(%transactional_id, error = %e, "transactions not initialised yet; retrying");
+            std::thread::sleep(Duration::from_millis(500));
         }
         self.flush_interval = Duration::from_millis(config.processing.commit_interval_ms);
         self.transactions = Some(Transactions {
