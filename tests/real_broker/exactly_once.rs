@@ -648,3 +648,77 @@ fn exactly_once_zombie_is_fenced_and_its_output_never_visible() {
         read.len()
     );
 }
+
+/// Issue 26, "Done when": a member joining and leaving under
+/// `exactly_once` while a steady stream flows: each revoke commits the
+/// open transaction before the partitions move, and the read_committed
+/// subscriber sees every alert once, equal to the replay.
+#[test]
+fn exactly_once_member_joining_and_leaving_every_alert_once() {
+    const TEST: &str = "exactly_once_member_joining_and_leaving";
+    const PARTITIONS: i32 = 4;
+    let Some(python) = subscriber_available(TEST) else {
+        return;
+    };
+    let Some(cluster) = KafkaCluster::builder().start(TEST) else {
+        return;
+    };
+    let bootstrap = cluster.bootstrap();
+    cluster.create_topics(&[
+        (INPUT, PARTITIONS, &[]),
+        (STATE, PARTITIONS, &[("cleanup.policy", "compact")]),
+        (ALERTS, 2, &[]),
+        (DLQ, 1, &[]),
+    ]);
+    let subscriber = Subscriber::start(&python, &bootstrap, ALERTS, "read_committed");
+    let lines = super::timeline(8_000);
+    let feed = Feed::start(&bootstrap, lines.clone(), 40);
+    let a = Worker::start(&bootstrap, "exactly_once", "member-a");
+    wait_for("a reading", Duration::from_secs(60), || {
+        a.metric("churn_scorer_events_consumed_total") >= 1000.0
+    });
+    let b = Worker::start(&bootstrap, "exactly_once", "member-b");
+    wait_for("b joined and reading", Duration::from_secs(60), || {
+        b.metric("churn_scorer_events_consumed_total") >= 500.0
+    });
+    let b_committed = b.metric("churn_scorer_transactions_committed_total");
+    let status = b.terminate();
+    assert!(status.success(), "b leaves cleanly: {status}");
+    let sent = {
+        let started = Instant::now();
+        while feed.fed() < lines.len() {
+            assert!(started.elapsed() < Duration::from_secs(120), "feed stalled");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        feed.stop()
+    };
+    assert_eq!(sent, lines.len());
+    wait_for("a caught up", Duration::from_secs(90), || {
+        a.caught_up(PARTITIONS)
+    });
+    let aborted: f64 = a
+        .metrics()
+        .iter()
+        .filter(|(k, _)| k.starts_with("churn_scorer_transactions_aborted_total"))
+        .map(|(_, v)| v)
+        .sum();
+    let status = a.terminate();
+    assert!(status.success(), "a stops cleanly: {status}");
+    let read = subscriber.finish();
+
+    let model = RiskModel::default_model();
+    let lateness_ms = churn_worker::config::EngineConfig::default().allowed_lateness_ms();
+    let (expected, expected_count) =
+        replayed_alert_ids(&model, &lines_by_partition(&bootstrap), lateness_ms);
+    let by_id = alerts_by_id(&read);
+    eprintln!(
+        "real broker, exactly_once join/leave: replay {expected_count} alerts; read_committed \
+         read {} ({} ids); b committed {b_committed} transactions; a aborted {aborted}",
+        read.len(),
+        by_id.len()
+    );
+    assert!(b_committed > 0.0, "b took part");
+    let ids: BTreeSet<String> = by_id.keys().cloned().collect();
+    assert_eq!(ids, expected, "alerts differ from the replay");
+    assert_eq!(read.len(), expected_count, "every alert exactly once");
+}
