@@ -460,8 +460,15 @@ impl Core {
                 tracing::warn!(partition = p, error = %e, "cannot pause partition for the rewind");
             }
         }
-        if let Err(e) = self.sink.abort_transaction(call_timeout) {
-            return self.stop_transactions(&format!("could not abort a transaction: {e}"));
+        // A timed-out abort is to be called again (librdkafka); while
+        // leadership moves the coordinator may refuse it for a while too.
+        let give_up = Instant::now() + call_timeout.saturating_mul(2);
+        while let Err(e) = self.sink.abort_transaction(call_timeout) {
+            if classify_transaction(&e) == TransactionFailure::Fatal || Instant::now() >= give_up {
+                return self.stop_transactions(&format!("could not abort a transaction: {e}"));
+            }
+            tracing::warn!(error = %e, "transaction abort failed; retrying");
+            std::thread::sleep(Duration::from_millis(200));
         }
         // Where each partition resumes: the last committed offset, or the
         // partition's start if none was ever committed.
