@@ -21,6 +21,7 @@ mod support;
 
 mod bench;
 mod broker_faults;
+mod exactly_once;
 mod security;
 
 use std::collections::{BTreeMap, BTreeSet};

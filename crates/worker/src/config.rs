@@ -129,6 +129,81 @@ pub struct WorkerConfig {
     /// `[input]`: how message values become events.
     #[serde(default)]
     pub input: InputConfig,
+    /// `[processing]`: the delivery guarantee.
+    #[serde(default)]
+    pub processing: ProcessingConfig,
+}
+
+/// `processing.guarantee`: what a subscriber of the output topics sees
+/// after a crash, a rebalance or a broker fault (docs/operations.md,
+/// "Delivery guarantees").
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Guarantee {
+    /// Outputs are acknowledged before offsets are stored; after a crash
+    /// the events since the last committed offsets are read again and the
+    /// same alert ids are published again (subscribers de-duplicate).
+    #[default]
+    AtLeastOnce,
+    /// Outputs, state records and input offsets are committed in one Kafka
+    /// transaction per pipeline thread; a `read_committed` subscriber sees
+    /// every alert exactly once.
+    ExactlyOnce,
+}
+
+impl Guarantee {
+    /// The configuration value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Guarantee::AtLeastOnce => "at_least_once",
+            Guarantee::ExactlyOnce => "exactly_once",
+        }
+    }
+}
+
+/// `[processing]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessingConfig {
+    /// `at_least_once` (default) or `exactly_once`.
+    pub guarantee: Guarantee,
+    /// `exactly_once` only: milliseconds between transaction commits of a
+    /// pipeline thread. Each commit flushes the state of every changed
+    /// customer, so this replaces `state.flush_interval_ms`; a
+    /// `read_committed` subscriber sees an alert only once its transaction
+    /// is committed, so this bounds the added alert latency.
+    pub commit_interval_ms: u64,
+    /// `exactly_once` only: this instance's stable identity in its
+    /// producers' `transactional.id`s (`<group>-<instance>-<thread>`). An
+    /// instance restarted with the same identity fences its crashed
+    /// predecessor and aborts its open transactions at once; with another
+    /// identity they are aborted by the broker after
+    /// `transaction_timeout_ms`. Empty (default): the host name. Two
+    /// instances running at once must never share one.
+    pub instance_id: String,
+    /// `exactly_once` only: the producers' `transaction.timeout.ms`, how
+    /// long the broker lets a transaction stay open before aborting it (a
+    /// stalled instance's transactions, and what `read_committed` readers
+    /// of its partitions wait for).
+    pub transaction_timeout_ms: u64,
+}
+
+impl Default for ProcessingConfig {
+    fn default() -> Self {
+        ProcessingConfig {
+            guarantee: Guarantee::AtLeastOnce,
+            commit_interval_ms: 100,
+            instance_id: String::new(),
+            transaction_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl ProcessingConfig {
+    /// Whether outputs and offsets are committed in transactions.
+    pub fn exactly_once(&self) -> bool {
+        self.guarantee == Guarantee::ExactlyOnce
+    }
 }
 
 /// `[input]`: the input format (docs/events.md, "Input formats").
@@ -874,6 +949,71 @@ impl WorkerConfig {
                 "must be at most 3600000 (an hour of unflushed state)",
             ));
         }
+        self.validate_processing()
+    }
+
+    fn validate_processing(&self) -> Result<(), ConfigError> {
+        let p = &self.processing;
+        // librdkafka's bounds are 1000..=2147483647; the broker's default
+        // `transaction.max.timeout.ms` is 900000 (init would fail above it).
+        if !(1000..=900_000).contains(&p.transaction_timeout_ms) {
+            return Err(invalid(
+                "processing.transaction_timeout_ms",
+                "must be between 1000 and 900000 (the brokers' default \
+                 transaction.max.timeout.ms)",
+            ));
+        }
+        if p.commit_interval_ms == 0 || p.commit_interval_ms * 2 > p.transaction_timeout_ms {
+            return Err(invalid(
+                "processing.commit_interval_ms",
+                format!(
+                    "must be at least 1 and at most half of processing.transaction_timeout_ms \
+                     ({} ms), or transactions time out before they are committed",
+                    p.transaction_timeout_ms
+                ),
+            ));
+        }
+        if !p
+            .instance_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(invalid(
+                "processing.instance_id",
+                format!(
+                    "{:?}: only letters, digits, '-', '_' and '.' (it is part of the \
+                     producers' transactional.id)",
+                    p.instance_id
+                ),
+            ));
+        }
+        if p.exactly_once() {
+            if self.kafka.producer.contains_key("transaction.timeout.ms") {
+                return Err(invalid(
+                    "kafka.producer.transaction.timeout.ms",
+                    "is set by the worker under processing.guarantee = \"exactly_once\": use \
+                     processing.transaction_timeout_ms",
+                ));
+            }
+            // librdkafka refuses a producer whose message timeout exceeds
+            // the transaction timeout: say which key to change.
+            for key in ["message.timeout.ms", "delivery.timeout.ms"] {
+                if let Some(timeout) = self.kafka.producer.get(key)
+                    && timeout
+                        .parse::<u64>()
+                        .is_ok_and(|t| t > p.transaction_timeout_ms)
+                {
+                    return Err(invalid(
+                        format!("kafka.producer.{key}"),
+                        format!(
+                            "{timeout} exceeds processing.transaction_timeout_ms ({}), which \
+                             processing.guarantee = \"exactly_once\" requires it not to",
+                            p.transaction_timeout_ms
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -1102,6 +1242,84 @@ mod tests {
         )
         .expect_err("missing file");
         assert_eq!(key(e), "input.mapping");
+    }
+
+    #[test]
+    fn the_guarantee_defaults_to_at_least_once_and_its_keys_are_named_when_wrong() {
+        let c = load("", &[], &Overrides::default()).expect("valid");
+        assert_eq!(c.processing.guarantee, Guarantee::AtLeastOnce);
+        assert!(!c.processing.exactly_once());
+        let env = [("CHURN_SCORER__PROCESSING__GUARANTEE", "exactly_once")];
+        let c = load("", &env, &Overrides::default()).expect("valid");
+        assert_eq!(c.processing.guarantee, Guarantee::ExactlyOnce);
+        let e = load(
+            "[processing]\nguarantee = \"exactly-once\"\n",
+            &[],
+            &Overrides::default(),
+        )
+        .expect_err("unknown guarantee");
+        assert!(e.to_string().contains("`processing.guarantee`"), "{e}");
+        let env = [("CHURN_SCORER__PROCESSING__GUARANTEE", "twice")];
+        let e = load("", &env, &Overrides::default()).expect_err("unknown guarantee");
+        assert!(
+            e.to_string()
+                .contains("environment variable CHURN_SCORER__PROCESSING__GUARANTEE"),
+            "{e}"
+        );
+        for (text, wrong) in [
+            (
+                "transaction_timeout_ms = 500",
+                "processing.transaction_timeout_ms",
+            ),
+            (
+                "transaction_timeout_ms = 1000000",
+                "processing.transaction_timeout_ms",
+            ),
+            ("commit_interval_ms = 0", "processing.commit_interval_ms"),
+            ("commit_interval_ms = 6000", "processing.commit_interval_ms"),
+            ("instance_id = \"a b\"", "processing.instance_id"),
+        ] {
+            let e = load(
+                &format!("[processing]\n{text}\n"),
+                &[],
+                &Overrides::default(),
+            )
+            .expect_err(text);
+            assert_eq!(key(e), wrong, "{text}");
+        }
+        let eos = "[processing]\nguarantee = \"exactly_once\"\n";
+        for (producer, wrong) in [
+            (
+                "\"transaction.timeout.ms\" = \"5000\"",
+                "kafka.producer.transaction.timeout.ms",
+            ),
+            (
+                "\"message.timeout.ms\" = \"300000\"",
+                "kafka.producer.message.timeout.ms",
+            ),
+        ] {
+            let e = load(
+                &format!("{eos}[kafka.producer]\n{producer}\n"),
+                &[],
+                &Overrides::default(),
+            )
+            .expect_err(producer);
+            assert_eq!(key(e), wrong, "{producer}");
+            // Without transactions the keys mean nothing to the guarantee.
+            load(
+                &format!("[kafka.producer]\n{producer}\n"),
+                &[],
+                &Overrides::default(),
+            )
+            .expect("at-least-once accepts it");
+        }
+        let e = load(
+            &format!("{eos}[kafka.producer]\n\"transactional.id\" = \"mine\"\n"),
+            &[],
+            &Overrides::default(),
+        )
+        .expect_err("reserved");
+        assert_eq!(key(e), "kafka.producer.transactional.id");
     }
 
     #[test]

@@ -102,6 +102,19 @@ pub enum WorkerError {
         /// The client's error.
         cause: String,
     },
+    /// Exactly-once: a transactional producer was fenced or failed for good.
+    #[error(
+        "exactly-once: transactional producer `{transactional_id}` {cause}; stopping. Its open \
+         transaction is aborted, so nothing of it becomes visible to read_committed readers. \
+         If it was fenced, another producer with the same transactional.id started: check \
+         that no two running instances share processing.instance_id (default: the host name)"
+    )]
+    TransactionFatal {
+        /// The producer's `transactional.id`.
+        transactional_id: String,
+        /// What happened.
+        cause: String,
+    },
     /// Shutdown ended before everything was drained and committed.
     #[error(
         "shutdown incomplete (drained: {drained}, offsets committed: {committed}, outputs not \

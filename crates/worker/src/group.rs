@@ -18,7 +18,7 @@ use rdkafka::{ClientContext, Statistics, TopicPartitionList};
 use crate::telemetry::Metrics;
 
 use crate::directory::PartitionDirectory;
-use crate::pipeline::{CoreHandle, owner_of, set_paused};
+use crate::pipeline::{CommitResult, CoreHandle, owner_of, set_paused};
 use crate::sink::LogLimiter;
 
 /// A partition counts as fetched only if its leader answered this recently:
@@ -46,6 +46,9 @@ pub struct GroupContext {
     /// budget ends. The revoke that leaving triggers waits for its commit
     /// no longer than that, so the shutdown stays within its bound.
     pub(super) leave_by: Mutex<Option<Instant>>,
+    /// `processing.guarantee = "exactly_once"`: offsets are committed by
+    /// the producers' transactions.
+    pub(super) exactly_once: bool,
 }
 
 /// How long a revoke waits for its offsets commit: [`REVOKE_COMMIT_WAIT`],
@@ -176,11 +179,24 @@ impl ClientContext for GroupContext {
             if *p < 0 || !owned.contains(p) {
                 continue;
             }
-            if stats.consumer_lag >= 0 {
+            // librdkafka's lag is from the offsets this consumer committed;
+            // under exactly-once the producers' transactions commit them
+            // and the consumer never learns of it, so the lag is counted
+            // from the position handed to the pipeline instead.
+            let lag = if self.exactly_once {
+                if stats.ls_offset >= 0 && stats.app_offset >= 0 {
+                    (stats.ls_offset - stats.app_offset).max(0)
+                } else {
+                    -1
+                }
+            } else {
+                stats.consumer_lag
+            };
+            if lag >= 0 {
                 self.metrics
                     .consumer_lag
                     .with_label_values(&[&p.to_string()])
-                    .set(stats.consumer_lag);
+                    .set(lag);
             }
             health.push((*p, caught_up(&statistics, stats)));
         }
@@ -225,10 +241,28 @@ impl ConsumerContext for GroupContext {
             let deadline = Instant::now() + self.drain_timeout;
             let shares = self.by_core(&partitions);
             let mut guards = Vec::with_capacity(shares.len());
+            let mut transactional = false;
             for (i, mine) in shares {
                 let Ok(mut core) = self.cores[i].lock_from_outside() else {
                     return;
                 };
+                if core.is_transactional() {
+                    // Exactly-once: the open transaction (every partition
+                    // of this core) is committed while the group
+                    // generation still includes these partitions, so the
+                    // next owner starts after it; or aborted, and then the
+                    // next owner starts from the previous commit.
+                    transactional = true;
+                    if core.commit(consumer) != CommitResult::Committed {
+                        tracing::warn!(
+                            partitions = ?mine,
+                            "transaction not committed on revoke; the next owner resumes from \
+                             the last committed transaction"
+                        );
+                    }
+                    guards.push((core, mine));
+                    continue;
+                }
                 if !core.drain(&mine, deadline) {
                     tracing::warn!(
                         partitions = ?mine,
@@ -243,7 +277,11 @@ impl ConsumerContext for GroupContext {
             // bounded so that the member's rejoin is never held up for long.
             let leave_by = self.leave_by.lock().ok().and_then(|l| *l);
             let wait = revoke_commit_wait(Instant::now(), leave_by);
-            match commit_with_deadline(consumer, wait) {
+            match if transactional {
+                CommitOutcome::Committed
+            } else {
+                commit_with_deadline(consumer, wait)
+            } {
                 CommitOutcome::Committed => {}
                 outcome => tracing::warn!(
                     ?partitions,

@@ -29,9 +29,18 @@ pub fn consumer_config(config: &WorkerConfig, group_id: &str) -> ClientConfig {
     c.set("bootstrap.servers", &config.kafka.bootstrap_servers);
     c.set("group.id", group_id);
     // Offsets are stored by the worker once what an event caused is acknowledged;
-    // librdkafka commits the stored offsets in the background.
+    // librdkafka commits the stored offsets in the background. Under
+    // exactly-once, offsets are committed only inside the producers'
+    // transactions (`send_offsets_to_transaction`).
     c.set("enable.auto.offset.store", "false");
-    c.set("enable.auto.commit", "true");
+    c.set(
+        "enable.auto.commit",
+        if config.processing.exactly_once() {
+            "false"
+        } else {
+            "true"
+        },
+    );
     c.set(
         "group.protocol",
         config.kafka.rebalance_protocol.group_protocol(),
@@ -82,6 +91,63 @@ pub fn producer_config(config: &WorkerConfig) -> ClientConfig {
     c.set("acks", "all");
     c.set("bootstrap.servers", &config.kafka.bootstrap_servers);
     c
+}
+
+/// The producer of pipeline thread `thread` under `processing.guarantee =
+/// "exactly_once"`: [`producer_config`] made transactional. Its
+/// `transactional.id` is stable across restarts of this instance (see
+/// [`transactional_id`]), so `init_transactions` fences a crashed
+/// predecessor and aborts its open transaction.
+pub fn transactional_producer_config(
+    config: &WorkerConfig,
+    instance: &str,
+    thread: usize,
+) -> ClientConfig {
+    let mut c = producer_config(config);
+    c.set(
+        "transactional.id",
+        transactional_id(config, instance, thread),
+    );
+    c.set(
+        "transaction.timeout.ms",
+        config.processing.transaction_timeout_ms.to_string(),
+    );
+    c
+}
+
+/// `<group>-<instance>-<thread>`: one transactional producer per pipeline
+/// thread of each instance of the group.
+pub fn transactional_id(config: &WorkerConfig, instance: &str, thread: usize) -> String {
+    format!("{}-{instance}-{thread}", config.kafka.group_id)
+}
+
+/// This instance's identity in its transactional ids: `processing.instance_id`,
+/// else the host name (stable for a StatefulSet's pod, and for a process
+/// restarted on the same machine).
+pub fn instance_identity(config: &WorkerConfig) -> String {
+    if !config.processing.instance_id.is_empty() {
+        return config.processing.instance_id.clone();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if host.is_empty() {
+        "churn-scorer".to_string()
+    } else {
+        host
+    }
 }
 
 /// What an output message is, for metrics and ack accounting.

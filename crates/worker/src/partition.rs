@@ -309,6 +309,12 @@ impl PartitionTask {
         }
     }
 
+    /// Makes the restore's install seek back to `offset` at least
+    /// (exactly-once: a rewind to the last committed offset after an abort).
+    pub fn rewind_to(&mut self, offset: i64) {
+        self.rewind_to = Some(self.rewind_to.map_or(offset, |r| r.min(offset)));
+    }
+
     /// Assignment epoch.
     pub fn epoch(&self) -> u64 {
         self.epoch

@@ -58,7 +58,7 @@ use crate::partition::{
 };
 use crate::registry::ModelRegistry;
 use crate::restore::Restored;
-use crate::sink::{OutputSink, Settled, SinkFatal};
+use crate::sink::{OutputSink, Settled, SinkFatal, TransactionFailure, classify_transaction};
 use crate::telemetry::LocalMetrics;
 
 pub use crate::partition::PartitionData;
@@ -69,6 +69,45 @@ pub use crate::partition::PartitionData;
 /// pipeline wait on acknowledgements it did not need (measured: worker/bare
 /// 25 % instead of 29-33 % in `churn-scorer bench`).
 const WAITING_STATE_FACTOR: usize = 4;
+
+/// Exactly-once (`processing.guarantee = "exactly_once"`): how this core's
+/// transactions are committed.
+struct Transactions {
+    /// The producer's `transactional.id` (for the log and a fatal error).
+    transactional_id: String,
+    input_topic: String,
+    /// Bound of each transactional call, and of a commit's drain.
+    call_timeout: Duration,
+    /// [`OutputSink::sent`] when the open transaction began: it holds
+    /// output if the count moved.
+    sent_at_begin: u64,
+    /// Aborts since the last commit: a poison record aborts every attempt,
+    /// and after [`MAX_ABORTS_IN_A_ROW`] the worker stops instead.
+    aborts_in_a_row: u32,
+    /// A fault that stops the worker (fenced, or an abort that failed).
+    fatal: Option<SinkFatal>,
+}
+
+/// How long start-up retries `init_transactions` while the transaction
+/// coordinator is not available (a new cluster creates its transaction
+/// state topic on first use).
+const INIT_TRANSACTIONS_WAIT: Duration = Duration::from_secs(60);
+
+/// Aborts in a row (no commit between them) after which a pipeline thread
+/// stops: the same output failing each time cannot be fixed by rewinding.
+const MAX_ABORTS_IN_A_ROW: u32 = 5;
+
+/// How a transaction commit ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitResult {
+    /// Committed (or nothing to commit).
+    Committed,
+    /// Aborted; the core's partitions are being rewound to the last commit
+    /// (restores requested, partitions paused).
+    Aborted,
+    /// The worker must stop ([`Core::fatal`] says why).
+    Fatal,
+}
 
 /// One pipeline thread's [`Core`], shared with the group thread (rebalance
 /// callbacks, statistics, restores), which must not be starved of the lock
@@ -202,6 +241,8 @@ pub struct Core {
     /// The wall clock at an instant, re-read every tick: each message's wall
     /// time is derived from its receive instant without another clock read.
     wall_base: (Instant, i64),
+    /// Exactly-once only (`None`: at-least-once, offsets are stored).
+    transactions: Option<Transactions>,
 }
 
 impl Core {
@@ -250,7 +291,233 @@ impl Core {
             ledger_offsets: Vec::new(),
             shutdown_deadline: None,
             wall_base: (Instant::now(), wall_clock_ms()),
+            transactions: None,
         }
+    }
+
+    /// Makes this core exactly-once: its producer (created with
+    /// `transactional.id` = `transactional_id`) fences any earlier one with
+    /// that id, aborting its open transaction, and begins the first
+    /// transaction. From now on offsets are committed only by
+    /// [`Core::commit`], in the transaction, and every commit flushes the
+    /// state of every changed customer.
+    pub fn init_transactions(
+        &mut self,
+        config: &WorkerConfig,
+        transactional_id: String,
+    ) -> Result<(), WorkerError> {
+        let call_timeout = Duration::from_millis(config.processing.transaction_timeout_ms);
+        // The coordinator may be loading, or the transaction state topic
+        // still being created on a new cluster: retriable, for a while.
+        let give_up = Instant::now() + INIT_TRANSACTIONS_WAIT;
+        while let Err(e) = self.sink.init_transactions(call_timeout) {
+            if classify_transaction(&e) != TransactionFailure::Retriable
+                || Instant::now() >= give_up
+            {
+                return Err(WorkerError::TransactionFatal {
+                    transactional_id,
+                    cause: format!("could not be initialised: {e}"),
+                });
+            }
+            tracing::warn!(%transactional_id, error = %e, "transactions not initialised yet; retrying");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        self.flush_interval = Duration::from_millis(config.processing.commit_interval_ms);
+        self.transactions = Some(Transactions {
+            transactional_id,
+            input_topic: config.topics.input.clone(),
+            call_timeout,
+            sent_at_begin: self.sink.sent(),
+            aborts_in_a_row: 0,
+            fatal: None,
+        });
+        Ok(())
+    }
+
+    /// Whether outputs and offsets are committed in transactions.
+    pub fn is_transactional(&self) -> bool {
+        self.transactions.is_some()
+    }
+
+    /// Exactly-once: closes every partition's batch, flushes its state,
+    /// waits for every output to be acknowledged (bounded by the
+    /// transaction timeout), then commits the transaction with the
+    /// partitions' offsets (`send_offsets_to_transaction` with the
+    /// consumer's group metadata: KIP-447, so a member that lost the
+    /// partitions cannot commit them) and begins the next. A transaction
+    /// that cannot be committed is aborted and the core's partitions are
+    /// rewound to the last committed offsets and state. Blocking: called on
+    /// the pipeline thread, or on the group thread in a rebalance callback
+    /// or the shutdown, never on a tokio worker.
+    pub fn commit<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> CommitResult {
+        let Some(t) = &self.transactions else {
+            return CommitResult::Committed;
+        };
+        if t.fatal.is_some() {
+            return CommitResult::Fatal;
+        }
+        let started = Instant::now();
+        let deadline = started + t.call_timeout;
+        let ids = self.partition_ids();
+        let drained = self.drain(&ids, deadline);
+        if self.sink.fatal().is_some() {
+            return CommitResult::Fatal;
+        }
+        if let Some(cause) = self.sink.abort_needed() {
+            let cause = cause.to_string();
+            return self.abort_and_rewind(consumer, "output_failed", &cause);
+        }
+        if !drained {
+            return self.abort_and_rewind(
+                consumer,
+                "timed_out",
+                "outputs not acknowledged within the transaction timeout",
+            );
+        }
+        let offsets = std::mem::take(&mut self.offsets_to_store);
+        let Some(t) = &self.transactions else {
+            return CommitResult::Committed;
+        };
+        if offsets.is_empty() && self.sink.sent() == t.sent_at_begin {
+            return CommitResult::Committed;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for &(p, last) in &offsets {
+            // Kafka's committed offset is the next one to read.
+            if let Err(e) = tpl.add_partition_offset(&t.input_topic, p, Offset::Offset(last + 1)) {
+                tracing::error!(partition = p, error = %e, "offset not added to the transaction");
+            }
+        }
+        let Some(group) = consumer.group_metadata() else {
+            return self.stop_transactions("has no consumer group metadata to commit offsets with");
+        };
+        let call_timeout = t.call_timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Err(e) = self.sink.commit_transaction(&tpl, &group, left) else {
+                break;
+            };
+            match classify_transaction(&e) {
+                TransactionFailure::Fatal => {
+                    return self.stop_transactions(&format!("was fenced or failed: {e}"));
+                }
+                TransactionFailure::Retriable if Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "transaction commit failed; retrying");
+                    std::thread::sleep(Duration::from_millis(50).min(call_timeout));
+                }
+                _ => {
+                    return self.abort_and_rewind(consumer, "commit_failed", &e.to_string());
+                }
+            }
+        }
+        let sent = self.sink.sent();
+        if let Some(t) = &mut self.transactions {
+            t.sent_at_begin = sent;
+            t.aborts_in_a_row = 0;
+        }
+        self.metrics.transactions_committed.inc();
+        self.metrics
+            .transaction_duration
+            .observe(started.elapsed().as_secs_f64());
+        CommitResult::Committed
+    }
+
+    /// Aborts the open transaction and rewinds every partition of this core
+    /// to its last committed offset and state: each is paused, forgotten and
+    /// assigned anew (a new epoch, so nothing of the aborted transaction is
+    /// acted on), its restore reads the committed changelog
+    /// (`read_committed`) and its install seeks back to the committed offset.
+    fn abort_and_rewind<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        reason: &'static str,
+        cause: &str,
+    ) -> CommitResult {
+        let Some(t) = &mut self.transactions else {
+            return CommitResult::Committed;
+        };
+        t.aborts_in_a_row += 1;
+        let (aborts, call_timeout, topic) =
+            (t.aborts_in_a_row, t.call_timeout, t.input_topic.clone());
+        self.metrics
+            .transactions_aborted
+            .with_label_values(&[reason])
+            .inc();
+        tracing::warn!(
+            reason,
+            cause,
+            aborts_in_a_row = aborts,
+            "aborting the transaction; rewinding to the last commit"
+        );
+        if aborts > MAX_ABORTS_IN_A_ROW {
+            return self.stop_transactions(&format!(
+                "aborted {aborts} transactions in a row (last: {cause})"
+            ));
+        }
+        let ids = self.partition_ids();
+        for &p in &ids {
+            if let Err(e) = set_paused(consumer, &topic, p, true) {
+                tracing::warn!(partition = p, error = %e, "cannot pause partition for the rewind");
+            }
+        }
+        // A timed-out abort is to be called again (librdkafka); while
+        // leadership moves the coordinator may refuse it for a while too.
+        let give_up = Instant::now() + call_timeout.saturating_mul(2);
+        while let Err(e) = self.sink.abort_transaction(call_timeout) {
+            if classify_transaction(&e) == TransactionFailure::Fatal || Instant::now() >= give_up {
+                return self.stop_transactions(&format!("could not abort a transaction: {e}"));
+            }
+            tracing::warn!(error = %e, "transaction abort failed; retrying");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // Where each partition resumes: the last committed offset, or the
+        // partition's start if none was ever committed.
+        let mut tpl = TopicPartitionList::new();
+        for &p in &ids {
+            let _ = tpl.add_partition(&topic, p).set_offset(Offset::Invalid);
+        }
+        let committed = match consumer.committed_offsets(tpl, call_timeout) {
+            Ok(c) => c,
+            Err(e) => {
+                return self.stop_transactions(&format!(
+                    "aborted a transaction but cannot read the committed offsets to rewind to: {e}"
+                ));
+            }
+        };
+        self.offsets_to_store.clear();
+        self.forget(&ids);
+        self.assign(&ids);
+        for &p in &ids {
+            let offset = match committed.find_partition(&topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => consumer
+                    .fetch_watermarks(&topic, p, call_timeout)
+                    .map_or(0, |(low, _)| low),
+            };
+            if let Some(owned) = self.partitions.get_mut(&p) {
+                owned.task.rewind_to(offset);
+            }
+        }
+        let sent = self.sink.sent();
+        if let Some(t) = &mut self.transactions {
+            t.sent_at_begin = sent;
+        }
+        CommitResult::Aborted
+    }
+
+    fn stop_transactions(&mut self, cause: &str) -> CommitResult {
+        if let Some(t) = &mut self.transactions
+            && t.fatal.is_none()
+        {
+            tracing::error!(transactional_id = %t.transactional_id, cause, "exactly-once: stopping");
+            t.fatal = Some(SinkFatal {
+                topic: String::new(),
+                cause: cause.to_string(),
+                code: None,
+                transactional_id: Some(t.transactional_id.clone()),
+            });
+        }
+        CommitResult::Fatal
     }
 
     /// Carries out a command (on the pipeline thread, between bursts).
@@ -361,7 +628,10 @@ impl Core {
 
     /// A fault that must stop the worker, once one has happened.
     pub fn fatal(&self) -> Option<SinkFatal> {
-        self.sink.fatal().cloned()
+        self.sink
+            .fatal()
+            .cloned()
+            .or_else(|| self.transactions.as_ref().and_then(|t| t.fatal.clone()))
     }
 
     /// Handles one consumed message.
@@ -647,6 +917,10 @@ impl Core {
     /// offsets by more than the pipeline's current step.
     pub fn take_offsets(&mut self) -> Vec<(i32, i64)> {
         self.flush_metrics();
+        if self.transactions.is_some() {
+            // Exactly-once: committed only in the transaction (`commit`).
+            return Vec::new();
+        }
         std::mem::take(&mut self.offsets_to_store)
     }
 
@@ -680,7 +954,10 @@ impl Core {
             if drained {
                 return true;
             }
-            if Instant::now() >= deadline || self.sink.fatal().is_some() {
+            if Instant::now() >= deadline
+                || self.sink.fatal().is_some()
+                || self.sink.abort_needed().is_some()
+            {
                 return false;
             }
             self.serve_deliveries(Duration::from_millis(20));

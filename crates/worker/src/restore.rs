@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -62,10 +64,33 @@ pub fn restore_partition(
     client.set("enable.partition.eof", "false");
     client.set("fetch.max.bytes", "52428800");
     client.set("max.partition.fetch.bytes", "10485760");
-    let consumer: BaseConsumer = client.create()?;
+    let exactly_once = config.processing.exactly_once();
+    // Exactly-once: the state of committed transactions only. The log end
+    // of every record, committed or not (`read_uncommitted`), is the end to
+    // reach: a record of a transaction still open there (a previous owner
+    // that crashed or stalls) is waited for until it is committed or
+    // aborted, so a restore never misses state whose offsets are committed.
+    let uncommitted_end = if exactly_once {
+        client.set("isolation.level", "read_uncommitted");
+        let probe: BaseConsumer = client.create()?;
+        let (_, end) = probe
+            .fetch_watermarks(topic, partition, Duration::from_secs(30))
+            .map_err(|e| WorkerError::from_reader_error(e, topic))?;
+        client.set("isolation.level", "read_committed");
+        client.set("enable.partition.eof", "true");
+        Some(end)
+    } else {
+        None
+    };
+    let consumer: BaseConsumer<RestoreContext> = client.create_with_context(RestoreContext)?;
     let (low, high) = consumer
         .fetch_watermarks(topic, partition, Duration::from_secs(30))
         .map_err(|e| WorkerError::from_reader_error(e, topic))?;
+    let high = uncommitted_end.map_or(high, |end| end.max(high));
+    // At-least-once: the last record read ends the restore. Exactly-once:
+    // the last offset is a transaction marker, never delivered; the end of
+    // the partition as read committed (EOF) at or past `high` ends it.
+    let last = |offset: i64| !exactly_once && offset >= high - 1;
     let mut store = CustomerStore::new();
     let mut records = 0_u64;
     let mut undecodable = 0_u64;
@@ -90,7 +115,7 @@ pub fn restore_partition(
                             }
                             None => saved_clock = None,
                         }
-                        if msg.offset() >= high - 1 {
+                        if last(msg.offset()) {
                             break;
                         }
                         continue;
@@ -104,7 +129,7 @@ pub fn restore_partition(
                             }
                             None => deletion_position = None,
                         }
-                        if msg.offset() >= high - 1 {
+                        if last(msg.offset()) {
                             break;
                         }
                         continue;
@@ -123,11 +148,21 @@ pub fn restore_partition(
                         },
                         (None, _) => undecodable += 1,
                     }
-                    if msg.offset() >= high - 1 {
+                    if last(msg.offset()) {
                         break;
                     }
                     if records.is_multiple_of(4096) {
                         progress.set((msg.offset() - low + 1) as f64 / (high - low) as f64);
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) if exactly_once => {
+                    last_progress = Instant::now();
+                    let position = consumer.position().ok().and_then(|p| {
+                        p.find_partition(topic, partition)
+                            .and_then(|e| e.offset().to_raw())
+                    });
+                    if position.is_some_and(|p| p >= high) {
+                        break;
                     }
                 }
                 // A connection to a broker that is down (not necessarily
@@ -176,6 +211,21 @@ fn is_transient(error: &rdkafka::error::KafkaError) -> bool {
     )
 }
 
+/// The restore consumer's context: the end of the partition is how an
+/// exactly-once restore knows it is done, not an error to log.
+struct RestoreContext;
+
+impl ClientContext for RestoreContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // Otherwise as rdkafka's default context logs it.
+        if error.rdkafka_error_code() != Some(rdkafka::error::RDKafkaErrorCode::PartitionEOF) {
+            log::error!(target: "rdkafka::client", "librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for RestoreContext {}
+
 /// Compares the highest input offset the changelog records as applied with
 /// the input partition's log end. An offset at or past the end cannot have
 /// been read from this partition: the topic was recreated (offsets start
@@ -187,7 +237,7 @@ fn is_transient(error: &rdkafka::error::KafkaError) -> bool {
 /// when the positions would start skipping events.
 fn check_input_positions(
     config: &WorkerConfig,
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<RestoreContext>,
     store: &mut CustomerStore,
     partition: i32,
 ) -> Result<Option<(i64, i64)>, WorkerError> {

@@ -42,7 +42,7 @@ use crate::group::{
 };
 use crate::kafka::{self, DeliveryContext};
 use crate::membership::MembershipReader;
-use crate::pipeline::{Core, CoreHandle, owner_of, set_paused};
+use crate::pipeline::{CommitResult, Core, CoreHandle, owner_of, set_paused};
 use crate::preflight::preflight;
 use crate::registry::ModelRegistry;
 use crate::restore::{Restored, restore_partition};
@@ -242,8 +242,19 @@ pub fn run_pipeline(
     directory: Arc<PartitionDirectory>,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
+    // Exactly-once: one transactional producer per pipeline thread, its
+    // `transactional.id` stable across restarts of this instance.
+    let exactly_once = config.processing.exactly_once();
+    let instance = kafka::instance_identity(&config);
+    let producer_config = |thread: usize| {
+        if exactly_once {
+            kafka::transactional_producer_config(&config, &instance, thread)
+        } else {
+            kafka::producer_config(&config)
+        }
+    };
     let producer: BaseProducer<DeliveryContext> =
-        kafka::producer_config(&config).create_with_context(DeliveryContext::default())?;
+        producer_config(0).create_with_context(DeliveryContext::default())?;
     let Some(input_partitions) = preflight(&config, &shutdown)? else {
         tracing::info!("stopped before joining the group");
         return Ok(());
@@ -252,9 +263,8 @@ pub fn run_pipeline(
     let drain_timeout = Duration::from_secs(config.shutdown.drain_timeout_secs);
     let threads = config.pipeline.thread_count();
     let mut producers = vec![producer];
-    for _ in 1..threads {
-        producers
-            .push(kafka::producer_config(&config).create_with_context(DeliveryContext::default())?);
+    for thread in 1..threads {
+        producers.push(producer_config(thread).create_with_context(DeliveryContext::default())?);
     }
     // Registered with the model registry, which sends them reloads and erasures.
     let cores: Arc<[CoreHandle]> = registry.start_cores(|models: ModelSet| {
@@ -275,6 +285,16 @@ pub fn run_pipeline(
         (cores, queues)
     });
     let _registered = Registered(&registry);
+    if exactly_once {
+        // Before joining: fences this instance's crashed predecessor (same
+        // transactional ids) and aborts its open transactions, so the
+        // changelog restores below are not held up by them.
+        for (thread, handle) in cores.iter().enumerate() {
+            let id = kafka::transactional_id(&config, &instance, thread);
+            handle.lock()?.init_transactions(&config, id.clone())?;
+            tracing::info!(transactional_id = %id, "exactly-once: transactional producer ready");
+        }
+    }
     let context = GroupContext {
         cores: Arc::clone(&cores),
         directory: Arc::clone(&directory),
@@ -284,6 +304,7 @@ pub fn run_pipeline(
         commit_log: Default::default(),
         coordinator: Default::default(),
         leave_by: Default::default(),
+        exactly_once,
     };
     let consumer: Arc<Consumer0> = Arc::new(
         kafka::consumer_config(&config, &config.kafka.group_id).create_with_context(context)?,
@@ -308,6 +329,8 @@ pub fn run_pipeline(
     tracing::info!(topic = %input_topic, group = %config.kafka.group_id, threads, "subscribed");
 
     let stop = Arc::new(AtomicBool::new(false));
+    let commit_interval =
+        exactly_once.then(|| Duration::from_millis(config.processing.commit_interval_ms));
     let mut handles: Vec<JoinHandle<Result<Option<SinkFatal>, WorkerError>>> = Vec::new();
     for (i, mut mine) in queues.into_iter().enumerate() {
         let my_cores = Arc::clone(&cores);
@@ -324,7 +347,15 @@ pub fn run_pipeline(
                     let cores = Arc::clone(&my_cores);
                     q.set_nonempty_callback(move || cores[i].wake());
                 }
-                let result = pipeline_loop(handle, &mine, &my_consumer, &topic, &group, &my_stop);
+                let result = pipeline_loop(
+                    handle,
+                    &mine,
+                    &my_consumer,
+                    &topic,
+                    &group,
+                    &my_stop,
+                    commit_interval,
+                );
                 // The queues hold the consumer: give them up before it closes.
                 drop(mine);
                 result
@@ -416,6 +447,14 @@ pub fn run_pipeline(
         m.withdraw(WITHDRAW_WAIT);
     }
     match stopped {
+        Stop::Fatal(SinkFatal {
+            transactional_id: Some(transactional_id),
+            cause,
+            ..
+        }) => Err(WorkerError::TransactionFatal {
+            transactional_id,
+            cause,
+        }),
         Stop::Fatal(f) => Err(WorkerError::from_output_fault(f.topic, f.code, f.cause)),
         Stop::Failed(e) => Err(e),
         Stop::Requested if outcome.clean() => {
@@ -488,8 +527,10 @@ fn pipeline_loop(
     input_topic: &str,
     group: &str,
     stop: &AtomicBool,
+    commit_interval: Option<Duration>,
 ) -> Result<Option<SinkFatal>, WorkerError> {
     let mut state = LoopState::Idle;
+    let mut next_commit = commit_interval.map(|i| Instant::now() + i);
     let mut awaiting_acks = false;
     let mut since_serve = 0_usize;
     let mut last_tick = Instant::now();
@@ -600,13 +641,32 @@ fn pipeline_loop(
                 state = LoopState::Backpressured;
             }
         }
+        // Exactly-once: the transaction is committed every commit interval.
+        if let (Some(interval), Some(due)) = (commit_interval, next_commit)
+            && Instant::now() >= due
+        {
+            let mut c = handle.lock()?;
+            let result = c.commit(consumer);
+            awaiting_acks = c.awaiting_acks();
+            let fatal = c.fatal();
+            drop(c);
+            handle.step_aside();
+            if result == CommitResult::Fatal || fatal.is_some() {
+                return Ok(fatal);
+            }
+            next_commit = Some(Instant::now() + interval);
+        }
         if state == LoopState::Idle {
             // Woken early when a queue fills (its non-empty callback) or on stop.
-            std::thread::park_timeout(if awaiting_acks {
+            let mut wait = if awaiting_acks {
                 Duration::from_millis(1)
             } else {
                 Duration::from_millis(100)
-            });
+            };
+            if let Some(due) = next_commit {
+                wait = wait.min(due.saturating_duration_since(Instant::now()));
+            }
+            std::thread::park_timeout(wait);
         }
     }
     Ok(None)
@@ -640,6 +700,11 @@ fn shut_down(
     }
     for h in cores {
         let mut c = h.lock_from_outside()?;
+        if c.is_transactional() {
+            // Drains, then commits outputs, state and offsets in the transaction.
+            drained &= c.commit(&*consumer) == CommitResult::Committed;
+            continue;
+        }
         let all = c.partition_ids();
         drained &= c.drain(&all, deadline);
         let offsets = c.take_offsets();

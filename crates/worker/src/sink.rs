@@ -75,6 +75,9 @@ pub struct SinkFatal {
     pub cause: String,
     /// Its librdkafka code (a missing ACL is told apart by it).
     pub code: Option<RDKafkaErrorCode>,
+    /// Exactly-once: the `transactional.id` of a producer fenced or failed
+    /// in a transactional call (then `topic` is empty).
+    pub transactional_id: Option<String>,
 }
 
 /// A record the sink is done with, for the pipeline's ledger.
@@ -153,6 +156,52 @@ pub struct OutputSink {
     free_slots: Vec<usize>,
     /// The reports of the last serve, kept for their allocation.
     report_buffer: Vec<Delivery>,
+    /// `processing.guarantee = "exactly_once"`: the producer is transactional.
+    transactional: bool,
+    /// Exactly-once: a delivery failed inside the open transaction, which
+    /// librdkafka has therefore made abortable (the cause, for the log).
+    abort_needed: Option<String>,
+    /// Records handed to librdkafka so far (tells a transaction whether it
+    /// holds any output).
+    sent: u64,
+}
+
+/// How a transactional call's error is handled (exactly-once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransactionFailure {
+    /// The same call may be made again (a timeout, a coordinator moving).
+    Retriable,
+    /// The transaction must be aborted; the producer stays usable.
+    Abortable,
+    /// The producer is fenced by a newer instance with its transactional
+    /// id, or failed for good: stop.
+    Fatal,
+}
+
+/// Classifies the error of `init_transactions`, `send_offsets_to_transaction`,
+/// `commit_transaction` or `abort_transaction`, as librdkafka flags it.
+pub fn classify_transaction(error: &KafkaError) -> TransactionFailure {
+    use RDKafkaErrorCode as C;
+    if let KafkaError::Transaction(e) = error {
+        if e.is_fatal() {
+            return TransactionFailure::Fatal;
+        }
+        if e.txn_requires_abort() {
+            return TransactionFailure::Abortable;
+        }
+        if e.is_retriable() {
+            return TransactionFailure::Retriable;
+        }
+    }
+    match error.rdkafka_error_code() {
+        Some(
+            C::ProducerFenced
+            | C::InvalidProducerEpoch
+            | C::TransactionalIdAuthorizationFailed
+            | C::Fatal,
+        ) => TransactionFailure::Fatal,
+        _ => TransactionFailure::Abortable,
+    }
 }
 
 impl OutputSink {
@@ -177,7 +226,69 @@ impl OutputSink {
             slots: Vec::new(),
             free_slots: Vec::new(),
             report_buffer: Vec::new(),
+            transactional: false,
+            abort_needed: None,
+            sent: 0,
         }
+    }
+
+    /// Makes the sink transactional (exactly-once): `init_transactions`
+    /// fences any earlier producer with the same `transactional.id` and
+    /// aborts its open transaction, then the first transaction begins.
+    pub fn init_transactions(&mut self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.init_transactions(timeout)?;
+        self.producer.begin_transaction()?;
+        self.transactional = true;
+        Ok(())
+    }
+
+    /// Whether the producer is transactional.
+    pub fn is_transactional(&self) -> bool {
+        self.transactional
+    }
+
+    /// Exactly-once: why the open transaction must be aborted, if it must.
+    pub fn abort_needed(&self) -> Option<&str> {
+        self.abort_needed.as_deref()
+    }
+
+    /// Records handed to librdkafka so far.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Exactly-once: adds `offsets` to the open transaction as the group's
+    /// consumed offsets, then commits it and begins the next one.
+    pub fn commit_transaction(
+        &mut self,
+        offsets: &rdkafka::TopicPartitionList,
+        group: &rdkafka::consumer::ConsumerGroupMetadata,
+        timeout: Duration,
+    ) -> Result<(), KafkaError> {
+        if offsets.count() > 0 {
+            self.producer
+                .send_offsets_to_transaction(offsets, group, timeout)?;
+        }
+        self.producer.commit_transaction(timeout)?;
+        self.producer.begin_transaction()
+    }
+
+    /// Exactly-once: aborts the open transaction (librdkafka purges what it
+    /// still holds of it), forgets every record of it, and begins the next.
+    pub fn abort_transaction(&mut self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.abort_transaction(timeout)?;
+        // The purged records' reports: none of them is to be retried.
+        self.producer.poll(Duration::ZERO);
+        if let Ok(mut r) = self.producer.context().reports.lock() {
+            r.clear();
+        }
+        self.retries.clear();
+        self.dropped_at_enqueue.clear();
+        self.enqueued = 0;
+        self.slots.clear();
+        self.free_slots.clear();
+        self.abort_needed = None;
+        self.producer.begin_transaction()
     }
 
     fn take_slot(&mut self, tag: DeliveryTag, partition: Option<i32>) -> usize {
@@ -327,6 +438,7 @@ impl OutputSink {
             match self.producer.send(base) {
                 Ok(()) => {
                     self.enqueued += 1;
+                    self.sent += 1;
                     return Ok(());
                 }
                 Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
@@ -426,6 +538,7 @@ impl OutputSink {
                         topic: record.topic.clone(),
                         cause: error.to_string(),
                         code: error.rdkafka_error_code(),
+                        transactional_id: None,
                     });
                 }
                 // Kept so that nothing it caused is committed.
@@ -508,6 +621,17 @@ impl OutputSink {
                         continue;
                     }
                     record.partition = partition;
+                    // In a transaction a failed delivery makes the whole
+                    // transaction abortable: sending the record again
+                    // cannot help, the abort rewinds (unless it is fatal).
+                    if self.transactional && classify(&error) != FailureClass::Fatal {
+                        self.metrics.producer_errors.inc();
+                        if self.abort_needed.is_none() {
+                            tracing::warn!(topic = %record.topic, %error, "output not delivered inside a transaction: aborting it");
+                            self.abort_needed = Some(format!("{}: {error}", record.topic));
+                        }
+                        continue;
+                    }
                     self.failed(tag, error, *record, 0, Some(settled));
                 }
             }
@@ -619,6 +743,31 @@ mod tests {
             RDKafkaErrorCode::Fatal,
         ] {
             assert_eq!(code(c), FailureClass::Fatal, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn fenced_transactional_producers_stop_and_other_transaction_errors_abort() {
+        for c in [
+            RDKafkaErrorCode::ProducerFenced,
+            RDKafkaErrorCode::InvalidProducerEpoch,
+            RDKafkaErrorCode::TransactionalIdAuthorizationFailed,
+        ] {
+            assert_eq!(
+                classify_transaction(&KafkaError::MessageProduction(c)),
+                TransactionFailure::Fatal,
+                "{c:?}"
+            );
+        }
+        for c in [
+            RDKafkaErrorCode::InvalidTransactionTimeout,
+            RDKafkaErrorCode::MessageTimedOut,
+        ] {
+            assert_eq!(
+                classify_transaction(&KafkaError::MessageProduction(c)),
+                TransactionFailure::Abortable,
+                "{c:?}"
+            );
         }
     }
 

@@ -31,6 +31,9 @@ pub const SHADOW_OTHER: [&str; 2] = ["open", "not_open"];
 /// Result labels of `lookups_forwarded_total` (one per instance asked).
 pub const FORWARD_RESULTS: [&str; 5] = ["found", "not_found", "unavailable", "failed", "timeout"];
 
+/// Reason labels of `transactions_aborted_total`.
+pub const ABORT_REASONS: [&str; 3] = ["commit_failed", "output_failed", "timed_out"];
+
 /// Prefix of every metric this program exports.
 pub const METRIC_PREFIX: &str = "churn_scorer_";
 
@@ -124,6 +127,20 @@ pub struct Metrics {
     /// Membership claims read but not believed (a URL outside
     /// `lookup.peer_urls`, a malformed URL, a timestamp from the future).
     pub membership_claims_rejected: IntCounter,
+    /// `processing.guarantee = "exactly_once"`: transactions committed
+    /// (each a pipeline thread's outputs, state records and input offsets).
+    pub transactions_committed: IntCounter,
+    /// `exactly_once`: transactions aborted, by reason: `commit_failed`
+    /// (the commit or the offsets were refused), `output_failed` (an
+    /// output could not be delivered), `timed_out` (not committed within
+    /// its deadline); the thread's partitions are rewound to the last
+    /// committed offsets and state.
+    pub transactions_aborted: IntCounterVec,
+    /// `exactly_once`: a commit's duration, from its start (closing the
+    /// batches, flushing state, waiting for every output's acknowledgement)
+    /// to the broker's confirmation; the pipeline thread reads nothing
+    /// meanwhile.
+    pub transaction_duration: Histogram,
 }
 
 impl Metrics {
@@ -369,6 +386,32 @@ impl Metrics {
                  URL, or a record timestamp from the future.",
             ))
             .expect("valid metric"),
+            transactions_committed: IntCounter::with_opts(opts(
+                "transactions_committed_total",
+                "Transactions committed (exactly_once): outputs, state records and input \
+                 offsets of one pipeline thread.",
+            ))
+            .expect("valid metric"),
+            transactions_aborted: IntCounterVec::new(
+                opts(
+                    "transactions_aborted_total",
+                    "Transactions aborted (exactly_once), by reason; the pipeline thread's \
+                     partitions are rewound to the last commit.",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            transaction_duration: Histogram::with_opts(
+                HistogramOpts::from(opts(
+                    "transaction_duration_seconds",
+                    "Time to commit a transaction (exactly_once): outputs and state acknowledged, \
+                     offsets sent, commit confirmed.",
+                ))
+                .buckets(vec![
+                    0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+            )
+            .expect("valid metric"),
             registry,
         };
         for collector in m.collectors() {
@@ -392,6 +435,9 @@ impl Metrics {
         }
         for result in FORWARD_RESULTS {
             m.lookups_forwarded.with_label_values(&[result]);
+        }
+        for reason in ABORT_REASONS {
+            m.transactions_aborted.with_label_values(&[reason]);
         }
         m
     }
@@ -431,6 +477,9 @@ impl Metrics {
             Box::new(self.lookups_forwarded.clone()),
             Box::new(self.lookup_partitions_without_owner.clone()),
             Box::new(self.membership_claims_rejected.clone()),
+            Box::new(self.transactions_committed.clone()),
+            Box::new(self.transactions_aborted.clone()),
+            Box::new(self.transaction_duration.clone()),
         ]
     }
 
@@ -444,6 +493,7 @@ impl Metrics {
                     "processing_latency_seconds",
                     "risk_score",
                     "state_restore_seconds",
+                    "transaction_duration_seconds",
                 ]
                 .iter()
                 .any(|h| desc.fq_name == format!("{METRIC_PREFIX}{h}"));
