@@ -15,6 +15,8 @@
 //! Without Java or the resolved jars, [`KafkaCluster::builder`]'s `start`
 //! returns `None` after printing why (the test then passes without running);
 //! with `CHURN_SCORER_REQUIRE_KAFKA=1` (set by `.ci/run`) it panics instead.
+//! With `CHURN_SCORER_REAL_BROKER_SUITE_RAN=1` it returns `None` at once
+//! (`.ci/run` runs the suite on its own first).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -84,9 +86,26 @@ pub fn unavailable() -> Option<String> {
     None
 }
 
+/// Set to `1` by `.ci/run` for `cargo test` after it ran the real-broker
+/// suite on its own (with more test threads: its scenarios mostly wait on
+/// broker timeouts), so that the suite does not run twice.
+pub const RAN_ENV: &str = "CHURN_SCORER_REAL_BROKER_SUITE_RAN";
+
+/// `true` if the suite already ran in this CI run ([`RAN_ENV`]); says so.
+pub fn already_ran(test: &str) -> bool {
+    let ran = std::env::var(RAN_ENV).as_deref() == Ok("1");
+    if ran {
+        eprintln!("{test}: skipped here, the real-broker suite ran before ({RAN_ENV}=1)");
+    }
+    ran
+}
+
 /// `true` if the test may run; otherwise prints why it is skipped, or
 /// panics if [`REQUIRE_ENV`] is set.
 pub fn available(test: &str) -> bool {
+    if already_ran(test) {
+        return false;
+    }
     match unavailable() {
         None => true,
         Some(why) => {
