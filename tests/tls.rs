@@ -5,6 +5,8 @@
 //!
 //! Needs the `openssl` command (installed by `.ci/run`).
 
+mod support;
+
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::Path;
@@ -13,21 +15,9 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::producer::BaseProducer;
+use support::openssl;
 
 const BIN: &str = env!("CARGO_BIN_EXE_churn-scorer");
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("the openssl command is installed (.ci/run installs it)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A CA, a server certificate for 127.0.0.1 signed by it, and an unrelated CA.
 fn make_pki(dir: &Path) {

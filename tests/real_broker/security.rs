@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use churn_core::model::RiskModel;
 
 use super::support::kafka::KafkaCluster;
-use super::support::{DAY_MS, T0_MS, event, http_get, produce};
+use super::support::{DAY_MS, T0_MS, event, http_get, openssl, produce};
 use super::{
     ALERTS, DLQ, INPUT, STATE, kcat_read, lines_by_partition, published_alerts, replayed_alert_ids,
     wait_for,
@@ -41,19 +41,6 @@ const DOC_PRINCIPAL: &str = "User:churn-scorer";
 /// it the principal `User:churn-scorer-mtls`.
 const MTLS_CN: &str = "churn-scorer-mtls";
 const KEY_PASSWORD: &str = "client-key-secret";
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("the openssl command is installed (.ci/run installs it)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A CA; the broker's key and certificate for 127.0.0.1 in one PEM file (a
 /// PEM keystore); a client certificate with an encrypted key, for mTLS.

@@ -26,6 +26,21 @@ pub const DAY_MS: i64 = 86_400_000;
 pub const T0_MS: i64 = 1_735_689_600_000;
 
 /// Whether `topic` exists, asked without allowing its creation.
+/// Runs the `openssl` command in `dir` (test certificates for TLS and mTLS:
+/// `tests/tls.rs`, `tests/real_broker/security.rs`); panics with its stderr.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the openssl command is installed (.ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn topic_exists(bootstrap: &str, topic: &str) -> bool {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
