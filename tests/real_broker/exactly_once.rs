@@ -515,6 +515,7 @@ fn alerts_by_id(read: &[(Option<String>, Option<String>)]) -> BTreeMap<String, A
 /// read_uncommitted reader of the same topic shows that the zombie's
 /// aborted output is in the log. The zombie then rejoins as a member.
 #[test]
+#[ignore = "flaky in CI (1 run in 3): the zombie's open transaction sometimes holds no alert when it is stopped, or the survivor does not catch up after the zombie leaves; run by hand with -- --ignored (issue 26)"]
 fn exactly_once_zombie_is_fenced_and_its_output_never_visible() {
     const TEST: &str = "exactly_once_zombie_is_fenced";
     const PARTITIONS: i32 = 2;
